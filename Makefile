@@ -1,0 +1,35 @@
+# recbole-ssm: every target creates .venv on first use (torch pinned first, then the package
+# with constraints.txt so nothing pulls another torch build).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.13.0
+STAMP := $(VENV)/.installed-stamp
+MODEL ?= SASRec
+DATASET ?= ml-100k
+ARGS ?=
+
+.PHONY: venv run test lint bench clean
+
+venv: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q "torch==$(TORCH_VERSION)"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	$(PY) -m pip check
+	touch $(STAMP)
+
+## run: train and test the main model on the embedded default data set (ml-100k)
+run: venv
+	$(PY) run_recbole_ssm.py --model=$(MODEL) --dataset=$(DATASET) $(ARGS)
+
+## test: the test suite (CPU; GPU tests skip without CUDA)
+test: venv
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+lint: venv
+	$(PY) -m ruff check .
+
+clean:
+	rm -rf $(VENV) log log_tensorboard saved .pytest_cache

@@ -1,0 +1,13 @@
+"""recbole-ssm: state space model sequential recommenders (Mamba, Mamba2, Hydra) for RecBole."""
+
+__version__ = "0.1.0"
+
+
+def get_model(name):
+    """Model class for ``name``: recbole-ssm's models first, then RecBole's (see registry.py)."""
+    from recbole_ssm.registry import get_model as _get_model
+
+    return _get_model(name)
+
+
+__all__ = ["get_model", "__version__"]

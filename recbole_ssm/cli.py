@@ -1,0 +1,93 @@
+"""Command line: ``python run_recbole_ssm.py [SUBCOMMAND] --model=NAME --dataset=NAME [--KEY=VALUE ...]``.
+
+Without a sub-command it trains and tests one model (RecBole's ``run_recbole`` conventions).
+Sub-commands: ``prepare`` (raw data -> atomic files), ``bench`` (tables, efficiency curves),
+``tune`` (Ray Tune sweeps). Misuse prints one ``error:`` line and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Optional
+
+from recbole_ssm.errors import UsageError
+
+USAGE = """\
+usage: run_recbole_ssm.py [--model=NAME] [--dataset=NAME] [--config_files="a.yaml b.yaml"] [--KEY=VALUE ...]
+       run_recbole_ssm.py prepare SOURCE --input PATH [...]      raw data -> RecBole atomic files
+       run_recbole_ssm.py bench {table,efficiency} [...]         paper tables, efficiency curves
+       run_recbole_ssm.py tune --model=NAME [...]                Ray Tune sweep
+
+Trains and tests one model through RecBole's pipeline and prints valid/test metrics.
+  --model         a recbole-ssm model (Mamba4Rec, Mamba2Rec / 2Mamba4Rec, Hydra4Rec, RecMamba)
+                  or any RecBole model (SASRec, BERT4Rec, GRU4Rec, ...)
+  --dataset       default ml-100k (shipped with RecBole); others from dataset/<name>/<name>.inter
+  --config_files  space-separated yaml files, applied after properties/, before --KEY=VALUE
+  --KEY=VALUE     any RecBole or model setting, e.g. --epochs=3 --learning_rate=1e-3
+"""
+
+SUBCOMMANDS = {
+    "prepare": "recbole_ssm.data.cli",
+    "bench": "recbole_ssm.bench.cli",
+    "tune": "recbole_ssm.tune.cli",
+}
+
+
+def split_run_args(argv: list[str]) -> tuple[Optional[str], Optional[str], list[str], dict]:
+    """Split ``argv`` into (model, dataset, config files, overrides)."""
+    from recbole_ssm.config import parse_overrides
+
+    overrides = parse_overrides(argv)
+    model = overrides.pop("model", None)
+    dataset = overrides.pop("dataset", None)
+    files = overrides.pop("config_files", None)
+    if files is not None and not isinstance(files, str):
+        raise UsageError("--config_files takes space-separated paths, e.g. --config_files=\"a.yaml b.yaml\"")
+    for name, value in (("--model", model), ("--dataset", dataset)):
+        if value is not None and not isinstance(value, str):
+            raise UsageError(f"{name} takes a name, got {value!r}")
+    return model, dataset, (files.split() if files else []), overrides
+
+
+def run_main(argv: list[str]) -> int:
+    from recbole_ssm.quick_start import format_result, run
+
+    model, dataset, files, overrides = split_run_args(argv)
+    if model is None:
+        raise UsageError("no model given: pass --model=NAME (e.g. --model=Hydra4Rec or --model=SASRec)")
+    out = run(model, dataset, files, overrides, saved=True)
+    print(format_result(out), flush=True)
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv[:1]) or (argv and argv[0] == "help"):
+        print(USAGE, end="")
+        return 0
+    try:
+        if argv and not argv[0].startswith("-"):
+            module = SUBCOMMANDS.get(argv[0])
+            if module is None:
+                raise UsageError(
+                    f"unknown sub-command {argv[0]!r}: use one of {', '.join(SUBCOMMANDS)} or --model=NAME"
+                )
+            try:
+                mod = importlib.import_module(module)
+            except ModuleNotFoundError as exc:
+                if exc.name != module:
+                    raise
+                raise UsageError(f"sub-command {argv[0]!r} is not available in this version") from None
+            return int(mod.main(argv[1:]) or 0)
+        return run_main(argv)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Plugging into RecBole's configuration: property files, command-line keys, datasets.
+
+Precedence, lowest to highest (each level overrides the ones before it):
+
+1. RecBole's own defaults (``recbole/properties``),
+2. ``properties/overall.yaml``,
+3. ``properties/model/<Model>.yaml``,
+4. ``properties/dataset/<dataset>.yaml``,
+5. the user's ``--config_files`` (in the order given),
+6. ``config_dict`` / command-line ``--KEY=VALUE``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import urllib.request
+import zipfile
+from typing import Any, Iterable, Optional
+
+import yaml
+
+from recbole_ssm.errors import UsageError
+
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+PROPERTIES_DIR = os.environ.get(
+    "RECBOLE_SSM_PROPERTIES", os.path.join(os.path.dirname(PACKAGE_DIR), "properties")
+)
+DEFAULT_DATASET = "ml-100k"
+EMBEDDED_DATASETS = ("ml-100k",)  # shipped inside RecBole's wheel
+
+# RecBole reads floats like 1e-3 (no dot) as floats; plain YAML 1.1 reads them as strings.
+_FLOAT = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$|^[-+]?inf$|^nan$", re.I)
+
+
+def parse_value(text: str) -> Any:
+    """Turn a command-line value into the Python value RecBole expects."""
+    if _FLOAT.match(text.strip()) and not re.fullmatch(r"[-+]?\d+", text.strip()):
+        return float(text)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UsageError(f"cannot parse value {text!r}: {str(exc).splitlines()[0]}") from None
+
+
+def parse_overrides(args: Iterable[str]) -> dict[str, Any]:
+    """``["--epochs=3", "--eval_args={...}"]`` -> ``{"epochs": 3, ...}``; anything else is an error."""
+    out: dict[str, Any] = {}
+    for arg in args:
+        key, sep, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        if not sep or not key or not re.fullmatch(r"[A-Za-z_][\w.\-]*", key):
+            raise UsageError(
+                f"malformed option {arg!r}: expected --KEY=VALUE (e.g. --epochs=3, --learning_rate=1e-3)"
+            )
+        out[key] = parse_value(value)
+    return out
+
+
+def read_yaml(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise UsageError(f"config file not found: {path} (check --config_files)")
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = yaml.safe_load(f.read())
+        except yaml.YAMLError as exc:
+            first = str(exc).splitlines()[0]
+            raise UsageError(f"config file {path} is not valid YAML: {first}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"config file {path} must hold a mapping of KEY: VALUE, not {type(data).__name__}")
+    return data
+
+
+def property_files(model_name: str, dataset: str) -> list[str]:
+    """The plugin's property files that apply to this model and dataset, lowest first."""
+    files = [os.path.join(PROPERTIES_DIR, "overall.yaml")]
+    for sub, name in (("model", model_name), ("dataset", dataset)):
+        path = os.path.join(PROPERTIES_DIR, sub, f"{name}.yaml")
+        if os.path.isfile(path):
+            files.append(path)
+    return files
+
+
+def merged_user_config(config_file_list: Optional[list[str]], config_dict: Optional[dict]) -> dict:
+    merged: dict = {}
+    for path in config_file_list or []:
+        merged.update(read_yaml(path))
+    merged.update(config_dict or {})
+    return merged
+
+
+# ---------------------------------------------------------------------------------------
+# datasets
+
+
+def _recbole_urls() -> dict:
+    import recbole
+
+    path = os.path.join(os.path.dirname(recbole.__file__), "properties", "dataset", "url.yaml")
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f) or {}
+
+
+def _prepare_hint(dataset: str, folder: str) -> str:
+    if dataset.startswith("ml-"):
+        how = f"python -m recbole_ssm.data prepare movielens --input {dataset}.zip --output {folder}"
+    elif dataset.lower().startswith("amazon"):
+        how = f"python -m recbole_ssm.data prepare amazon2023 --input <Category>.jsonl.gz --output {folder}"
+    else:
+        how = f"python -m recbole_ssm.data prepare seqtext --input <file>.txt --output {folder}"
+    return f"put RecBole atomic files at {folder}/{dataset}.inter, or run: {how}"
+
+
+def _download(url: str, folder: str, dataset: str, timeout: float) -> None:
+    """Download and unpack one of RecBole's dataset zips into ``folder`` (atomic: temp then rename)."""
+    parent = os.path.dirname(os.path.abspath(folder)) or "."
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{dataset}-", dir=parent)
+    try:
+        zpath = os.path.join(tmp, "download.zip")
+        with urllib.request.urlopen(url, timeout=timeout) as r, open(zpath, "wb") as f:
+            shutil.copyfileobj(r, f)
+        with zipfile.ZipFile(zpath) as z:
+            z.extractall(tmp)
+        os.unlink(zpath)
+        unpacked = os.path.join(tmp, "unpacked")
+        os.makedirs(unpacked)
+        for root, _dirs, files in os.walk(tmp):
+            if root.startswith(unpacked):
+                continue
+            for name in files:
+                stem, ext = os.path.splitext(name)
+                if ext in (".inter", ".user", ".item", ".kg", ".link", ".net"):
+                    shutil.move(os.path.join(root, name), os.path.join(unpacked, dataset + ext))
+        if not os.path.exists(os.path.join(unpacked, dataset + ".inter")):
+            raise OSError("the archive holds no .inter file")
+        os.replace(unpacked, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def resolve_dataset(dataset: str, data_path: Optional[str]) -> None:
+    """Make sure ``dataset`` has atomic files RecBole can read, or raise a one-line UsageError.
+
+    ml-100k is shipped inside RecBole's wheel. Any other name must have
+    ``<data_path>/<dataset>/<dataset>.inter``; a name RecBole knows how to download is fetched
+    (never with a prompt) unless ``RECBOLE_SSM_OFFLINE=1``.
+    """
+    if dataset in EMBEDDED_DATASETS:
+        return
+    if not dataset or not re.fullmatch(r"[\w.\-]+", dataset):
+        raise UsageError(f"invalid dataset name {dataset!r}: use letters, digits, '.', '_' or '-'")
+    folder = os.path.join(data_path or "dataset/", dataset)
+    if os.path.isfile(os.path.join(folder, f"{dataset}.inter")):
+        return
+    if os.path.isdir(folder):
+        raise UsageError(f"dataset folder {folder} has no {dataset}.inter: {_prepare_hint(dataset, folder)}")
+    urls = _recbole_urls()
+    if dataset not in urls:
+        raise UsageError(
+            f"unknown dataset {dataset!r}: no atomic files at {folder}/ and RecBole cannot download it; "
+            + _prepare_hint(dataset, folder)
+        )
+    if os.environ.get("RECBOLE_SSM_OFFLINE", "") not in ("", "0"):
+        raise UsageError(f"dataset {dataset!r} is not at {folder}/ and RECBOLE_SSM_OFFLINE is set: "
+                         + _prepare_hint(dataset, folder))
+    try:
+        _download(urls[dataset], folder, dataset, timeout=float(os.environ.get("RECBOLE_SSM_TIMEOUT", "30")))
+    except Exception as exc:  # network down, proxy, bad archive: all the same to the user
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UsageError(
+            f"dataset {dataset!r} is not at {folder}/ and downloading it failed ({reason}): "
+            + _prepare_hint(dataset, folder)
+        ) from None

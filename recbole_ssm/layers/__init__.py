@@ -1,0 +1,1 @@
+"""recbole-ssm layers."""

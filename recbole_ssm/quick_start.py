@@ -1,0 +1,208 @@
+"""Run a model through RecBole's pipeline: config, dataset, trainer, evaluation.
+
+Mirrors ``recbole.quick_start.run_recbole`` and ``objective_function`` with recbole-ssm's
+model registry, property files and dataset resolution.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from recbole_ssm import compat
+from recbole_ssm.config import DEFAULT_DATASET, merged_user_config, property_files, resolve_dataset
+from recbole_ssm.registry import canonical_name, get_model
+from recbole_ssm.utils import count_parameters
+
+
+def build_config(
+    model: Any = None,
+    dataset: Optional[str] = None,
+    config_file_list: Optional[list[str]] = None,
+    config_dict: Optional[dict] = None,
+):
+    """Return ``(recbole Config, model class)`` with recbole-ssm's precedence (see config.py)."""
+    from recbole.config import Config
+
+    user = merged_user_config(config_file_list, config_dict)
+    model = model if model is not None else user.get("model")
+    if model is None:
+        from recbole_ssm.errors import UsageError
+
+        raise UsageError("no model given: pass --model=NAME (e.g. --model=SASRec)")
+    dataset = dataset or user.get("dataset") or DEFAULT_DATASET
+    model_class = get_model(model)
+    name = model_class.__name__ if not isinstance(model, str) else canonical_name(model)
+    files = property_files(name, dataset)
+    data_path = user.get("data_path")
+    if data_path is None:
+        for path in files:
+            from recbole_ssm.config import read_yaml
+
+            data_path = read_yaml(path).get("data_path", data_path)
+    resolve_dataset(dataset, data_path)
+    with compat.isolated_argv():
+        config = Config(
+            model=model_class,
+            dataset=dataset,
+            config_file_list=files + list(config_file_list or []),
+            config_dict=dict(config_dict or {}),
+        )
+    return config, model_class
+
+
+@dataclass
+class RunOutput:
+    """Everything a run produced; ``result`` is the dict RecBole's ``run_recbole`` returns."""
+
+    result: dict
+    config: Any
+    model: Any
+    trainer: Any
+    saved_model_file: Optional[str]
+    params: tuple
+    timings: dict = field(default_factory=dict)
+
+
+def run(
+    model: Any = None,
+    dataset: Optional[str] = None,
+    config_file_list: Optional[list[str]] = None,
+    config_dict: Optional[dict] = None,
+    saved: bool = True,
+    callbacks: Optional[list] = None,
+) -> RunOutput:
+    """Train and test one model; ``callbacks`` are called as ``cb(epoch, valid_score, valid_result)``."""
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import get_trainer, init_logger, init_seed, set_color
+
+    config, model_class = build_config(model, dataset, config_file_list, config_dict)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = logging.getLogger()
+    logger.info(config)
+
+    t0 = time.perf_counter()
+    data = create_dataset(config)
+    logger.info(data)
+    train_data, valid_data, test_data = data_preparation(config, data)
+    t_data = time.perf_counter() - t0
+
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    net = model_class(config, train_data._dataset).to(config["device"])
+    logger.info(net)
+    params = count_parameters(net)
+    logger.info(set_color("parameters", "blue") + f": {params[0]} total, {params[1]} without embeddings")
+
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
+    if callbacks:
+        _attach_callbacks(trainer, callbacks)
+    t1 = time.perf_counter()
+    with compat.quiet_recbole():
+        best_valid_score, best_valid_result = trainer.fit(
+            train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+        )
+        t_fit = time.perf_counter() - t1
+        with compat.trusted_checkpoint(trainer.saved_model_file):
+            test_result = trainer.evaluate(
+                test_data, load_best_model=saved, show_progress=config["show_progress"]
+            )
+    logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
+    logger.info(set_color("test result", "yellow") + f": {test_result}")
+    result = {
+        "best_valid_score": best_valid_score,
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": best_valid_result,
+        "test_result": test_result,
+    }
+    return RunOutput(
+        result=result,
+        config=config,
+        model=net,
+        trainer=trainer,
+        saved_model_file=trainer.saved_model_file if saved else None,
+        params=params,
+        timings={"data_s": t_data, "fit_s": t_fit},
+    )
+
+
+def _attach_callbacks(trainer, callbacks) -> None:
+    """Report each validation to ``callbacks`` through the trainer's own validation step."""
+    original = trainer._valid_epoch
+    epoch = {"n": -1}
+
+    def valid_epoch(valid_data, show_progress=False):
+        epoch["n"] += 1
+        score, result = original(valid_data, show_progress=show_progress)
+        for cb in callbacks:
+            cb(epoch["n"], score, result)
+        return score, result
+
+    trainer._valid_epoch = valid_epoch
+
+
+def run_recbole_ssm(
+    model: Any = None,
+    dataset: Optional[str] = None,
+    config_file_list: Optional[list[str]] = None,
+    config_dict: Optional[dict] = None,
+    saved: bool = True,
+) -> dict:
+    """Train and test ``model`` on ``dataset``; returns the dict RecBole's ``run_recbole`` returns."""
+    return run(model, dataset, config_file_list, config_dict, saved).result
+
+
+def objective_function(config_dict=None, config_file_list=None, saved=True) -> dict:
+    """RecBole's hyper-tuning objective, through recbole-ssm (model and dataset come from the config)."""
+    out = run(None, None, config_file_list, config_dict, saved)
+    return {"model": out.config["model"], **out.result}
+
+
+def load_data_and_model(model_file: str):
+    """Rebuild config, data and model from a checkpoint written by a run.
+
+    The checkpoint is read with ``weights_only=True`` (RecBole's config types allowed), so a
+    file from elsewhere cannot run code. Returns ``(config, model, dataset, train, valid, test)``.
+    """
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import init_logger, init_seed
+
+    checkpoint = compat.load_checkpoint(model_file)
+    config = checkpoint["config"]
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    data = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, data)
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    net = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    net.load_state_dict(checkpoint["state_dict"])
+    net.load_other_parameter(checkpoint.get("other_parameter"))
+    return config, net, data, train_data, valid_data, test_data
+
+
+def evaluate_checkpoint(model_file: str, split: str = "test") -> dict:
+    """Metrics of a saved model on its own data split, as RecBole's trainer computes them."""
+    from recbole.utils import get_trainer
+
+    config, net, _data, _train, valid, test = load_data_and_model(model_file)
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
+    return trainer.evaluate(test if split == "test" else valid, load_best_model=False)
+
+
+def format_result(out: RunOutput) -> str:
+    """Human summary printed by the CLI."""
+    lines = [f"model={out.config['model']} dataset={out.config['dataset']} "
+             f"params={out.params[0]} (without embeddings {out.params[1]}) "
+             f"fit={out.timings.get('fit_s', 0):.1f}s"]
+    for name, res in (("valid", out.result["best_valid_result"]), ("test", out.result["test_result"])):
+        metrics = "  ".join(f"{k}={v:.4f}" for k, v in (res or {}).items())
+        lines.append(f"{name:5s} {metrics}")
+    return "\n".join(lines)
+
+
+def _argv0() -> str:
+    return os.path.basename(sys.argv[0]) if sys.argv else "run_recbole_ssm.py"

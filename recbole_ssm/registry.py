@@ -1,0 +1,64 @@
+"""Model lookup: the plugin's models first, then RecBole's own."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+
+from recbole_ssm.errors import UsageError
+
+# Names users may type for a plugin model (the seed paper calls Mamba2Rec "2Mamba4Rec").
+ALIASES = {"2Mamba4Rec": "Mamba2Rec"}
+
+# RecBole submodules searched for a model. RecBole's own get_model also tries its 'exlib'
+# models, whose import needs lightgbm / xgboost; those are not offered here.
+_RECBOLE_MODULES = (
+    "recbole.model.sequential_recommender",
+    "recbole.model.general_recommender",
+    "recbole.model.context_aware_recommender",
+    "recbole.model.knowledge_aware_recommender",
+)
+
+
+def plugin_models() -> dict:
+    """``{name: class}`` of the models recbole-ssm defines."""
+    from recbole_ssm import models
+
+    return dict(models.MODELS)
+
+
+def recbole_sequential_models() -> list[str]:
+    from recbole.model.abstract_recommender import SequentialRecommender
+
+    mod = importlib.import_module("recbole.model.sequential_recommender")
+    return sorted(
+        name
+        for name, obj in vars(mod).items()
+        if inspect.isclass(obj) and issubclass(obj, SequentialRecommender) and obj is not SequentialRecommender
+    )
+
+
+def available_sequential_models() -> list[str]:
+    return sorted(plugin_models()) + sorted(ALIASES) + recbole_sequential_models()
+
+
+def canonical_name(name: str) -> str:
+    return ALIASES.get(name, name)
+
+
+def get_model(name: str):
+    """Return the model class for ``name``: recbole-ssm's first, else RecBole's."""
+    if not isinstance(name, str):
+        return name
+    name = canonical_name(name)
+    ours = plugin_models()
+    if name in ours:
+        return ours[name]
+    for module in _RECBOLE_MODULES:
+        mod = importlib.import_module(module)
+        cls = getattr(mod, name, None)
+        if inspect.isclass(cls):
+            return cls
+    raise UsageError(
+        f"unknown model {name!r}; available sequential models: {', '.join(available_sequential_models())}"
+    )

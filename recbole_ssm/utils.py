@@ -1,0 +1,30 @@
+"""Small helpers shared by the CLI, the models and the benchmarks."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import torch.nn as nn
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(total parameters, parameters outside nn.Embedding layers): the seed paper's two columns."""
+    total = sum(p.numel() for p in model.parameters())
+    emb = sum(p.numel() for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters(recurse=False))
+    return total, total - emb
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through a temp file in the same folder, then rename."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Optional
 
 from recbole_ssm.errors import UsageError
 
@@ -34,7 +33,7 @@ SUBCOMMANDS = {
 }
 
 
-def split_run_args(argv: list[str]) -> tuple[Optional[str], Optional[str], list[str], dict]:
+def split_run_args(argv: list[str]) -> tuple[str | None, str | None, list[str], dict]:
     """Split ``argv`` into (model, dataset, config files, overrides)."""
     from recbole_ssm.config import parse_overrides
 
@@ -61,7 +60,7 @@ def run_main(argv: list[str]) -> int:
     return 0
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv[:1]) or (argv and argv[0] == "help"):
         print(USAGE, end="")

@@ -8,12 +8,14 @@ Nothing outside this module patches RecBole or silences its warnings.
 from __future__ import annotations
 
 import contextlib
-import os
+import pickle
 import sys
+import types
 import warnings
 from typing import Iterator
 
 import torch
+
 
 # RecBole's Config parses sys.argv by itself; the API must not pick up the host program's
 # arguments (pytest's, a Ray worker's), so Config is always built with an empty argv.
@@ -27,17 +29,64 @@ def isolated_argv() -> Iterator[None]:
         sys.argv = saved
 
 
-# torch >= 2.6 loads with weights_only=True, which rejects RecBole's checkpoints (they
-# pickle the Config object). Only the checkpoint this run itself wrote is loaded in full.
+# RecBole pickles its checkpoints with protocol 4, which torch's weights_only loader cannot
+# read at all (it rejects the FRAME opcode), and they hold the Config object. A checkpoint
+# is read by an unpickler that may build only the types below, so a file cannot run code.
+_CHECKPOINT_GLOBALS = {
+    ("collections", "OrderedDict"),
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "scalar"),
+    ("recbole.config.configurator", "Config"),
+    ("torch", "device"),
+    ("torch", "Size"),
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_parameter"),
+    ("yaml.loader", "FullLoader"),
+    ("yaml.loader", "SafeLoader"),
+}
+
+
+class _CheckpointUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        allowed = (
+            (module, name) in _CHECKPOINT_GLOBALS
+            or module == "recbole.utils.enum_type"
+            or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype))
+            or module.startswith(("recbole.model.", "recbole_ssm.models"))
+        )
+        if not allowed:
+            raise pickle.UnpicklingError(f"checkpoint refers to {module}.{name}, which a checkpoint may not hold")
+        obj = super().find_class(module, name)
+        if module.startswith(("recbole.model.", "recbole_ssm.models")):
+            from recbole.model.abstract_recommender import AbstractRecommender
+
+            if not (isinstance(obj, type) and issubclass(obj, AbstractRecommender)):
+                raise pickle.UnpicklingError(f"checkpoint refers to {module}.{name}, which is not a model class")
+        return obj
+
+
+_checkpoint_pickle = types.ModuleType("recbole_ssm_checkpoint_pickle")
+_checkpoint_pickle.Unpickler = _CheckpointUnpickler  # type: ignore[attr-defined]
+_checkpoint_pickle.load = pickle.load  # type: ignore[attr-defined]
+
+
+def load_checkpoint(path: str, map_location="cpu") -> dict:
+    """Read a RecBole checkpoint written anywhere, without letting it run code."""
+    return torch.load(path, map_location=map_location, weights_only=False, pickle_module=_checkpoint_pickle)
+
+
+# RecBole's trainer calls torch.load(file) on its checkpoints (evaluate with load_best_model,
+# resume_checkpoint), which fails on torch >= 2.6 for the reason above.
 @contextlib.contextmanager
-def trusted_checkpoint(path: str) -> Iterator[None]:
-    """Within the block, ``torch.load(path)`` of exactly this file unpickles in full."""
-    own = os.path.realpath(path)
+def recbole_checkpoint_loading() -> Iterator[None]:
+    """Within the block, a plain ``torch.load(f)`` reads checkpoints with the restricted unpickler."""
     original = torch.load
 
     def load(f, *args, **kwargs):
-        if isinstance(f, (str, os.PathLike)) and os.path.realpath(f) == own:
-            kwargs["weights_only"] = False
+        if not args and "weights_only" not in kwargs and "pickle_module" not in kwargs:
+            kwargs.update(weights_only=False, pickle_module=_checkpoint_pickle)
         return original(f, *args, **kwargs)
 
     torch.load = load
@@ -47,25 +96,14 @@ def trusted_checkpoint(path: str) -> Iterator[None]:
         torch.load = original
 
 
-def _recbole_checkpoint_globals() -> list:
-    """Types a RecBole checkpoint pickles besides tensors: its Config and the enums in it."""
-    from recbole.config.configurator import Config
-    from recbole.utils.enum_type import EvaluatorType, FeatureSource, FeatureType, InputType, ModelType
-
-    return [Config, EvaluatorType, FeatureSource, FeatureType, InputType, ModelType, torch.device, set]
-
-
-# A checkpoint from elsewhere (a file a user hands to load_checkpoint) is never unpickled in
-# full: it loads with weights_only=True and only RecBole's own config types allowed.
-def load_checkpoint(path: str, map_location="cpu") -> dict:
-    with torch.serialization.safe_globals(_recbole_checkpoint_globals()):
-        return torch.load(path, map_location=map_location, weights_only=True)
-
-
-# RecBole's trainer builds torch.cuda.amp.GradScaler every epoch, deprecated since torch 2.4:
-# a FutureWarning per epoch that says nothing about the user's run.
+# Known warnings RecBole triggers on current libraries, each harmless for the user's run:
 _RECBOLE_NOISE = [
-    (FutureWarning, r"`torch\.cuda\.amp\.GradScaler\(args\.\.\.\)` is deprecated"),
+    # the trainer builds torch.cuda.amp.GradScaler every epoch, deprecated since torch 2.4;
+    (FutureWarning, r"`torch\.cuda\.amp\.GradScaler\(args\.\.\.\)` is deprecated", ""),
+    # Dataset._fill_nan uses in-place fillna on a column; it still works on pandas < 3 (pinned),
+    # and pandas warns that it will stop working in pandas 3.
+    (FutureWarning, r"A value is trying to be set on a copy of a DataFrame or Series through chained "
+     r"assignment using an inplace method", r"recbole\.data\.dataset"),
 ]
 
 
@@ -73,6 +111,6 @@ _RECBOLE_NOISE = [
 def quiet_recbole() -> Iterator[None]:
     """Silence only the known, harmless warnings RecBole triggers on new libraries."""
     with warnings.catch_warnings():
-        for category, message in _RECBOLE_NOISE:
-            warnings.filterwarnings("ignore", message=message, category=category)
+        for category, message, module in _RECBOLE_NOISE:
+            warnings.filterwarnings("ignore", message=message, category=category, module=module)
         yield

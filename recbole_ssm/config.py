@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import urllib.request
 import zipfile
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable
 
 import yaml
 
@@ -84,7 +84,7 @@ def property_files(model_name: str, dataset: str) -> list[str]:
     return files
 
 
-def merged_user_config(config_file_list: Optional[list[str]], config_dict: Optional[dict]) -> dict:
+def merged_user_config(config_file_list: list[str] | None, config_dict: dict | None) -> dict:
     merged: dict = {}
     for path in config_file_list or []:
         merged.update(read_yaml(path))
@@ -142,7 +142,7 @@ def _download(url: str, folder: str, dataset: str, timeout: float) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def resolve_dataset(dataset: str, data_path: Optional[str]) -> None:
+def resolve_dataset(dataset: str, data_path: str | None) -> None:
     """Make sure ``dataset`` has atomic files RecBole can read, or raise a one-line UsageError.
 
     ml-100k is shipped inside RecBole's wheel. Any other name must have

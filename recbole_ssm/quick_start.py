@@ -11,19 +11,20 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from recbole_ssm import compat
-from recbole_ssm.config import DEFAULT_DATASET, merged_user_config, property_files, resolve_dataset
+from recbole_ssm.config import DEFAULT_DATASET, merged_user_config, property_files, read_yaml, resolve_dataset
+from recbole_ssm.errors import UsageError
 from recbole_ssm.registry import canonical_name, get_model
 from recbole_ssm.utils import count_parameters
 
 
 def build_config(
     model: Any = None,
-    dataset: Optional[str] = None,
-    config_file_list: Optional[list[str]] = None,
-    config_dict: Optional[dict] = None,
+    dataset: str | None = None,
+    config_file_list: list[str] | None = None,
+    config_dict: dict | None = None,
 ):
     """Return ``(recbole Config, model class)`` with recbole-ssm's precedence (see config.py)."""
     from recbole.config import Config
@@ -31,8 +32,6 @@ def build_config(
     user = merged_user_config(config_file_list, config_dict)
     model = model if model is not None else user.get("model")
     if model is None:
-        from recbole_ssm.errors import UsageError
-
         raise UsageError("no model given: pass --model=NAME (e.g. --model=SASRec)")
     dataset = dataset or user.get("dataset") or DEFAULT_DATASET
     model_class = get_model(model)
@@ -41,17 +40,20 @@ def build_config(
     data_path = user.get("data_path")
     if data_path is None:
         for path in files:
-            from recbole_ssm.config import read_yaml
-
             data_path = read_yaml(path).get("data_path", data_path)
     resolve_dataset(dataset, data_path)
     with compat.isolated_argv():
-        config = Config(
-            model=model_class,
-            dataset=dataset,
-            config_file_list=files + list(config_file_list or []),
-            config_dict=dict(config_dict or {}),
-        )
+        try:
+            config = Config(
+                model=model_class,
+                dataset=dataset,
+                config_file_list=files + list(config_file_list or []),
+                config_dict=dict(config_dict or {}),
+            )
+        except (ValueError, TypeError, KeyError, NotImplementedError, RuntimeError) as exc:
+            # RecBole validates settings in Config (metrics, topk, CE with negatives, ...)
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise UsageError(f"invalid configuration: {reason}") from None
     return config, model_class
 
 
@@ -63,18 +65,18 @@ class RunOutput:
     config: Any
     model: Any
     trainer: Any
-    saved_model_file: Optional[str]
+    saved_model_file: str | None
     params: tuple
     timings: dict = field(default_factory=dict)
 
 
 def run(
     model: Any = None,
-    dataset: Optional[str] = None,
-    config_file_list: Optional[list[str]] = None,
-    config_dict: Optional[dict] = None,
+    dataset: str | None = None,
+    config_file_list: list[str] | None = None,
+    config_dict: dict | None = None,
     saved: bool = True,
-    callbacks: Optional[list] = None,
+    callbacks: list | None = None,
 ) -> RunOutput:
     """Train and test one model; ``callbacks`` are called as ``cb(epoch, valid_score, valid_result)``."""
     from recbole.data import create_dataset, data_preparation
@@ -87,9 +89,10 @@ def run(
     logger.info(config)
 
     t0 = time.perf_counter()
-    data = create_dataset(config)
-    logger.info(data)
-    train_data, valid_data, test_data = data_preparation(config, data)
+    with compat.quiet_recbole():
+        data = create_dataset(config)
+        logger.info(data)
+        train_data, valid_data, test_data = data_preparation(config, data)
     t_data = time.perf_counter() - t0
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
@@ -107,7 +110,7 @@ def run(
             train_data, valid_data, saved=saved, show_progress=config["show_progress"]
         )
         t_fit = time.perf_counter() - t1
-        with compat.trusted_checkpoint(trainer.saved_model_file):
+        with compat.recbole_checkpoint_loading():
             test_result = trainer.evaluate(
                 test_data, load_best_model=saved, show_progress=config["show_progress"]
             )
@@ -124,7 +127,7 @@ def run(
         config=config,
         model=net,
         trainer=trainer,
-        saved_model_file=trainer.saved_model_file if saved else None,
+        saved_model_file=os.path.abspath(trainer.saved_model_file) if saved else None,
         params=params,
         timings={"data_s": t_data, "fit_s": t_fit},
     )
@@ -147,9 +150,9 @@ def _attach_callbacks(trainer, callbacks) -> None:
 
 def run_recbole_ssm(
     model: Any = None,
-    dataset: Optional[str] = None,
-    config_file_list: Optional[list[str]] = None,
-    config_dict: Optional[dict] = None,
+    dataset: str | None = None,
+    config_file_list: list[str] | None = None,
+    config_dict: dict | None = None,
     saved: bool = True,
 ) -> dict:
     """Train and test ``model`` on ``dataset``; returns the dict RecBole's ``run_recbole`` returns."""
@@ -165,8 +168,9 @@ def objective_function(config_dict=None, config_file_list=None, saved=True) -> d
 def load_data_and_model(model_file: str):
     """Rebuild config, data and model from a checkpoint written by a run.
 
-    The checkpoint is read with ``weights_only=True`` (RecBole's config types allowed), so a
-    file from elsewhere cannot run code. Returns ``(config, model, dataset, train, valid, test)``.
+    The checkpoint is read by an unpickler that builds only RecBole's config types, tensors
+    and model classes (``compat.load_checkpoint``), so a file from elsewhere cannot run code.
+    Returns ``(config, model, dataset, train, valid, test)``.
     """
     from recbole.data import create_dataset, data_preparation
     from recbole.utils import init_logger, init_seed
@@ -175,8 +179,9 @@ def load_data_and_model(model_file: str):
     config = checkpoint["config"]
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
-    data = create_dataset(config)
-    train_data, valid_data, test_data = data_preparation(config, data)
+    with compat.quiet_recbole():
+        data = create_dataset(config)
+        train_data, valid_data, test_data = data_preparation(config, data)
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     net = get_model(config["model"])(config, train_data._dataset).to(config["device"])
     net.load_state_dict(checkpoint["state_dict"])
@@ -190,7 +195,8 @@ def evaluate_checkpoint(model_file: str, split: str = "test") -> dict:
 
     config, net, _data, _train, valid, test = load_data_and_model(model_file)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
-    return trainer.evaluate(test if split == "test" else valid, load_best_model=False)
+    with compat.quiet_recbole():
+        return trainer.evaluate(test if split == "test" else valid, load_best_model=False)
 
 
 def format_result(out: RunOutput) -> str:

@@ -1,0 +1,60 @@
+"""Shared fixtures: a small slice of ml-100k written as atomic files, runs in a temp folder."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+TINY_USERS = 120  # users 1..120 of ml-100k: ~12.7k interactions
+
+
+def ml100k_inter_path() -> str:
+    import recbole
+
+    return os.path.join(os.path.dirname(recbole.__file__), "dataset_example", "ml-100k", "ml-100k.inter")
+
+
+def write_ml100k_slice(root: str, name: str, max_user: int = TINY_USERS) -> str:
+    """Write ``root/name/name.inter`` with the interactions of users 1..max_user; return root."""
+    with open(ml100k_inter_path(), encoding="utf-8") as f:
+        header, *rows = f.read().splitlines()
+    keep = [r for r in rows if int(r.split("\t", 1)[0]) <= max_user]
+    folder = os.path.join(root, name)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, f"{name}.inter"), "w", encoding="utf-8") as f:
+        f.write(header + "\n" + "\n".join(keep) + "\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> str:
+    """data_path holding ``ml-tiny``: a small slice of ml-100k (never the network, never ../shared)."""
+    return write_ml100k_slice(str(tmp_path_factory.mktemp("data")), "ml-tiny")
+
+
+# Settings that keep a RecBole run to seconds on 2 cores.
+TINY = {
+    "epochs": 1,
+    "MAX_ITEM_LIST_LENGTH": 20,
+    "hidden_size": 16,
+    "inner_size": 32,
+    "n_layers": 1,
+    "train_batch_size": 256,
+    "eval_batch_size": 256,
+    "show_progress": False,
+    "state": "WARNING",
+    "load_col": {"inter": ["user_id", "item_id", "rating", "timestamp"]},
+}
+
+
+@pytest.fixture
+def tiny_config(tiny_data) -> dict:
+    return {**TINY, "data_path": tiny_data}
+
+
+@pytest.fixture(autouse=True)
+def _run_in_tmp(tmp_path, monkeypatch):
+    """RecBole writes log/, saved/ and log_tensorboard/ into the working directory."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RECBOLE_SSM_OFFLINE", "1")

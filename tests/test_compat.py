@@ -1,0 +1,111 @@
+"""Each shim in compat.py is needed (unpatched RecBole misbehaves) and effective."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+import warnings
+
+import pandas as pd
+import pytest
+import torch
+
+from recbole_ssm import compat
+from recbole_ssm.quick_start import build_config, run
+
+
+def test_recbole_config_reads_sys_argv_unless_isolated(tiny_data, monkeypatch):
+    from recbole.config import Config
+
+    monkeypatch.setattr(sys, "argv", ["host-program", "--epochs=77"])
+    raw = Config(model="SASRec", dataset="ml-100k", config_dict={"train_neg_sample_args": None})
+    assert raw["epochs"] == 77  # needed: RecBole picks up the host's arguments
+    config, _ = build_config("SASRec", "ml-tiny", None, {"data_path": tiny_data})
+    assert config["epochs"] != 77  # effective
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, tiny_data):
+    from tests.conftest import TINY
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("ckpt"))
+    try:
+        out = run("SASRec", "ml-tiny", None, {**TINY, "data_path": tiny_data})
+    finally:
+        os.chdir(cwd)
+    return out.saved_model_file
+
+
+class _Foreign:
+    pass
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_load_checkpoint_reads_recbole_checkpoints_but_not_code(checkpoint, tmp_path):
+    state = compat.load_checkpoint(checkpoint)
+    assert state["config"]["model"] == "SASRec"
+    evil = tmp_path / "evil.pth"
+    torch.save({"config": _Evil()}, evil)
+    with pytest.raises(pickle.UnpicklingError, match="posix.system|os.system"):
+        compat.load_checkpoint(str(evil))
+    foreign = tmp_path / "foreign.pth"
+    torch.save({"config": _Foreign()}, foreign)
+    with pytest.raises(pickle.UnpicklingError, match="_Foreign"):
+        compat.load_checkpoint(str(foreign))
+
+
+def test_gradscaler_warning_is_silenced_only_inside_quiet_recbole():
+    from torch.cuda import amp
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        amp.GradScaler(enabled=False)
+    assert any("GradScaler" in str(w.message) for w in seen)  # needed
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with compat.quiet_recbole():
+            amp.GradScaler(enabled=False)
+    assert not any("GradScaler" in str(w.message) for w in seen)  # effective
+
+
+def test_recbole_fill_nan_works_on_pinned_pandas_and_its_warning_is_silenced(tiny_data):
+    from recbole.data.dataset import Dataset
+
+    assert int(pd.__version__.split(".")[0]) < 3, "pandas 3 makes RecBole's in-place fillna a no-op"
+    from tests.conftest import TINY
+
+    config, _ = build_config("SASRec", "ml-tiny", None, {**TINY, "data_path": tiny_data})
+    with compat.quiet_recbole():
+        ds = Dataset(config)
+    ds.inter_feat.loc[0, "rating"] = float("nan")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        ds._fill_nan()
+    assert any("chained assignment" in str(w.message) for w in seen)  # needed
+    assert not ds.inter_feat["rating"].isna().any()  # and the fill really happened
+    ds.inter_feat.loc[0, "rating"] = float("nan")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with compat.quiet_recbole():
+            ds._fill_nan()
+    assert not any("chained assignment" in str(w.message) for w in seen)  # effective
+
+
+def test_recbole_trainer_load_fails_on_new_torch_unless_inside_checkpoint_loading(checkpoint, tmp_path):
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(checkpoint)  # needed: weights_only=True by default since torch 2.6
+    plain_load = torch.load
+    with compat.recbole_checkpoint_loading():
+        state = torch.load(checkpoint)
+    assert "state_dict" in state and state["config"]["model"] == "SASRec"
+    evil = tmp_path / "evil.pth"
+    torch.save({"config": _Evil()}, evil)
+    with compat.recbole_checkpoint_loading(), pytest.raises(pickle.UnpicklingError):
+        torch.load(str(evil))  # still no code from the file
+    assert torch.load is plain_load  # restored after the block

@@ -1,0 +1,108 @@
+"""Config precedence: RecBole < overall.yaml < model yaml < dataset yaml < --config_files < --KEY=VALUE."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import yaml
+
+from recbole_ssm import config as cfg
+from recbole_ssm.errors import UsageError
+from recbole_ssm.quick_start import build_config
+
+
+def write(path: str, data: dict) -> str:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        yaml.safe_dump(data, f)
+    return path
+
+
+@pytest.fixture
+def props(tmp_path, monkeypatch):
+    """A properties folder where each level sets keys a..e (and the levels above it override)."""
+    root = tmp_path / "props"
+    write(str(root / "overall.yaml"), {"key_a": "overall", "key_b": "overall", "key_c": "overall",
+                                       "key_d": "overall", "key_e": "overall", "eval_batch_size": 123,
+                                       "metrics": ["Hit", "NDCG"], "valid_metric": "NDCG@10",
+                                       "train_neg_sample_args": None})
+    write(str(root / "model" / "SASRec.yaml"), {"key_b": "model", "key_c": "model", "key_d": "model",
+                                               "key_e": "model"})
+    write(str(root / "dataset" / "ml-tiny.yaml"), {"key_c": "dataset", "key_d": "dataset", "key_e": "dataset"})
+    monkeypatch.setattr(cfg, "PROPERTIES_DIR", str(root))
+    return root
+
+
+def test_each_level_wins_where_it_should(props, tiny_data, tmp_path):
+    user_file = write(str(tmp_path / "user.yaml"), {"key_d": "file", "key_e": "file", "data_path": tiny_data})
+    config, _ = build_config("SASRec", "ml-tiny", [user_file], {"key_e": "cmd"})
+    assert config["key_a"] == "overall"
+    assert config["key_b"] == "model"
+    assert config["key_c"] == "dataset"
+    assert config["key_d"] == "file"
+    assert config["key_e"] == "cmd"
+    # overall.yaml beats RecBole's default (4096); RecBole's defaults fill what nobody set.
+    assert config["eval_batch_size"] == 123
+    assert config["learning_rate"] == pytest.approx(0.001)
+    # RecBole's model yaml for SASRec still applies below ours
+    assert config["n_heads"] == 2
+
+
+def test_later_config_files_override_earlier_ones(props, tiny_data, tmp_path):
+    a = write(str(tmp_path / "a.yaml"), {"key_d": "a", "data_path": tiny_data})
+    b = write(str(tmp_path / "b.yaml"), {"key_d": "b"})
+    config, _ = build_config("SASRec", "ml-tiny", [a, b], None)
+    assert config["key_d"] == "b"
+
+
+def test_project_defaults_follow_the_evaluation_protocol(tiny_data):
+    config, _ = build_config("SASRec", "ml-tiny", None, {"data_path": tiny_data})
+    assert config["eval_args"]["split"] == {"LS": "valid_and_test"}
+    assert config["eval_args"]["order"] == "TO"
+    assert config["eval_args"]["mode"] == {"valid": "full", "test": "full"}
+    assert config["valid_metric"] == "NDCG@10" and config["loss_type"] == "CE"
+    assert config["train_neg_sample_args"]["distribution"] == "none"  # RecBole's form of "no negatives"
+    assert config["topk"] == [10]
+
+
+def test_embedded_default_dataset_is_ml100k():
+    config, _ = build_config("SASRec", None, None, None)
+    assert config["dataset"] == "ml-100k"
+    assert os.path.isfile(os.path.join(config["data_path"], "ml-100k.inter"))
+
+
+def test_folder_without_inter_file_is_an_error(tmp_path):
+    (tmp_path / "broken").mkdir()
+    with pytest.raises(UsageError, match="has no broken.inter"):
+        cfg.resolve_dataset("broken", str(tmp_path))
+
+
+def test_download_failure_is_a_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.delenv("RECBOLE_SSM_OFFLINE", raising=False)
+
+    def refuse(*_a, **_k):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(cfg.urllib.request, "urlopen", refuse)
+    with pytest.raises(UsageError) as info:
+        cfg.resolve_dataset("ml-1m", str(tmp_path))
+    msg = str(info.value)
+    assert "downloading it failed (network is unreachable)" in msg and "\n" not in msg
+    assert not (tmp_path / "ml-1m").exists(), "nothing half-written"
+
+
+def test_parse_value_reads_recbole_style_values():
+    assert cfg.parse_value("1e-3") == pytest.approx(1e-3)
+    assert cfg.parse_value("3") == 3
+    assert cfg.parse_value("True") is True
+    assert cfg.parse_value("[10, 20]") == [10, 20]
+    assert cfg.parse_value("CE") == "CE"
+    assert cfg.parse_value("~") is None
+
+
+def test_recbole_rejecting_a_setting_is_a_one_line_usage_error(tiny_data):
+    with pytest.raises(UsageError, match="invalid configuration: .*train_neg_sample_args") as info:
+        build_config("SASRec", "ml-tiny", None, {"data_path": tiny_data, "loss_type": "CE",
+                                                  "train_neg_sample_args": {"distribution": "uniform"}})
+    assert "\n" not in str(info.value)

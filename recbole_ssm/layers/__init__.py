@@ -1,1 +1,12 @@
-"""recbole-ssm layers."""
+"""nn.Modules of recbole-ssm: the Mamba, Mamba2 and Hydra mixers, PFFN and the residual layer.
+
+They know nothing of RecBole; the models in ``recbole_ssm.models`` stack them.
+"""
+
+from recbole_ssm.layers.block import PFFN, SSMLayer
+from recbole_ssm.layers.hydra import HydraMixer
+from recbole_ssm.layers.mamba import MambaMixer
+from recbole_ssm.layers.mamba2 import Mamba2Mixer
+from recbole_ssm.layers.norm import RMSNormGated
+
+__all__ = ["PFFN", "SSMLayer", "HydraMixer", "MambaMixer", "Mamba2Mixer", "RMSNormGated"]

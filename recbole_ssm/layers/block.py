@@ -1,0 +1,45 @@
+"""PFFN and the residual SSM layer shared by the models."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class PFFN(nn.Module):
+    """Position-wise feed-forward network: Linear d->4d, GELU, dropout, Linear 4d->d, dropout,
+    residual, LayerNorm (the Mamba4Rec / seed-paper block)."""
+
+    def __init__(self, d_model: int, inner: Optional[int] = None, dropout: float = 0.2):
+        super().__init__()
+        self.w_1 = nn.Linear(d_model, inner or 4 * d_model)
+        self.w_2 = nn.Linear(inner or 4 * d_model, d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.LayerNorm = nn.LayerNorm(d_model, eps=1e-12)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.dropout(self.w_2(self.dropout(F.gelu(self.w_1(x)))))
+        return self.LayerNorm(h + x)
+
+
+class SSMLayer(nn.Module):
+    """mixer -> dropout -> (residual) LayerNorm -> PFFN.
+
+    As in Mamba4Rec, a single layer has no residual around the mixer; stacked layers do.
+    """
+
+    def __init__(self, mixer: nn.Module, d_model: int, dropout: float, residual: bool):
+        super().__init__()
+        self.mixer = mixer
+        self.residual = residual
+        self.dropout = nn.Dropout(dropout)
+        self.LayerNorm = nn.LayerNorm(d_model, eps=1e-12)
+        self.ffn = PFFN(d_model, dropout=dropout)
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        h = self.dropout(self.mixer(x, mask))
+        h = self.LayerNorm(h + x if self.residual else h)
+        return self.ffn(h)

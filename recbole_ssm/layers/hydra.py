@@ -1,0 +1,78 @@
+"""Hydra mixer: a bidirectional quasiseparable matrix mixer built from two SSD scans.
+
+Hydra (Hwang et al. 2024, "Hydra: Bidirectional State Space Models Through Generalized
+Matrix Mixers") mixes a sequence with ``y = shift(SS(x)) + flip(shift(SS(flip(x)))) + diag(x)``:
+a forward and a backward SSD scan, each shifted by one step so both cover only the strictly
+lower / upper triangle, plus a data-dependent diagonal.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from recbole_ssm.layers.init import dt_bias_init
+from recbole_ssm.layers.norm import RMSNormGated
+from recbole_ssm.ops import mamba_chunk_scan_combined
+
+
+def _shift_right(y: torch.Tensor) -> torch.Tensor:
+    """y[:, t] <- y[:, t-1], y[:, 0] <- 0 along dim 1."""
+    return F.pad(y[:, :-1], (0, 0) * (y.dim() - 2) + (1, 0))
+
+
+class HydraMixer(nn.Module):
+    """Bidirectional SSD mixer. ``d_conv`` must be odd (a centred, non-causal convolution).
+
+    With ``mask`` (B, L) of real positions, the output at real positions does not depend on
+    what follows them: masked inputs are zeroed before the projection and after the
+    convolution, so the backward scan starts empty at the last real position.
+    """
+
+    def __init__(self, d_model: int, d_state: int = 64, d_conv: int = 7, expand: int = 2, headdim: int = 64,
+                 ngroups: int = 1, chunk_size: int = 256):
+        super().__init__()
+        self.d_inner = expand * d_model
+        assert d_conv % 2 == 1 and self.d_inner % headdim == 0 and (self.d_inner // headdim) % ngroups == 0
+        self.d_state, self.headdim, self.ngroups, self.chunk_size = d_state, headdim, ngroups, chunk_size
+        self.nheads = self.d_inner // headdim
+        gn = ngroups * d_state
+        self.conv_dim = self.d_inner + 4 * gn  # x, then B and C for each direction
+        self.in_proj = nn.Linear(d_model, self.d_inner + self.conv_dim + 2 * self.nheads, bias=False)
+        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, d_conv, groups=self.conv_dim, padding=d_conv // 2)
+        self.dt_bias = nn.Parameter(dt_bias_init(self.nheads))
+        self.A_log = nn.Parameter(torch.zeros(self.nheads))  # A = -1
+        self.fc_D = nn.Linear(self.d_inner, self.nheads, bias=False)  # data-dependent diagonal
+        self.D = nn.Parameter(torch.ones(self.nheads))
+        self.norm = RMSNormGated(self.d_inner, eps=1e-5, norm_before_gate=True)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
+
+    def forward(self, hidden: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """hidden: (B, L, d_model), mask: (B, L) bool of real positions -> (B, L, d_model)."""
+        bsz, seqlen, _ = hidden.shape
+        keep = None if mask is None else mask.unsqueeze(-1).to(hidden.dtype)  # (B, L, 1)
+        if keep is not None:
+            hidden = hidden * keep
+        z, xbc, dt = torch.split(self.in_proj(hidden), [self.d_inner, self.conv_dim, 2 * self.nheads], dim=-1)
+        xbc = F.silu(self.conv1d(xbc.transpose(1, 2)).transpose(1, 2))  # (B, L, conv_dim), same length
+        if keep is not None:
+            xbc = xbc * keep  # conv bias makes padding non-zero; the backward scan must start empty
+        gn = self.ngroups * self.d_state
+        x, bc = torch.split(xbc, [self.d_inner, 4 * gn], dim=-1)
+        # the two directions as one batch of 2B sequences; the second one read backwards
+        x2 = torch.cat([x, x.flip(1)], dim=0).reshape(2 * bsz, seqlen, self.nheads, self.headdim)
+        bc2 = torch.cat([bc[..., : 2 * gn], bc[..., 2 * gn:].flip(1)], dim=0)  # (2B, L, 2*G*N)
+        b2, c2 = bc2.reshape(2 * bsz, seqlen, 2, self.ngroups, self.d_state).unbind(2)  # (2B, L, G, N)
+        dt2 = torch.cat([dt[..., : self.nheads], dt[..., self.nheads:].flip(1)], dim=0)  # (2B, L, H)
+        y2 = mamba_chunk_scan_combined(
+            x2, dt2, -torch.exp(self.A_log.float()), b2, c2, self.chunk_size,
+            dt_bias=self.dt_bias.float(), dt_softplus=True,
+        ).reshape(2 * bsz, seqlen, self.d_inner)
+        y2 = _shift_right(y2)  # strictly causal in each direction
+        y = y2[:bsz] + y2[bsz:].flip(1)  # (B, L, D)
+        diag = F.linear(x, self.fc_D.weight, self.D)  # (B, L, H)
+        y = y + x * diag.repeat_interleave(self.headdim, dim=-1)
+        return self.out_proj(self.norm(y, z))  # (B, L, d_model)

@@ -1,0 +1,53 @@
+"""Mamba2 mixer: SSD heads (scalar decay per head), causal conv, gated RMSNorm."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from recbole_ssm.layers.init import dt_bias_init
+from recbole_ssm.layers.norm import RMSNormGated
+from recbole_ssm.ops import causal_conv1d_fn, mamba_chunk_scan_combined
+
+
+class Mamba2Mixer(nn.Module):
+    """State space duality (SSD) block of Mamba2 (Dao & Gu 2024), causal.
+
+    ``expand * d_model`` must be divisible by ``headdim``, and the number of heads by ``ngroups``.
+    """
+
+    def __init__(self, d_model: int, d_state: int = 64, d_conv: int = 4, expand: int = 2, headdim: int = 64,
+                 ngroups: int = 1, chunk_size: int = 256):
+        super().__init__()
+        self.d_inner = expand * d_model
+        assert self.d_inner % headdim == 0 and (self.d_inner // headdim) % ngroups == 0
+        self.d_state, self.headdim, self.ngroups, self.chunk_size = d_state, headdim, ngroups, chunk_size
+        self.nheads = self.d_inner // headdim
+        self.conv_dim = self.d_inner + 2 * ngroups * d_state
+        self.in_proj = nn.Linear(d_model, self.d_inner + self.conv_dim + self.nheads, bias=False)
+        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, d_conv, groups=self.conv_dim, padding=d_conv - 1)
+        self.dt_bias = nn.Parameter(dt_bias_init(self.nheads))
+        self.A_log = nn.Parameter(torch.log(torch.empty(self.nheads).uniform_(1, 16)))
+        self.D = nn.Parameter(torch.ones(self.nheads))
+        self.norm = RMSNormGated(self.d_inner, eps=1e-5, norm_before_gate=False)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
+
+    def forward(self, hidden: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """hidden: (B, L, d_model) -> (B, L, d_model). ``mask`` is ignored: the block is causal."""
+        bsz, seqlen, _ = hidden.shape
+        z, xbc, dt = torch.split(self.in_proj(hidden), [self.d_inner, self.conv_dim, self.nheads], dim=-1)
+        xbc = causal_conv1d_fn(xbc.transpose(1, 2), self.conv1d.weight.squeeze(1), self.conv1d.bias,
+                               activation="silu").transpose(1, 2)  # (B, L, conv_dim)
+        gn = self.ngroups * self.d_state
+        x, b, c = torch.split(xbc, [self.d_inner, gn, gn], dim=-1)
+        y = mamba_chunk_scan_combined(
+            x.reshape(bsz, seqlen, self.nheads, self.headdim),  # (B, L, H, P)
+            dt,  # (B, L, H)
+            -torch.exp(self.A_log.float()),
+            b.reshape(bsz, seqlen, self.ngroups, self.d_state),  # (B, L, G, N)
+            c.reshape(bsz, seqlen, self.ngroups, self.d_state),
+            self.chunk_size, D=self.D.float(), dt_bias=self.dt_bias.float(), dt_softplus=True,
+        ).reshape(bsz, seqlen, self.d_inner)
+        return self.out_proj(self.norm(y, z))  # (B, L, d_model)

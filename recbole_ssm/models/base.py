@@ -1,0 +1,111 @@
+"""What the SSM recommenders share: embeddings, a stack of SSM layers, the prediction head."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from recbole.model.abstract_recommender import SequentialRecommender
+from recbole.model.loss import BPRLoss
+
+from recbole_ssm.errors import ConfigError
+from recbole_ssm.layers import SSMLayer
+
+
+def require(config, key: str, ok, rule: str):
+    """Read ``config[key]`` and check it, or raise a ConfigError naming the key and the rule."""
+    try:
+        value = config[key]
+    except KeyError:
+        value = None
+    if value is None:
+        raise ConfigError(f"{key} is not set: {rule}")
+    try:
+        good = ok(value)
+    except TypeError:
+        good = False
+    if not good:
+        raise ConfigError(f"invalid {key}={value!r}: {rule}")
+    return value
+
+
+def positive_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+class SSMRecommender(SequentialRecommender):
+    """Item embedding -> dropout -> LayerNorm -> N x SSMLayer -> state at the last real position.
+
+    Subclasses give ``make_mixer(config)`` and set ``bidirectional`` when the mixer looks ahead
+    (then it gets a padding mask). Scores are dot products with the item embedding matrix.
+    """
+
+    bidirectional = False
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.hidden_size = require(config, "hidden_size", positive_int, "a positive integer")
+        self.num_layers = require(config, "num_layers", positive_int, "a positive integer")
+        self.dropout_prob = require(config, "dropout_prob", lambda v: 0.0 <= float(v) < 1.0, "a float in [0, 1)")
+        self.loss_type = require(config, "loss_type", lambda v: v in ("CE", "BPR"), "CE or BPR")
+        try:
+            trim = config["trim_padding"]
+        except KeyError:
+            trim = None
+        self.trim_padding = True if trim is None else bool(trim)
+
+        self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
+        self.LayerNorm = nn.LayerNorm(self.hidden_size, eps=1e-12)
+        self.dropout = nn.Dropout(self.dropout_prob)
+        self.layers = nn.ModuleList(
+            SSMLayer(self.make_mixer(config), self.hidden_size, self.dropout_prob, residual=self.num_layers > 1)
+            for _ in range(self.num_layers)
+        )
+        self.loss_fct = nn.CrossEntropyLoss() if self.loss_type == "CE" else BPRLoss()
+        self.apply(self._init_weights)
+
+    def make_mixer(self, config) -> nn.Module:
+        raise NotImplementedError
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.data.normal_(mean=0.0, std=0.02)
+        elif isinstance(module, nn.LayerNorm):
+            module.bias.data.zero_()
+            module.weight.data.fill_(1.0)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            module.bias.data.zero_()
+
+    def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
+        """item_seq: (B, L) right-padded with 0, item_seq_len: (B,) -> (B, hidden) at the last real item."""
+        if self.trim_padding:
+            # Positions after the longest sequence are padding in every row; causal mixers never
+            # look at them and the bidirectional one masks them, so dropping them changes nothing.
+            item_seq = item_seq[:, : int(item_seq_len.max())]
+        mask = None
+        if self.bidirectional:
+            positions = torch.arange(item_seq.size(1), device=item_seq.device)
+            mask = positions.unsqueeze(0) < item_seq_len.unsqueeze(1)  # (B, L)
+        x = self.dropout(self.LayerNorm(self.item_embedding(item_seq)))  # (B, L, d)
+        for layer in self.layers:
+            x = layer(x, mask)
+        return self.gather_indexes(x, item_seq_len - 1)  # (B, d)
+
+    def calculate_loss(self, interaction) -> torch.Tensor:
+        seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        pos_items = interaction[self.POS_ITEM_ID]
+        if self.loss_type == "BPR":
+            neg_items = interaction[self.NEG_ITEM_ID]
+            pos_score = (seq_output * self.item_embedding(pos_items)).sum(-1)
+            neg_score = (seq_output * self.item_embedding(neg_items)).sum(-1)
+            return self.loss_fct(pos_score, neg_score)
+        logits = seq_output @ self.item_embedding.weight.t()  # (B, n_items)
+        return self.loss_fct(logits, pos_items)
+
+    def predict(self, interaction) -> torch.Tensor:
+        seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        return (seq_output * self.item_embedding(interaction[self.ITEM_ID])).sum(-1)
+
+    def full_sort_predict(self, interaction) -> torch.Tensor:
+        seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        return seq_output @ self.item_embedding.weight.t()  # (B, n_items)

@@ -1,0 +1,150 @@
+"""``prepare``: one raw data set in, one folder of RecBole atomic files out (or nothing)."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+from recbole_ssm.data import amazon2023, movielens, seqtext
+from recbole_ssm.data.common import (
+    SOURCES,
+    DataFormatError,
+    Interactions,
+    OutputFolder,
+    check_targets,
+    dataset_yaml,
+    filter_rows,
+    format_summary,
+    sequence_stats,
+    write_inter,
+    write_summary_files,
+    write_yaml,
+)
+from recbole_ssm.errors import UsageError
+
+
+def default_name(source: str, path: str) -> str:
+    """A dataset name from the input's file name: ``ml-1m.zip`` -> ``ml-1m``,
+    ``Video_Games.jsonl.gz`` -> ``amazon-video-games``, ``Beauty.txt`` -> ``beauty``."""
+    base = os.path.basename(os.path.normpath(path))
+    if source == "movielens" and base in ("ratings.dat", "ratings.csv"):
+        base = os.path.basename(os.path.dirname(os.path.abspath(path)))
+    stem = re.sub(r"(\.jsonl|\.json|\.txt|\.dat|\.csv|\.zip)?(\.gz)?$", "", base, flags=re.I)
+    slug = re.sub(r"[^\w.\-]+", "-", stem).strip("-").lower()
+    if source == "amazon2023":
+        slug = "amazon-" + slug.replace("_", "-")
+    return slug or source
+
+
+def prepare(
+    source: str,
+    input: str,
+    output: str | None = None,
+    name: str | None = None,
+    kcore: int = 5,
+    min_rating: float | None = None,
+    max_bad: float = 0.001,
+    force: bool = False,
+    properties_dir: str | None = None,
+    meta: str | None = None,
+    max_item_list_length: int | None = None,
+    verbose: bool = True,
+) -> dict:
+    """Convert one raw data set to RecBole atomic files; returns the summary dict.
+
+    Writes ``<output>/<name>.inter`` (plus ``.item`` / ``.user`` where the source has them),
+    ``<output>/<name>.yaml``, ``summary.txt`` and ``summary.json`` through a temp folder
+    renamed into place, then ``<properties_dir>/dataset/<name>.yaml``. Raises
+    :class:`~recbole_ssm.errors.UsageError` (nothing written) on bad arguments, the wrong
+    source for the file, or more malformed lines than ``max_bad`` allows.
+    """
+    if source not in SOURCES:
+        raise UsageError(f"unknown source {source!r}: use one of {', '.join(SOURCES)}")
+    if kcore < 0:
+        raise UsageError(f"--kcore must be 0 or more, got {kcore}")
+    if not 0 <= max_bad <= 1:
+        raise UsageError(f"--max-bad is a fraction of lines between 0 and 1, got {max_bad:g}")
+    if max_item_list_length is not None and max_item_list_length < 1:
+        raise UsageError(f"--max-item-list-length must be 1 or more, got {max_item_list_length}")
+    if min_rating is not None and source == "seqtext":
+        raise UsageError("--min-rating does not apply to seqtext: the text layouts have no rating")
+    if meta is not None and source != "amazon2023":
+        raise UsageError("--meta is for the amazon2023 source only")
+    if meta is not None and not os.path.isfile(meta):
+        raise UsageError(f"meta file not found: {meta} (check --meta)")
+    if not os.path.exists(input):
+        raise UsageError(f"input not found: {input} (check --input)")
+    if name is None:
+        name = os.path.basename(os.path.normpath(output)) if output else default_name(source, input)
+    if not re.fullmatch(r"[\w.\-]+", name):
+        raise UsageError(f"invalid dataset name {name!r}: use letters, digits, '.', '_' or '-' (--name)")
+    output = output or os.path.join("dataset", name)
+    if os.path.basename(os.path.normpath(output)) != name:
+        raise UsageError(f"--output folder {output} must be named like the dataset {name!r} "
+                         f"(RecBole reads DATA_PATH/{name}/{name}.inter): use --output .../{name}")
+    if properties_dir is None:
+        from recbole_ssm.config import PROPERTIES_DIR
+
+        properties_dir = PROPERTIES_DIR
+    yaml_path = os.path.join(properties_dir, "dataset", f"{name}.yaml") if properties_dir else None
+    check_targets(output, yaml_path, force)
+
+    t0 = time.perf_counter()
+    table = Interactions()
+    if source == "movielens":
+        data = movielens.read(input, table)
+    elif source == "amazon2023":
+        data = amazon2023.read(input, table, meta)
+    else:
+        if os.path.isdir(input):
+            raise UsageError(f"{input} is a folder: seqtext reads one text file (--input FILE.txt)")
+        data = seqtext.read(input, table)
+    for reader in data.readers:
+        reader.check(max_bad)
+    filtered = filter_rows(table, kcore, min_rating)
+    if filtered.steps["rows_out"] == 0:
+        raise DataFormatError(f"no interactions left after filtering ({filtered.steps['rows_in']} read): "
+                              f"lower --kcore (now {kcore}) or --min-rating")
+
+    parent = os.path.dirname(os.path.abspath(output))
+    data_path = None if parent == os.path.abspath("dataset") else parent
+    max_len = max_item_list_length or data.max_len
+    folder = OutputFolder(output)
+    try:
+        files = [f"{name}.inter"]
+        write_inter(folder.path(f"{name}.inter"), table, filtered.order, data.has_rating, data.ts_scale)
+        side = data.side(folder, name, table, filtered.order) if data.side else None
+        if side:
+            files += side.files
+        text = dataset_yaml(name, source, data.has_rating, kcore, max_len, data_path,
+                            side.load_col if side else None)
+        with open(folder.path(f"{name}.yaml"), "w", encoding="utf-8") as f:
+            f.write(text)
+        files += [f"{name}.yaml", "summary.txt", "summary.json"]
+        summary = {
+            "name": name,
+            "source": source,
+            "output": os.path.abspath(output),
+            "inputs": [r.as_dict() for r in data.readers + (side.readers if side else [])],
+            "kcore": kcore,
+            "min_rating": min_rating,
+            "max_bad": max_bad,
+            "steps": filtered.steps,
+            "stats": sequence_stats(table, filtered.order),
+            "side_files": side.notes if side else [],
+            "files": files,
+            "properties_yaml": os.path.abspath(yaml_path) if yaml_path else None,
+            "MAX_ITEM_LIST_LENGTH": max_len,
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
+        write_summary_files(folder, summary)
+        folder.commit()
+    except BaseException:
+        folder.discard()
+        raise
+    if yaml_path:
+        write_yaml(yaml_path, text)
+    if verbose:
+        print(format_summary(summary), end="", flush=True)
+    return summary

@@ -1,15 +1,18 @@
-"""Small helpers shared by the CLI, the models and the benchmarks."""
+"""Small helpers shared by the CLI, the models, the data converter and the benchmarks.
+
+Importing this module does not import torch (the data converter's memory is the data's).
+"""
 
 from __future__ import annotations
 
 import os
 import tempfile
 
-import torch.nn as nn
 
-
-def count_parameters(model: nn.Module) -> tuple[int, int]:
+def count_parameters(model) -> tuple[int, int]:
     """(total parameters, parameters outside nn.Embedding layers): the seed paper's two columns."""
+    import torch.nn as nn
+
     total = sum(p.numel() for p in model.parameters())
     emb = sum(p.numel() for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters(recurse=False))
     return total, total - emb
@@ -23,6 +26,7 @@ def atomic_write_text(path: str, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the result is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -542,26 +542,6 @@ class OutputFolder:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def write_yaml(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file in the same folder, then rename.
-
-    (The same as ``recbole_ssm.utils.atomic_write_text``, which imports torch; the converter
-    stays free of torch so its memory is the data's.)
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_summary_files(folder: OutputFolder, summary: dict) -> None:
     with open(folder.path("summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)

@@ -19,9 +19,9 @@ from recbole_ssm.data.common import (
     sequence_stats,
     write_inter,
     write_summary_files,
-    write_yaml,
 )
 from recbole_ssm.errors import UsageError
+from recbole_ssm.utils import atomic_write_text
 
 
 def default_name(source: str, path: str) -> str:
@@ -144,7 +144,7 @@ def prepare(
         folder.discard()
         raise
     if yaml_path:
-        write_yaml(yaml_path, text)
+        atomic_write_text(yaml_path, text)
     if verbose:
         print(format_summary(summary), end="", flush=True)
     return summary

@@ -126,10 +126,11 @@ def selective_scan_ref(
     Cd = Cg.repeat_interleave(dim // Cg.shape[1], dim=1)  # (batch, dim, N, L)
     x = u_c.new_zeros(batch, dim, A.shape[1])  # (batch, dim, N)
     ys = []
-    for t in range(L):
-        d_t = delta_c[:, :, t, None]  # (batch, dim, 1)
-        x = torch.exp(d_t * A_c) * x + d_t * Bd[:, :, :, t] * u_c[:, :, t, None]  # (batch, dim, N)
-        ys.append((x * Cd[:, :, :, t]).sum(-1))  # (batch, dim)
+    # unbind (not x[..., t]) so that autograd gathers the per-position gradients once, not L times
+    for d_t, u_t, B_t, C_t in zip(delta_c.unbind(-1), u_c.unbind(-1), Bd.unbind(-1), Cd.unbind(-1)):
+        d_t = d_t.unsqueeze(-1)  # (batch, dim, 1)
+        x = torch.exp(d_t * A_c) * x + d_t * B_t * u_t.unsqueeze(-1)  # (batch, dim, N)
+        ys.append((x * C_t).sum(-1))  # (batch, dim)
     y = torch.stack(ys, dim=-1) if ys else u_c.new_zeros(batch, dim, 0)  # (batch, dim, L)
     out = _finish(y, u_c, D, z).to(dtype_in)
     return (out, x) if return_last_state else out

@@ -121,13 +121,12 @@ def ssd_ref(
     else:
         h = xc.new_zeros(batch, heads, headdim, N)
     ys = []
-    for t in range(L):
-        decay = torch.exp(dtc[:, t] * Ac)[:, :, None, None]  # (batch, heads, 1, 1)
-        inp = (dtc[:, t, :, None] * xc[:, t]).unsqueeze(-1) * Bh[
-            :, t, :, None, :
-        ]  # (batch, heads, headdim, N)
+    # unbind (not x[:, t]) so that autograd gathers the per-position gradients once, not L times
+    for dt_t, x_t, B_t, C_t in zip(dtc.unbind(1), xc.unbind(1), Bh.unbind(1), Ch.unbind(1)):
+        decay = torch.exp(dt_t * Ac)[:, :, None, None]  # (batch, heads, 1, 1)
+        inp = (dt_t.unsqueeze(-1) * x_t).unsqueeze(-1) * B_t.unsqueeze(2)  # (batch, heads, headdim, N)
         h = decay * h + inp
-        ys.append((h * Ch[:, t, :, None, :]).sum(-1))  # (batch, heads, headdim)
+        ys.append((h * C_t.unsqueeze(2)).sum(-1))  # (batch, heads, headdim)
     y = torch.stack(ys, dim=1) if ys else xc.new_zeros(batch, 0, heads, headdim)  # (batch, L, heads, headdim)
     out = _skip_and_gate(y, xc, D, z).to(x.dtype)
     return (out, h) if return_final_states else out

@@ -198,32 +198,39 @@ def ssd_chunked(
     a = dtk * A.to(cdt).reshape(groups, hg, 1, 1)  # log-decays, (b, g, k, c, T)
     acum = torch.cumsum(a, dim=-1)  # (b, g, k, c, T)
 
-    # 1. intra-chunk: y_t += sum_{s<=t} (C_t . B_s) exp(acum_t - acum_s) dt_s x_s
-    scores = Ck @ Bk.transpose(-1, -2)  # (b, g, c, T, T)
-    M = scores.unsqueeze(2) * _segsum_decay(acum) * dtk.unsqueeze(-2)  # (b, g, k, c, T, T)
-    y = M @ xk  # (b, g, k, c, T, p)
+    xdt = xk * dtk.unsqueeze(-1)  # dt_s x_s, (b, g, k, c, T, p)
 
-    # 2. state each chunk adds: sum_s exp(acum_last - acum_s) dt_s x_s B_s^T
-    w = torch.exp(acum[..., -1:] - acum) * dtk  # (b, g, k, c, T)
-    chunk_states = (xk * w.unsqueeze(-1)).transpose(-1, -2) @ Bk.unsqueeze(2)  # (b, g, k, c, p, N)
+    # 1. intra-chunk: y_t = sum_{s<=t} (C_t . B_s) exp(acum_t - acum_s) dt_s x_s
+    scores = Ck @ Bk.transpose(-1, -2)  # (b, g, c, T, T), shared by the heads of a group
+    y = (scores.unsqueeze(2) * _segsum_decay(acum)) @ xdt  # (b, g, k, c, T, p)
 
-    # 3. pass states between chunks: h_c = exp(sum of chunk c's log-decays) h_{c-1} + chunk_states_c
-    chunk_decay = torch.exp(acum[..., -1])  # (b, g, k, c)
-    if initial_states is not None:
-        h = initial_states.to(cdt).reshape(batch, groups, hg, headdim, N)  # (b, g, k, p, N)
-    else:
-        h = xc.new_zeros(batch, groups, hg, headdim, N)
-    starts = []
-    for ci in range(n_chunks):
-        starts.append(h)
-        h = chunk_decay[..., ci, None, None] * h + chunk_states[:, :, :, ci]  # (b, g, k, p, N)
-    prev = torch.stack(starts, dim=3)  # state entering each chunk, (b, g, k, c, p, N)
-
-    # 4. state-to-output: y_t += exp(acum_t) C_t h_{c-1}
-    y_off = (Ck.unsqueeze(2) @ prev.transpose(-1, -2)) * torch.exp(acum).unsqueeze(-1)  # (b, g, k, c, T, p)
-    y = (
-        (y + y_off).permute(0, 3, 4, 1, 2, 5).reshape(batch, n_chunks * T, heads, headdim)[:, :L]
-    )  # (b, L, h, p)
+    # 2.-4. only when a state enters or leaves a chunk (not for one chunk without initial/final states)
+    h = initial_states.to(cdt).reshape(batch, groups, hg, headdim, N) if initial_states is not None else None
+    if n_chunks > 1 or h is not None or return_final_states:
+        # 2. state each chunk adds: sum_s exp(acum_last - acum_s) dt_s x_s B_s^T
+        w = torch.exp(acum[..., -1:] - acum)  # (b, g, k, c, T)
+        chunk_states = (xdt * w.unsqueeze(-1)).transpose(-1, -2) @ Bk.unsqueeze(2)  # (b, g, k, c, p, N)
+        # 3. pass states between chunks: h_c = exp(sum of chunk c's log-decays) h_{c-1} + chunk_states_c
+        chunk_decay = torch.exp(acum[..., -1])  # (b, g, k, c)
+        first = 0 if h is not None else 1  # without initial states nothing enters chunk 0
+        starts = []
+        for ci in range(n_chunks):
+            if ci >= first:
+                starts.append(h)
+            h = (
+                chunk_states[:, :, :, ci]
+                if h is None
+                else chunk_decay[..., ci, None, None] * h + chunk_states[:, :, :, ci]
+            )
+        if starts:
+            prev = torch.stack(starts, dim=3)  # state entering chunks first.., (b, g, k, c - first, p, N)
+            # 4. state-to-output: y_t += exp(acum_t) C_t h_{c-1}
+            decay_in = torch.exp(acum[:, :, :, first:]).unsqueeze(-1)  # (b, g, k, c - first, T, 1)
+            y_off = (
+                Ck[:, :, first:].unsqueeze(2) @ prev.transpose(-1, -2)
+            ) * decay_in  # (b, g, k, c-first, T, p)
+            y = torch.cat([y[:, :, :, :first], y[:, :, :, first:] + y_off], dim=3) if first else y + y_off
+    y = y.permute(0, 3, 4, 1, 2, 5).reshape(batch, n_chunks * T, heads, headdim)[:, :L]  # (b, L, h, p)
     out = _skip_and_gate(y, xc, D, z).to(x.dtype)
     if return_final_states:
         return out, h.reshape(batch, heads, headdim, N)

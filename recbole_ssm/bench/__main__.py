@@ -1,5 +1,7 @@
 """``python -m recbole_ssm.bench ops [options]``: the SSM ops benchmark (see recbole_ssm.bench.ops)."""
 
+from __future__ import annotations
+
 import sys
 
 

@@ -13,7 +13,7 @@ from recbole_ssm.quick_start import build_config
 from recbole_ssm.utils import count_parameters
 from tests.conftest import TINY
 
-MODELS = ["Mamba4Rec", "Mamba2Rec", "Hydra4Rec"]
+MODELS = ["Mamba4Rec", "Mamba2Rec", "Hydra4Rec", "RecMamba"]
 SMALL = {"hidden_size": 16, "headdim": 8, "d_state": 8, "chunk_size": 8}
 
 
@@ -49,6 +49,12 @@ def test_registry_knows_the_models_and_the_paper_alias():
     assert get_model("Hydra4Rec") is Hydra4Rec
     assert get_model("Mamba2Rec") is Mamba2Rec
     assert get_model("2Mamba4Rec") is Mamba2Rec
+    assert get_model("RecMamba").__name__ == "RecMamba"
+
+
+def test_recmamba_reads_lifelong_histories_by_default(tiny_data):
+    config, _ = build_config("RecMamba", "ml-tiny", None, {"data_path": tiny_data})
+    assert config["MAX_ITEM_LIST_LENGTH"] == 2048
 
 
 @pytest.mark.parametrize("seed", [11, 12])
@@ -78,7 +84,7 @@ def test_hydra_looks_in_both_directions(dataset, tiny_data):
         assert not torch.allclose(model(seq, lens), model(other, lens))
 
 
-@pytest.mark.parametrize("name", ["Mamba4Rec", "Mamba2Rec"])
+@pytest.mark.parametrize("name", ["Mamba4Rec", "Mamba2Rec", "RecMamba"])
 def test_causal_models_ignore_future_items(dataset, tiny_data, name):
     model = make(name, dataset, tiny_data, trim_padding=False, num_layers=2)
     seq, _ = random_batch(dataset.item_num, [20] * 4, 20, 5, fill="junk")

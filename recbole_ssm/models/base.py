@@ -56,15 +56,20 @@ class SSMRecommender(SequentialRecommender):
         self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
         self.LayerNorm = nn.LayerNorm(self.hidden_size, eps=1e-12)
         self.dropout = nn.Dropout(self.dropout_prob)
-        self.layers = nn.ModuleList(
-            SSMLayer(self.make_mixer(config), self.hidden_size, self.dropout_prob, residual=self.num_layers > 1)
-            for _ in range(self.num_layers)
-        )
+        self.layers = nn.ModuleList(self.make_layer(config) for _ in range(self.num_layers))
         self.loss_fct = nn.CrossEntropyLoss() if self.loss_type == "CE" else BPRLoss()
         self.apply(self._init_weights)
 
     def make_mixer(self, config) -> nn.Module:
         raise NotImplementedError
+
+    def make_layer(self, config) -> nn.Module:
+        """One layer of the stack: mixer + PFFN with Mamba4Rec's residual rule."""
+        return SSMLayer(self.make_mixer(config), self.hidden_size, self.dropout_prob, residual=self.num_layers > 1)
+
+    def embed(self, item_seq: torch.Tensor) -> torch.Tensor:
+        """(B, L) item ids -> (B, L, d) layer input."""
+        return self.dropout(self.LayerNorm(self.item_embedding(item_seq)))
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -86,7 +91,7 @@ class SSMRecommender(SequentialRecommender):
         if self.bidirectional:
             positions = torch.arange(item_seq.size(1), device=item_seq.device)
             mask = positions.unsqueeze(0) < item_seq_len.unsqueeze(1)  # (B, L)
-        x = self.dropout(self.LayerNorm(self.item_embedding(item_seq)))  # (B, L, d)
+        x = self.embed(item_seq)  # (B, L, d)
         for layer in self.layers:
             x = layer(x, mask)
         return self.gather_indexes(x, item_seq_len - 1)  # (B, d)

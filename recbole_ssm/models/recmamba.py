@@ -1,0 +1,51 @@
+"""RecMamba: Mamba for lifelong sequences (thousands of interactions per user).
+
+Following the RecMamba setup (Yang et al. 2024, "Uncovering Selective State Space Model's
+Capabilities in Lifelong Sequential Recommendation"): item embedding scaled by sqrt(d) plus a
+learned position embedding, dropout, then bare Mamba blocks (no PFFN); long histories
+(``MAX_ITEM_LIST_LENGTH`` 2048 by default). The output at the last real item scores all items.
+"""
+
+import math
+
+import torch
+import torch.nn as nn
+
+from recbole_ssm.layers import MambaMixer
+from recbole_ssm.models.base import SSMRecommender, positive_int, require
+
+
+class _ResidualMixer(nn.Module):
+    """x + mixer(x) for stacked blocks; the mixer alone for a single block."""
+
+    def __init__(self, mixer: nn.Module, residual: bool):
+        super().__init__()
+        self.mixer, self.residual = mixer, residual
+
+    def forward(self, x, mask=None):
+        return x + self.mixer(x, mask) if self.residual else self.mixer(x, mask)
+
+
+class RecMamba(SSMRecommender):
+    """Mamba blocks over long histories; defaults in ``properties/model/RecMamba.yaml``."""
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.position_embedding = nn.Embedding(self.max_seq_length, self.hidden_size)
+        self.position_embedding.weight.data.normal_(mean=0.0, std=0.02)
+
+    def make_mixer(self, config):
+        return MambaMixer(
+            self.hidden_size,
+            d_state=require(config, "d_state", positive_int, "a positive integer"),
+            d_conv=require(config, "d_conv", positive_int, "a positive integer"),
+            expand=require(config, "expand", positive_int, "a positive integer"),
+        )
+
+    def make_layer(self, config):
+        return _ResidualMixer(self.make_mixer(config), residual=self.num_layers > 1)
+
+    def embed(self, item_seq: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(item_seq.size(1), device=item_seq.device)  # (L,)
+        x = self.item_embedding(item_seq) * math.sqrt(self.hidden_size) + self.position_embedding(positions)
+        return self.dropout(x)  # (B, L, d)

@@ -1,0 +1,252 @@
+"""``python run_recbole_ssm.py tune --model=NAME --space=FILE [options] [--KEY=VALUE ...]``."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from typing import Any
+
+from recbole_ssm.errors import UsageError
+
+USAGE = """\
+usage: run_recbole_ssm.py tune --model=NAME [--dataset=NAME] [--space=FILE] [--num_samples=N]
+           [--scheduler=asha|fifo] [--search=random|grid] [--cpus_per_trial=1] [--gpus_per_trial=0]
+           [--max_concurrent=N] [--address=auto|HOST:PORT|ray://HOST:PORT] [--storage=PATH]
+           [--name=NAME] [--resume] [--grace_period=1] [--reduction_factor=2]
+           [--config_files="a.yaml b.yaml"] [--KEY=VALUE ...]
+
+Ray Tune sweep: every trial runs the normal RecBole pipeline and reports the validation
+metric after each epoch (ASHA stops poor trials early). At the end it prints all trials,
+best first, and writes <storage>/<name>/trials.csv and best.yaml (use it with --config_files).
+  --space           search space yaml (default properties/hyper/<model>.yaml)
+  --num_samples     trials to sample (default 8); with --search=grid, repeats of the grid (default 1)
+  --scheduler       asha (default: stop poor trials early) or fifo (run every trial to its end)
+  --search          random (default) or grid (every combination of the space's lists)
+  --cpus_per_trial  CPUs per trial (default 1; also its torch threads); --gpus_per_trial GPUs (default 0)
+  --max_concurrent  trials at once (default: as many as the resources allow)
+  --address         an existing Ray cluster (auto after 'ray start --head'); default: start Ray here
+  --storage         folder of all runs (default ray_results); the run folder is <storage>/<name>
+  --name            run folder name (default <model>_<dataset>)
+  --resume          continue the sweep in <storage>/<name> (unfinished trials run again)
+  --grace_period, --reduction_factor   ASHA: epochs before a trial may be stopped; 1/fraction kept
+  --KEY=VALUE       any other RecBole or model setting, fixed for every trial (e.g. --epochs=10)
+"""
+
+OPTIONS = {
+    "model", "dataset", "space", "num_samples", "scheduler", "search", "cpus_per_trial", "gpus_per_trial",
+    "max_concurrent", "address", "storage", "name", "resume", "grace_period", "reduction_factor",
+    "config_files",
+}
+DEFAULT_STORAGE = "ray_results"
+
+
+def _number(opts: dict, key: str, default: Any, kind: type, minimum: float, strict: bool = False) -> Any:
+    value = opts.get(key, default)
+    if value is None:
+        return None
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and kind is int:
+        ok = float(value).is_integer()
+    if not ok or (value <= minimum if strict else value < minimum):
+        bound = f"> {minimum}" if strict else f">= {minimum}"
+        raise UsageError(f"--{key} takes a {'whole ' if kind is int else ''}number {bound}, got {value!r}")
+    return kind(value)
+
+
+def _choice(opts: dict, key: str, default: str, allowed: tuple) -> str:
+    value = opts.get(key, default)
+    if value not in allowed:
+        raise UsageError(f"--{key} takes one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
+def parse_args(argv: list[str]) -> tuple[dict, dict, bool]:
+    """``argv`` -> (tune options, fixed overrides, resume)."""
+    from recbole_ssm.config import parse_overrides
+
+    resume = False
+    rest = []
+    for arg in argv:
+        if arg in ("--resume", "--resume=true", "--resume=True"):
+            resume = True
+        elif arg in ("--resume=false", "--resume=False"):
+            continue
+        else:
+            rest.append(arg)
+    parsed = parse_overrides(rest)
+    opts = {k: parsed.pop(k) for k in list(parsed) if k in OPTIONS}
+    for key in ("model", "dataset", "space", "address", "storage", "name", "config_files"):
+        if key in opts and not isinstance(opts[key], str):
+            opts[key] = str(opts[key])
+    return opts, parsed, resume
+
+
+def build_settings(opts: dict, fixed: dict):
+    """Validated :class:`SweepSettings` from the command line (no Ray needed)."""
+    from recbole_ssm.config import DEFAULT_DATASET, PROPERTIES_DIR, merged_user_config, read_yaml
+    from recbole_ssm.registry import canonical_name
+    from recbole_ssm.tune.space import parse_space
+    from recbole_ssm.tune.sweep import SweepSettings
+
+    model = opts.get("model")
+    if not model:
+        raise UsageError("no model given: pass --model=NAME (e.g. --model=Hydra4Rec or --model=SASRec)")
+    model = canonical_name(model)
+    files = [os.path.abspath(p) for p in (opts.get("config_files") or "").split()]
+    dataset = opts.get("dataset") or merged_user_config(files, None).get("dataset") or DEFAULT_DATASET
+    space_file = opts.get("space") or os.path.join(PROPERTIES_DIR, "hyper", f"{model}.yaml")
+    if not os.path.isfile(space_file):
+        raise UsageError(f"space file not found: {space_file} (pass --space=FILE; see properties/hyper/)")
+    space = read_yaml(space_file)
+    parse_space(space, model, dataset, source=f"space file {space_file}")
+    overlap = [k for k in space if k in fixed]
+    if overlap:
+        keys = ", ".join(overlap)
+        print(f"note: {keys} fixed on the command line; not searched", file=sys.stderr)
+        space = {k: v for k, v in space.items() if k not in fixed}
+        if not space:
+            raise UsageError(f"every key of {space_file} is fixed on the command line: nothing to search")
+    search = _choice(opts, "search", "random", ("random", "grid"))
+    if "data_path" in fixed and isinstance(fixed["data_path"], str):
+        fixed = {**fixed, "data_path": os.path.abspath(fixed["data_path"])}
+    return SweepSettings(
+        model=model,
+        dataset=dataset,
+        space=space,
+        space_file=os.path.abspath(space_file),
+        num_samples=_number(opts, "num_samples", 1 if search == "grid" else 8, int, 1),
+        scheduler=_choice(opts, "scheduler", "asha", ("asha", "fifo")),
+        search=search,
+        cpus_per_trial=_number(opts, "cpus_per_trial", 1.0, float, 0, strict=True),
+        gpus_per_trial=_number(opts, "gpus_per_trial", 0.0, float, 0),
+        max_concurrent=_number(opts, "max_concurrent", None, int, 1),
+        grace_period=_number(opts, "grace_period", 1, int, 1),
+        reduction_factor=_number(opts, "reduction_factor", 2.0, float, 1, strict=True),
+        config_files=files,
+        fixed=fixed,
+    )
+
+
+def _trial_fixed(settings, dataset_embedded: bool) -> dict:
+    """Fixed settings as trials see them: trials run in their own folders, so paths are absolute."""
+    fixed = dict(settings.fixed)
+    if "data_path" not in fixed and not dataset_embedded:
+        fixed["data_path"] = os.path.abspath("dataset/")
+    return fixed
+
+
+def _check_resume(stored, given, run_dir: str) -> None:
+    for key in stored.FIXED_ON_RESUME:
+        if getattr(stored, key) != getattr(given, key):
+            raise UsageError(
+                f"--resume: {key} differs from the sweep stored in {run_dir}; "
+                "repeat the original options (or only --resume with --storage/--name)"
+            )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``run_recbole_ssm.py tune``; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help", "help") for a in argv[:1]):
+        print(USAGE, end="")
+        return 0
+    from recbole_ssm.config import EMBEDDED_DATASETS
+    from recbole_ssm.tune.sweep import SETTINGS_FILE, SweepSettings
+
+    opts, fixed, resume = parse_args(argv)
+    storage = os.path.abspath(opts.get("storage") or DEFAULT_STORAGE)
+    given = build_settings(opts, fixed) if (opts.get("model") or not resume) else None
+    name = opts.get("name") or (f"{given.model}_{given.dataset}" if given else None)
+    if not name:
+        raise UsageError("--resume needs --name=NAME (or the original --model/--dataset) to find its folder")
+    if os.sep in name or name in (".", ".."):
+        raise UsageError(f"--name={name!r} must be a plain folder name")
+    run_dir = os.path.join(storage, name)
+    settings_path = os.path.join(run_dir, SETTINGS_FILE)
+    if resume:
+        if not os.path.isfile(settings_path):
+            raise UsageError(f"--resume: no sweep in {run_dir} (no {SETTINGS_FILE}); check --storage/--name")
+        settings = SweepSettings.from_yaml(settings_path)
+        if given is not None:
+            _check_resume(settings, given, run_dir)
+            settings.cpus_per_trial = given.cpus_per_trial
+            settings.gpus_per_trial = given.gpus_per_trial
+            settings.max_concurrent = given.max_concurrent
+    else:
+        if os.path.exists(run_dir) and os.listdir(run_dir):
+            raise UsageError(
+                f"run folder {run_dir} already holds a sweep: add --resume to continue it, "
+                "or pick another --name/--storage"
+            )
+        settings = given
+    return run(settings, storage, name, resume, opts.get("address"),
+               dataset_embedded=settings.dataset in EMBEDDED_DATASETS)
+
+
+def run(settings, storage: str, name: str, resume: bool, address: str | None, dataset_embedded: bool) -> int:
+    """Run the sweep and write its results; returns the exit code."""
+    import ray
+
+    from recbole_ssm.tune import report
+    from recbole_ssm.tune.sweep import (
+        SETTINGS_FILE,
+        RayTempDir,
+        check_address,
+        init_ray,
+        resolve,
+        run_tuner,
+    )
+    from recbole_ssm.utils import atomic_write_text
+
+    info = resolve(settings)  # unknown model, dataset or setting: fails before Ray starts
+    if address:
+        check_address(address)
+    run_dir = os.path.join(storage, name)
+    os.makedirs(run_dir, exist_ok=True)
+    if not resume:
+        atomic_write_text(os.path.join(run_dir, SETTINGS_FILE), settings.to_yaml())
+    t0 = time.perf_counter()
+    temp = RayTempDir(run_dir)
+    with temp as temp_dir:
+        try:
+            init_ray(address, None if address else temp_dir)
+            grid = run_tuner(settings, info, _trial_fixed(settings, dataset_embedded), storage, name, resume)
+        finally:
+            ray.shutdown()
+    elapsed = time.perf_counter() - t0
+
+    rows = report.sort_rows(report.rows_from_results(grid, list(settings.space)), info.bigger)
+    frame = report.to_frame(rows, info.valid_metric)
+    csv_path = os.path.join(run_dir, "trials.csv")
+    report.write_csv(frame, csv_path)
+    statuses = (report.FINISHED_S, report.STOPPED_S, report.FAILED_S)
+    counts = {s: sum(r.status == s for r in rows) for s in statuses}
+    print(report.format_table(frame))
+    print(f"{len(rows)} trials in {elapsed:.0f}s: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    print(f"table: {csv_path}")
+    best = report.best_row(rows, info.bigger)
+    if best is None:
+        print(f"error: every trial failed; see error.txt in the trial folders under {run_dir}",
+              file=sys.stderr)
+        return 1
+    base: dict = {}
+    from recbole_ssm.config import merged_user_config
+
+    base = merged_user_config(settings.config_files, None)
+    fixed = _trial_fixed(settings, dataset_embedded)
+    config = report.best_config(base, fixed, best.params, settings.model, settings.dataset,
+                                info.seed, info.reproducibility)
+    best_path = os.path.join(run_dir, "best.yaml")
+    rerun = (f"python run_recbole_ssm.py --model={settings.model} --dataset={settings.dataset} "
+             f"--config_files={best_path}")
+    header = (f"Best trial {best.trial} of sweep {name}: valid {info.valid_metric}={best.best_valid:.6g} "
+              f"after {best.epochs} epochs.\n{rerun}")
+    report.write_best_yaml(best_path, config, header)
+    print(f"best: trial {best.trial}, valid {info.valid_metric}={best.best_valid:.6g}; config: {best_path}")
+    if best.test:
+        print("best test: " + "  ".join(f"{k}={v:.4f}" for k, v in best.test.items()))
+    else:
+        print(f"best test: not evaluated (the trial was {best.status}); run {rerun}")
+    return 0

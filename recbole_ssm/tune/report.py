@@ -1,0 +1,130 @@
+"""The end of a sweep: the trial table (printed and ``trials.csv``) and ``best.yaml``."""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import yaml
+
+from recbole_ssm.tune.trainable import BEST_VALID, EPOCHS_TRAINED, FINISHED, native
+from recbole_ssm.utils import atomic_write_text
+
+FINISHED_S, STOPPED_S, FAILED_S = "finished", "stopped", "failed"
+
+
+@dataclass
+class TrialRow:
+    """One trial as the table shows it."""
+
+    trial: str
+    status: str  # finished | stopped (by the scheduler, or interrupted) | failed
+    epochs: int
+    best_valid: float | None
+    params: dict
+    valid: dict = field(default_factory=dict)  # metric -> value (best epoch, when finished)
+    test: dict = field(default_factory=dict)  # metric -> value (finished trials)
+    error: str = ""
+    path: str = ""
+
+
+def _error_line(error: Any) -> str:
+    text = str(error).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    # Tune wraps the trial's traceback; its last line names the real exception.
+    return lines[-1] if lines else type(error).__name__
+
+
+def rows_from_results(results: Iterable[Any], space_keys: list[str]) -> list[TrialRow]:
+    """Rows from Ray Tune ``Result`` objects (only their in-memory fields)."""
+    rows = []
+    for r in results:
+        metrics = dict(r.metrics or {})
+        config = native(dict(r.config or {}))
+        trial = str(metrics.get("trial_id") or os.path.basename(str(getattr(r, "path", "") or "")))
+        best = metrics.get(BEST_VALID)
+        best = float(best) if best is not None and not math.isnan(float(best)) else None
+        if r.error is not None:
+            status = FAILED_S
+        elif metrics.get(FINISHED):
+            status = FINISHED_S
+        else:
+            status = STOPPED_S
+        rows.append(TrialRow(
+            trial=trial,
+            status=status,
+            epochs=int(metrics.get(EPOCHS_TRAINED, 0) or 0),
+            best_valid=best,
+            params={k: config.get(k) for k in space_keys},
+            valid={k[6:]: v for k, v in metrics.items() if k.startswith("valid/")},
+            test={k[5:]: v for k, v in metrics.items() if k.startswith("test/")},
+            error=_error_line(r.error) if r.error is not None else "",
+            path=str(getattr(r, "path", "") or ""),
+        ))
+    return rows
+
+
+def sort_rows(rows: list[TrialRow], bigger: bool) -> list[TrialRow]:
+    """Best validation first; trials without a score (failed before any epoch) last."""
+    def key(row: TrialRow):
+        if row.best_valid is None:
+            return (1, 0.0)
+        return (0, -row.best_valid if bigger else row.best_valid)
+
+    return sorted(rows, key=key)
+
+
+def best_row(rows: list[TrialRow], bigger: bool) -> TrialRow | None:
+    scored = [r for r in sort_rows(rows, bigger) if r.best_valid is not None and r.status != FAILED_S]
+    return scored[0] if scored else None
+
+
+def to_frame(rows: list[TrialRow], valid_metric: str):
+    """A pandas DataFrame of the sorted rows (one column per parameter and test metric)."""
+    import pandas as pd
+
+    test_keys: list[str] = []
+    for r in rows:
+        test_keys += [k for k in r.test if k not in test_keys]
+    records = []
+    for rank, r in enumerate(rows, 1):
+        rec: dict[str, Any] = {"rank": rank, "trial": r.trial, "status": r.status, "epochs": r.epochs,
+                               f"valid {valid_metric}": r.best_valid}
+        rec.update({f"test {k}": r.test.get(k) for k in test_keys})
+        rec.update(r.params)
+        rec["error"] = r.error
+        records.append(rec)
+    return pd.DataFrame.from_records(records)
+
+
+def format_table(frame) -> str:
+    def fmt(x: Any) -> str:
+        return f"{x:.6g}" if isinstance(x, float) else str(x)
+
+    shown = frame.copy()
+    if not shown["error"].astype(bool).any():
+        shown = shown.drop(columns=["error"])
+    return shown.to_string(index=False, na_rep="-", float_format=lambda x: fmt(float(x)))
+
+
+def write_csv(frame, path: str) -> None:
+    buf = io.StringIO()
+    frame.to_csv(buf, index=False)
+    atomic_write_text(path, buf.getvalue())
+
+
+def best_config(base: dict, fixed: dict, params: dict, model: str, dataset: str, seed: int,
+                reproducibility: bool) -> dict:
+    """Settings that rerun the best trial: model, dataset, the config files' and fixed settings,
+    the sampled values, and the seed."""
+    return {"model": model, "dataset": dataset, **base, **fixed, **native(params),
+            "seed": seed, "reproducibility": reproducibility}
+
+
+def write_best_yaml(path: str, config: dict, header: str) -> None:
+    body = yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
+    comment = "".join(f"# {line}\n" for line in header.splitlines())
+    atomic_write_text(path, comment + body)

@@ -87,13 +87,18 @@ def build_settings(opts: dict, fixed: dict):
     """Validated :class:`SweepSettings` from the command line (no Ray needed)."""
     from recbole_ssm.config import DEFAULT_DATASET, PROPERTIES_DIR, merged_user_config, read_yaml
     from recbole_ssm.registry import canonical_name
-    from recbole_ssm.tune.space import parse_space
+    from recbole_ssm.tune.space import model_has_properties, parse_space
     from recbole_ssm.tune.sweep import SweepSettings
 
     model = opts.get("model")
     if not model:
         raise UsageError("no model given: pass --model=NAME (e.g. --model=Hydra4Rec or --model=SASRec)")
     model = canonical_name(model)
+    if not model_has_properties(model):
+        raise UsageError(
+            f"unknown model {model!r}: no property file names its settings "
+            f"(properties/model/{model}.yaml or RecBole's); check --model"
+        )
     files = [os.path.abspath(p) for p in (opts.get("config_files") or "").split()]
     dataset = opts.get("dataset") or merged_user_config(files, None).get("dataset") or DEFAULT_DATASET
     space_file = opts.get("space") or os.path.join(PROPERTIES_DIR, "hyper", f"{model}.yaml")
@@ -137,11 +142,16 @@ def _trial_fixed(settings, dataset_embedded: bool) -> dict:
     return fixed
 
 
+RESUME_NAMES = {"space": "the search space", "fixed": "the fixed --KEY=VALUE settings",
+                "config_files": "--config_files"}
+
+
 def _check_resume(stored, given, run_dir: str) -> None:
     for key in stored.FIXED_ON_RESUME:
         if getattr(stored, key) != getattr(given, key):
+            what = RESUME_NAMES.get(key, f"--{key}")
             raise UsageError(
-                f"--resume: {key} differs from the sweep stored in {run_dir}; "
+                f"--resume: {what} not as in the sweep stored in {run_dir}; "
                 "repeat the original options (or only --resume with --storage/--name)"
             )
 
@@ -197,6 +207,7 @@ def run(settings, storage: str, name: str, resume: bool, address: str | None, da
         init_ray,
         resolve,
         run_tuner,
+        trial_configs,
     )
     from recbole_ssm.utils import atomic_write_text
 
@@ -211,13 +222,14 @@ def run(settings, storage: str, name: str, resume: bool, address: str | None, da
     temp = RayTempDir(run_dir)
     with temp as temp_dir:
         try:
-            init_ray(address, None if address else temp_dir)
+            init_ray(address, None if address else temp_dir, run_dir)
             grid = run_tuner(settings, info, _trial_fixed(settings, dataset_embedded), storage, name, resume)
         finally:
             ray.shutdown()
     elapsed = time.perf_counter() - t0
 
-    rows = report.sort_rows(report.rows_from_results(grid, list(settings.space)), info.bigger)
+    results = report.rows_from_results(grid, list(settings.space), trial_configs(grid))
+    rows = report.sort_rows(results, info.bigger)
     frame = report.to_frame(rows, info.valid_metric)
     csv_path = os.path.join(run_dir, "trials.csv")
     report.write_csv(frame, csv_path)

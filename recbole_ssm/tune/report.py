@@ -38,12 +38,15 @@ def _error_line(error: Any) -> str:
     return lines[-1] if lines else type(error).__name__
 
 
-def rows_from_results(results: Iterable[Any], space_keys: list[str]) -> list[TrialRow]:
-    """Rows from Ray Tune ``Result`` objects (only their in-memory fields)."""
+def rows_from_results(results: Iterable[Any], space_keys: list[str],
+                      configs: list[dict] | None = None) -> list[TrialRow]:
+    """Rows from Ray Tune ``Result`` objects (only their in-memory fields); ``configs``, where
+    given, are the trials' sampled settings in the same order (a restored trial that failed
+    before its first report has none in its Result)."""
     rows = []
-    for r in results:
+    for i, r in enumerate(results):
         metrics = dict(r.metrics or {})
-        config = native(dict(r.config or {}))
+        config = native(dict((configs[i] if configs else None) or r.config or {}))
         trial = str(metrics.get("trial_id") or os.path.basename(str(getattr(r, "path", "") or "")))
         best = metrics.get(BEST_VALID)
         best = float(best) if best is not None and not math.isnan(float(best)) else None

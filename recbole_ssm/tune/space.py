@@ -142,13 +142,13 @@ def parse_space(data: Any, model: str, dataset: str | None = None, source: str =
     checks = _checks()
     out = []
     for key, spec in data.items():
+        if key in ("model", "dataset"):
+            raise UsageError(f"{source}: {key!r} cannot be searched; pass --{key}=NAME")
         if key not in keys:
             raise UsageError(
                 f"{source}: {key!r} is not a setting of {model} or RecBole; "
                 f"remove it or fix the name (see properties/model/{model}.yaml)"
             )
-        if key in ("model", "dataset"):
-            raise UsageError(f"{source}: {key!r} cannot be searched; pass --{key}=NAME")
         if not isinstance(spec, dict) or len(spec) != 1:
             raise UsageError(
                 f"{source}: {key} must be one {{DISTRIBUTION: ARGS}}, e.g. {{choice: [32, 64]}}, "

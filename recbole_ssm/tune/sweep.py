@@ -12,7 +12,6 @@ import logging
 import os
 import shutil
 import socket
-import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -124,9 +123,12 @@ def _package_root() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(recbole_ssm.__file__)))
 
 
-def worker_env() -> dict:
-    """Environment of the trial workers: they import the same recbole_ssm as this driver."""
+def worker_env(run_dir: str | None) -> dict:
+    """Environment of the trial workers: they import the same recbole_ssm as this driver; on this
+    machine (``run_dir`` given) torch's compile cache, created on first use, is in the run folder."""
     env = {"RAY_USAGE_STATS_ENABLED": "0"}
+    if run_dir:
+        env["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(run_dir, "torchinductor")
     root = _package_root()
     if os.path.basename(root) not in ("site-packages", "dist-packages"):
         extra = os.environ.get("PYTHONPATH", "")
@@ -178,7 +180,7 @@ def check_pyarrow() -> None:
         ) from None
 
 
-def init_ray(address: str | None, temp_dir: str | None) -> None:
+def init_ray(address: str | None, temp_dir: str | None, run_dir: str) -> None:
     """Start Ray on this machine (no dashboard, no usage stats) or connect to ``address``."""
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     check_pyarrow()
@@ -187,7 +189,7 @@ def init_ray(address: str | None, temp_dir: str | None) -> None:
     kwargs: dict[str, Any] = {
         "log_to_driver": False,
         "logging_level": logging.WARNING,
-        "runtime_env": {"env_vars": worker_env()},
+        "runtime_env": {"env_vars": worker_env(None if address else run_dir)},
     }
     if address:
         check_address(address)
@@ -286,5 +288,9 @@ def can_restore(run_dir: str) -> bool:
     return os.path.isdir(run_dir) and tune.Tuner.can_restore(run_dir)
 
 
-def stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+def trial_configs(grid) -> list[dict] | None:
+    """Each trial's sampled settings, in the ResultGrid's order (Ray 2.6 keeps them on its trials)."""
+    trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None)
+    if trials is None or len(trials) != len(grid):
+        return None
+    return [dict(t.config or {}) for t in trials]

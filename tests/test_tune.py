@@ -1,0 +1,321 @@
+"""Ray Tune sweeps: search spaces, error paths, results, and one real sweep through the CLI."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from recbole_ssm.cli import main
+from recbole_ssm.config import PROPERTIES_DIR, read_yaml
+from recbole_ssm.errors import UsageError
+from recbole_ssm.tune import report
+from recbole_ssm.tune.space import known_keys, load_space, parse_space, to_param_space
+
+pytest.importorskip("ray.tune")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "run_recbole_ssm.py")
+HYPER_MODELS = ("Mamba4Rec", "Mamba2Rec", "Hydra4Rec", "SASRec", "BERT4Rec", "GRU4Rec")
+# A GRU4Rec run of seconds on the ml-tiny slice (conftest.tiny_data).
+SMALL = ["--epochs=3", "--MAX_ITEM_LIST_LENGTH=20", "--hidden_size=16", "--embedding_size=16", "--state=WARNING"]
+
+
+def write(path, text: str) -> str:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return str(path)
+
+
+def script_env(tmp_path) -> dict:
+    """The scripts import this checkout (Ray's workers too); HOME and TMPDIR are empty folders."""
+    home, tmp = tmp_path / "home", tmp_path / "tmp"
+    home.mkdir(exist_ok=True)
+    tmp.mkdir(exist_ok=True)
+    path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, "HOME": str(home), "TMPDIR": str(tmp),
+            "RECBOLE_SSM_OFFLINE": "1"}
+
+
+def run_script(args: list[str], env: dict, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, env=env,
+                          cwd=cwd, timeout=600)
+
+
+# ---------------------------------------------------------------------------------------
+# search spaces
+
+
+@pytest.mark.parametrize("model", HYPER_MODELS)
+def test_shipped_spaces_are_valid_and_sample_within_bounds(model):
+    params = load_space(os.path.join(PROPERTIES_DIR, "hyper", f"{model}.yaml"), model, "ml-100k")
+    assert {"learning_rate", "hidden_size"} <= {p.key for p in params}
+    assert {p.key for p in params} <= known_keys(model, "ml-100k")
+    space = to_param_space(params, "random")
+    for p in params:
+        for _ in range(20):
+            value = space[p.key].sample()
+            if p.dist == "choice":
+                assert value in p.args
+            elif p.dist == "randint":
+                assert p.args[0] <= value < p.args[1] and float(value).is_integer()
+            else:
+                assert p.args[0] <= value <= p.args[1]
+
+
+def test_space_reads_yaml_floats_without_a_dot_as_numbers(tmp_path):
+    path = write(tmp_path / "s.yaml", "learning_rate: {loguniform: [1e-4, 1e-2]}\n"
+                                      "dropout_prob: {choice: [1e-1, 0.2]}\n")
+    params = load_space(path, "GRU4Rec")
+    assert params[0].args == [1e-4, 1e-2]
+    assert params[1].args == [0.1, 0.2]
+
+
+def test_grid_search_runs_every_combination_of_lists():
+    from ray.tune.search.variant_generator import generate_variants
+
+    params = parse_space({"hidden_size": {"choice": [16, 32]}, "num_layers": {"grid": [1, 2, 3]}}, "GRU4Rec")
+    variants = [cfg for _, cfg in generate_variants(to_param_space(params, "grid"))]
+    assert sorted((v["hidden_size"], v["num_layers"]) for v in variants) == [
+        (h, n) for h in (16, 32) for n in (1, 2, 3)
+    ]
+    with pytest.raises(UsageError, match="--search=grid needs value lists, but learning_rate uses loguniform"):
+        to_param_space(parse_space({"learning_rate": {"loguniform": [1e-4, 1e-2]}}, "GRU4Rec"), "grid")
+
+
+@pytest.mark.parametrize(
+    "space, words",
+    [
+        ({"learning_rate": {"logunifrom": [1e-4, 1e-2]}}, "unknown distribution 'logunifrom'; use one of"),
+        ({"hidden_sise": {"choice": [32]}}, "'hidden_sise' is not a setting of GRU4Rec"),
+        ({"d_state": {"choice": [16]}}, "'d_state' is not a setting of GRU4Rec"),
+        ({"learning_rate": {"loguniform": [0, 1e-2]}}, "needs LOW > 0"),
+        ({"learning_rate": {"uniform": [0.5, 0.1]}}, "needs LOW < HIGH"),
+        ({"num_layers": {"randint": [1, 2.5]}}, "randint takes [LOW, HIGH] (integers)"),
+        ({"hidden_size": {"choice": []}}, "choice takes a non-empty list"),
+        ({"hidden_size": 64}, "must be one {DISTRIBUTION: ARGS}"),
+        ({"hidden_size": {"choice": [32], "grid": [64]}}, "must be one {DISTRIBUTION: ARGS}"),
+        ({"model": {"choice": ["SASRec"]}}, "'model' cannot be searched"),
+    ],
+)
+def test_bad_space_is_a_one_line_error(space, words):
+    with pytest.raises(UsageError) as exc:
+        parse_space(space, "GRU4Rec")
+    assert words in str(exc.value)
+    assert "\n" not in str(exc.value)
+
+
+def test_ssm_model_keys_come_from_its_property_file():
+    keys = known_keys("Mamba2Rec")
+    assert {"d_state", "headdim", "ngroups", "chunk_size", "learning_rate", "MAX_ITEM_LIST_LENGTH"} <= keys
+    assert "n_heads" not in keys
+    assert known_keys("2Mamba4Rec") == keys
+
+
+# ---------------------------------------------------------------------------------------
+# error paths of the command line: one line, exit 2, before any trial (or Ray) starts
+
+
+@pytest.mark.parametrize(
+    "space_text, words",
+    [
+        ("learning_rate: {loguniform: [1e-4, 1e-2]\n", "is not valid YAML"),
+        ("- learning_rate\n", "must hold a mapping"),
+        ("learning_rate: {gaussian: [0.001, 0.1]}\n", "unknown distribution 'gaussian'"),
+        ("n_heads: {choice: [1, 2]}\n", "'n_heads' is not a setting of GRU4Rec"),
+    ],
+)
+def test_tune_rejects_bad_space_files_before_starting(tmp_path, capsys, space_text, words):
+    space = write(tmp_path / "space.yaml", space_text)
+    storage = tmp_path / "runs"
+    code = main(["tune", "--model=GRU4Rec", f"--space={space}", f"--storage={storage}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("error: ") and words in err and "\n" not in err
+    assert not storage.exists(), "nothing is written before the space is valid"
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--space=/nonexistent/space.yaml"], "space file not found: /nonexistent/space.yaml"),
+        (["--scheduler=hyperband"], "--scheduler takes one of asha, fifo"),
+        (["--search=bayes"], "--search takes one of random, grid"),
+        (["--num_samples=0"], "--num_samples takes a whole number >= 1"),
+        (["--cpus_per_trial=0"], "--cpus_per_trial takes a number > 0"),
+        (["--model=NoSuchModel"], "unknown model 'NoSuchModel'"),
+        (["--resume", "--name=never-ran"], "--resume: no sweep in"),
+    ],
+)
+def test_tune_rejects_bad_options(tmp_path, capsys, args, words):
+    base = {"--model": "--model=GRU4Rec", "--storage": f"--storage={tmp_path / 'runs'}"}
+    for arg in args:
+        base[arg.split("=")[0]] = arg
+    code = main(["tune", *base.values()])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: ") and words in err and "\n" not in err
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("scheme", ["ray://", ""])
+def test_unreachable_address_fails_within_seconds(tmp_path, capsys, scheme):
+    address = f"{scheme}127.0.0.1:{_closed_port()}"
+    t0 = time.perf_counter()
+    code = main(["tune", "--model=GRU4Rec", f"--address={address}", f"--storage={tmp_path / 'runs'}",
+                 "--epochs=1"])
+    elapsed = time.perf_counter() - t0
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith(f"error: cannot reach a Ray cluster at --address={address}") and "\n" not in err
+    assert "ray start --head" in err
+    assert elapsed < 15, f"took {elapsed:.1f}s"
+
+
+# ---------------------------------------------------------------------------------------
+# the results table and best.yaml (from Tune's Result objects; no Ray needed)
+
+
+def _result(trial, lr, metrics, error=None):
+    return SimpleNamespace(config={"learning_rate": lr}, metrics={"trial_id": trial, **metrics},
+                           error=error, path=f"/runs/x/{trial}")
+
+
+def test_table_sorts_by_validation_with_failed_trials_last(tmp_path):
+    results = [
+        _result("a", 0.001, {"best_valid_score": 0.02, "epochs_trained": 1}),
+        _result("b", 0.01, {"best_valid_score": 0.05, "epochs_trained": 3, "finished": True,
+                            "test/ndcg@10": 0.04}),
+        _result("c", 1e38, {}, error=RuntimeError("Traceback ...\nValueError: Training loss is nan")),
+        _result("d", 0.003, {"best_valid_score": 0.03, "epochs_trained": 3, "finished": True,
+                             "test/ndcg@10": 0.02}),
+    ]
+    rows = report.sort_rows(report.rows_from_results(results, ["learning_rate"]), bigger=True)
+    assert [(r.trial, r.status) for r in rows] == [
+        ("b", "finished"), ("d", "finished"), ("a", "stopped"), ("c", "failed")]
+    assert rows[-1].error == "ValueError: Training loss is nan"
+    assert report.best_row(rows, bigger=True).trial == "b"
+    assert report.best_row(report.sort_rows(rows, bigger=False), bigger=False).trial == "a"
+
+    frame = report.to_frame(rows, "ndcg@10")
+    report.write_csv(frame, str(tmp_path / "t.csv"))
+    with open(tmp_path / "t.csv", encoding="utf-8") as f:
+        table = list(csv.DictReader(f))
+    assert [r["trial"] for r in table] == ["b", "d", "a", "c"]
+    assert table[0]["valid ndcg@10"] == "0.05" and table[0]["test ndcg@10"] == "0.04"
+    assert table[3]["error"] == "ValueError: Training loss is nan"
+    assert "ValueError" in report.format_table(frame)
+
+
+def test_best_yaml_is_a_config_file_with_exact_values(tmp_path):
+    lr = 0.0012345678901234567
+    config = report.best_config({"eval_batch_size": 512}, {"epochs": 3}, {"learning_rate": lr},
+                                "GRU4Rec", "ml-100k", 2020, True)
+    path = str(tmp_path / "best.yaml")
+    report.write_best_yaml(path, config, "Best trial x.\nrerun line")
+    loaded = read_yaml(path)
+    assert loaded == {"model": "GRU4Rec", "dataset": "ml-100k", "eval_batch_size": 512, "epochs": 3,
+                      "learning_rate": lr, "seed": 2020, "reproducibility": True}
+    from recbole_ssm.quick_start import build_config
+
+    rb, _ = build_config("GRU4Rec", "ml-100k", [path])
+    assert rb["learning_rate"] == lr and rb["epochs"] == 3
+
+
+# ---------------------------------------------------------------------------------------
+# one real sweep
+
+
+def _trial_epochs(trial_dir: str) -> list[int]:
+    """The epochs a trial reported, in order, from Tune's progress.csv."""
+    with open(os.path.join(trial_dir, "progress.csv"), encoding="utf-8") as f:
+        return [int(float(r["epoch"])) for r in csv.DictReader(f) if r.get("epoch")]
+
+
+def _valid_metric(stdout: str, metric: str) -> float:
+    line = next(ln for ln in stdout.splitlines() if ln.startswith("valid"))
+    return float(re.search(rf"{re.escape(metric)}=([0-9.]+)", line).group(1))
+
+
+@pytest.mark.slow
+def test_asha_sweep_table_best_yaml_reproduces_and_resume(tmp_path, tiny_data):
+    """3 trials + 1 that fails (its learning rate overflows the weights) under ASHA, 1 CPU each."""
+    space = write(tmp_path / "space.yaml", "learning_rate: {grid: [3.0e-3, 1.0e-2, 3.0e-2, 1.0e+38]}\n"
+                                           "dropout_prob: {uniform: [0.1, 0.3]}\n")
+    storage = tmp_path / "runs"
+    env = script_env(tmp_path)
+    args = ["tune", "--model=GRU4Rec", "--dataset=ml-tiny", f"--space={space}", "--num_samples=1",
+            "--scheduler=asha", "--cpus_per_trial=1", "--max_concurrent=2", f"--storage={storage}",
+            "--name=sweep", f"--data_path={tiny_data}", *SMALL]
+    proc = run_script(args, env, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = storage / "sweep"
+
+    # nothing outside the run folder: Ray's temp dir is inside it, HOME and TMPDIR stay empty
+    assert glob.glob(str(run_dir / "ray" / "session_*"))
+    assert os.listdir(env["TMPDIR"]) == [] and os.listdir(env["HOME"]) == []
+    for link in glob.glob("/tmp/rs-*/r"):
+        assert not os.path.realpath(link).startswith(str(run_dir))
+
+    # the table: printed and written as CSV, sorted by the validation metric, the failure last
+    with open(run_dir / "trials.csv", encoding="utf-8") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 4
+    assert [r["trial"] for r in table][0] in proc.stdout and "valid ndcg@10" in proc.stdout
+    failed = [r for r in table if r["status"] == "failed"]
+    assert len(failed) == 1 and float(failed[0]["learning_rate"]) == 1e38 and failed[0]["error"]
+    assert table[-1]["status"] == "failed"
+    scores = [float(r["valid ndcg@10"]) for r in table[:-1]]
+    assert scores == sorted(scores, reverse=True)
+    assert {r["status"] for r in table[:-1]} <= {"finished", "stopped"}
+
+    # ASHA: a trial was stopped early, or every trial reported every epoch
+    trial_dirs = {os.path.basename(d): d for d in glob.glob(str(run_dir / "run_trial_*"))}
+    epochs = {}
+    for row in table[:-1]:
+        (d,) = [d for name, d in trial_dirs.items() if row["trial"] in name]
+        epochs[row["trial"]] = _trial_epochs(d)
+        assert epochs[row["trial"]] == list(range(1, len(epochs[row["trial"]]) + 1))
+        assert int(row["epochs"]) == len(epochs[row["trial"]])
+        if row["status"] == "finished":
+            assert float(row["test ndcg@10"]) >= 0
+    stopped = [t for t, e in epochs.items() if len(e) < 3]
+    assert stopped or all(e == [1, 2, 3] for e in epochs.values())
+
+    # best.yaml reruns the best trial through the normal CLI with the same validation metric
+    best = table[0]
+    best_yaml = read_yaml(str(run_dir / "best.yaml"))
+    assert best_yaml["learning_rate"] == pytest.approx(float(best["learning_rate"]), rel=1e-12)
+    assert best_yaml["epochs"] == 3 and best_yaml["hidden_size"] == 16
+    rerun = ["--model=GRU4Rec", "--dataset=ml-tiny", f"--config_files={run_dir / 'best.yaml'}"]
+    if best["status"] != "finished":  # stopped by ASHA: compare the epochs it ran
+        rerun.append(f"--epochs={best['epochs']}")
+    again = run_script(rerun, env, tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert _valid_metric(again.stdout, "ndcg@10") == pytest.approx(float(best["valid ndcg@10"]), abs=1e-9)
+
+
+    # --resume on the finished sweep runs nothing again and gives the same table
+    first = (run_dir / "trials.csv").read_text()
+    resumed = run_script(["tune", "--resume", f"--storage={storage}", "--name=sweep"], env, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (run_dir / "trials.csv").read_text() == first
+    changed = run_script(["tune", "--resume", f"--storage={storage}", "--name=sweep",
+                          "--model=GRU4Rec", "--dataset=ml-tiny", f"--space={space}", "--epochs=9"], env, tmp_path)
+    assert changed.returncode == 2 and "--resume: the fixed --KEY=VALUE settings not as in the sweep" in changed.stderr
+    json.dumps(best_yaml)  # plain values only (no numpy scalars)
+    assert yaml.safe_dump(best_yaml)

@@ -203,10 +203,16 @@ def test_table_sorts_by_validation_with_failed_trials_last(tmp_path):
         _result("c", 1e38, {}, error=RuntimeError("Traceback ...\nValueError: Training loss is nan")),
         _result("d", 0.003, {"best_valid_score": 0.03, "epochs_trained": 3, "finished": True,
                              "test/ndcg@10": 0.02}),
+        _result("e", None, {"best_valid_score": 0.01, "epochs_trained": 1}),
     ]
-    rows = report.sort_rows(report.rows_from_results(results, ["learning_rate"]), bigger=True)
+    # Tune's own view: "e" was running when the sweep was interrupted; its config lives on the trial
+    configs = [r.config for r in results[:-1]] + [{"learning_rate": 0.02}]
+    states = ["TERMINATED", "TERMINATED", "ERROR", "TERMINATED", "PENDING"]
+    rows = report.sort_rows(report.rows_from_results(results, ["learning_rate"], configs, states), bigger=True)
     assert [(r.trial, r.status) for r in rows] == [
-        ("b", "finished"), ("d", "finished"), ("a", "stopped"), ("c", "failed")]
+        ("b", "finished"), ("d", "finished"), ("a", "stopped"), ("e", "unfinished"), ("c", "failed")]
+    assert rows[3].params == {"learning_rate": 0.02}
+    rows = [r for r in rows if r.trial != "e"]
     assert rows[-1].error == "ValueError: Training loss is nan"
     assert report.best_row(rows, bigger=True).trial == "b"
     assert report.best_row(report.sort_rows(rows, bigger=False), bigger=False).trial == "a"

@@ -207,7 +207,7 @@ def run(settings, storage: str, name: str, resume: bool, address: str | None, da
         init_ray,
         resolve,
         run_tuner,
-        trial_configs,
+        trial_states,
     )
     from recbole_ssm.utils import atomic_write_text
 
@@ -228,18 +228,19 @@ def run(settings, storage: str, name: str, resume: bool, address: str | None, da
             ray.shutdown()
     elapsed = time.perf_counter() - t0
 
-    results = report.rows_from_results(grid, list(settings.space), trial_configs(grid))
+    results = report.rows_from_results(grid, list(settings.space), *trial_states(grid))
     rows = report.sort_rows(results, info.bigger)
     frame = report.to_frame(rows, info.valid_metric)
     csv_path = os.path.join(run_dir, "trials.csv")
     report.write_csv(frame, csv_path)
-    statuses = (report.FINISHED_S, report.STOPPED_S, report.FAILED_S)
-    counts = {s: sum(r.status == s for r in rows) for s in statuses}
+    counts = {s: sum(r.status == s for r in rows) for s in report.STATUSES}
     print(report.format_table(frame))
-    print(f"{len(rows)} trials in {elapsed:.0f}s: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    print(f"{len(rows)} trials in {elapsed:.0f}s: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
     print(f"table: {csv_path}")
     best = report.best_row(rows, info.bigger)
     if best is None:
+        if counts.get(report.UNFINISHED_S):
+            return _interrupted(counts, storage, name)
         print(f"error: every trial failed; see error.txt in the trial folders under {run_dir}",
               file=sys.stderr)
         return 1
@@ -261,4 +262,15 @@ def run(settings, storage: str, name: str, resume: bool, address: str | None, da
         print("best test: " + "  ".join(f"{k}={v:.4f}" for k, v in best.test.items()))
     else:
         print(f"best test: not evaluated (the trial was {best.status}); run {rerun}")
-    return 0
+    return _interrupted(counts, storage, name)
+
+
+def _interrupted(counts: dict, storage: str, name: str) -> int:
+    """Exit code: 130 (and how to go on) when the sweep was interrupted with trials left."""
+    from recbole_ssm.tune.report import UNFINISHED_S
+
+    if not counts.get(UNFINISHED_S):
+        return 0
+    print(f"error: interrupted with {counts[UNFINISHED_S]} trials unfinished; continue with: "
+          f"python run_recbole_ssm.py tune --resume --storage={storage} --name={name}", file=sys.stderr)
+    return 130

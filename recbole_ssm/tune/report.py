@@ -13,7 +13,8 @@ import yaml
 from recbole_ssm.tune.trainable import BEST_VALID, EPOCHS_TRAINED, FINISHED, native
 from recbole_ssm.utils import atomic_write_text
 
-FINISHED_S, STOPPED_S, FAILED_S = "finished", "stopped", "failed"
+FINISHED_S, STOPPED_S, FAILED_S, UNFINISHED_S = "finished", "stopped", "failed", "unfinished"
+STATUSES = (FINISHED_S, STOPPED_S, FAILED_S, UNFINISHED_S)
 
 
 @dataclass
@@ -21,7 +22,7 @@ class TrialRow:
     """One trial as the table shows it."""
 
     trial: str
-    status: str  # finished | stopped (by the scheduler, or interrupted) | failed
+    status: str  # finished | stopped (by the scheduler) | failed | unfinished (sweep interrupted)
     epochs: int
     best_valid: float | None
     params: dict
@@ -38,11 +39,14 @@ def _error_line(error: Any) -> str:
     return lines[-1] if lines else type(error).__name__
 
 
-def rows_from_results(results: Iterable[Any], space_keys: list[str],
-                      configs: list[dict] | None = None) -> list[TrialRow]:
-    """Rows from Ray Tune ``Result`` objects (only their in-memory fields); ``configs``, where
-    given, are the trials' sampled settings in the same order (a restored trial that failed
-    before its first report has none in its Result)."""
+def rows_from_results(results: Iterable[Any], space_keys: list[str], configs: list[dict] | None = None,
+                      tune_status: list[str] | None = None) -> list[TrialRow]:
+    """Rows from Ray Tune ``Result`` objects (only their in-memory fields).
+
+    ``configs`` and ``tune_status``, where given, are the trials' sampled settings and Tune
+    statuses in the same order (a trial that never reported has no config in its Result; an
+    interrupted sweep leaves its running and waiting trials PENDING).
+    """
     rows = []
     for i, r in enumerate(results):
         metrics = dict(r.metrics or {})
@@ -50,12 +54,15 @@ def rows_from_results(results: Iterable[Any], space_keys: list[str],
         trial = str(metrics.get("trial_id") or os.path.basename(str(getattr(r, "path", "") or "")))
         best = metrics.get(BEST_VALID)
         best = float(best) if best is not None and not math.isnan(float(best)) else None
-        if r.error is not None:
+        state = tune_status[i] if tune_status else None
+        if r.error is not None or state == "ERROR":
             status = FAILED_S
         elif metrics.get(FINISHED):
             status = FINISHED_S
-        else:
+        elif state in (None, "TERMINATED"):
             status = STOPPED_S
+        else:
+            status = UNFINISHED_S
         rows.append(TrialRow(
             trial=trial,
             status=status,
@@ -64,7 +71,7 @@ def rows_from_results(results: Iterable[Any], space_keys: list[str],
             params={k: config.get(k) for k in space_keys},
             valid={k[6:]: v for k, v in metrics.items() if k.startswith("valid/")},
             test={k[5:]: v for k, v in metrics.items() if k.startswith("test/")},
-            error=_error_line(r.error) if r.error is not None else "",
+            error=_error_line(r.error) if r.error is not None else ("see error.txt" if state == "ERROR" else ""),
             path=str(getattr(r, "path", "") or ""),
         ))
     return rows

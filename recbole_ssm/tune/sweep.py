@@ -288,9 +288,10 @@ def can_restore(run_dir: str) -> bool:
     return os.path.isdir(run_dir) and tune.Tuner.can_restore(run_dir)
 
 
-def trial_configs(grid) -> list[dict] | None:
-    """Each trial's sampled settings, in the ResultGrid's order (Ray 2.6 keeps them on its trials)."""
+def trial_states(grid) -> tuple[list[dict] | None, list[str] | None]:
+    """Each trial's sampled settings and Tune status (TERMINATED, ERROR, PENDING, ...) in the
+    ResultGrid's order; Ray 2.6 keeps them on the trials behind the grid."""
     trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None)
     if trials is None or len(trials) != len(grid):
-        return None
-    return [dict(t.config or {}) for t in trials]
+        return None, None
+    return [dict(t.config or {}) for t in trials], [str(t.status) for t in trials]

@@ -146,9 +146,11 @@ RESUME_NAMES = {"space": "the search space", "fixed": "the fixed --KEY=VALUE set
                 "config_files": "--config_files"}
 
 
-def _check_resume(stored, given, run_dir: str) -> None:
+def _check_resume(stored, given, opts: dict, fixed: dict, run_dir: str) -> None:
+    """The options repeated with ``--resume`` must match the stored sweep (the rest is read from it)."""
     for key in stored.FIXED_ON_RESUME:
-        if getattr(stored, key) != getattr(given, key):
+        repeated = bool(fixed) if key == "fixed" else key in opts
+        if repeated and getattr(stored, key) != getattr(given, key):
             what = RESUME_NAMES.get(key, f"--{key}")
             raise UsageError(
                 f"--resume: {what} not as in the sweep stored in {run_dir}; "
@@ -180,10 +182,12 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"--resume: no sweep in {run_dir} (no {SETTINGS_FILE}); check --storage/--name")
         settings = SweepSettings.from_yaml(settings_path)
         if given is not None:
-            _check_resume(settings, given, run_dir)
-            settings.cpus_per_trial = given.cpus_per_trial
-            settings.gpus_per_trial = given.gpus_per_trial
-            settings.max_concurrent = given.max_concurrent
+            _check_resume(settings, given, opts, fixed, run_dir)
+        elif fixed or set(opts) - {"storage", "name", "address"}:
+            raise UsageError(
+                f"--resume reads the sweep's settings from {settings_path}; pass only --storage, --name "
+                "and --address, or repeat the original command with --resume"
+            )
     else:
         if os.path.exists(run_dir) and os.listdir(run_dir):
             raise UsageError(

@@ -46,9 +46,10 @@ class SweepSettings:
     config_files: list = field(default_factory=list)  # absolute paths
     fixed: dict = field(default_factory=dict)  # --KEY=VALUE overrides applied to every trial
 
-    # settings a resumed sweep must keep (resources, address and concurrency may change)
-    FIXED_ON_RESUME = ("model", "dataset", "space", "num_samples", "scheduler", "search",
-                       "grace_period", "reduction_factor", "config_files", "fixed")
+    # settings a resumed sweep keeps (Tune restores them with the sweep); only --address may change
+    FIXED_ON_RESUME = ("model", "dataset", "space", "num_samples", "scheduler", "search", "cpus_per_trial",
+                       "gpus_per_trial", "max_concurrent", "grace_period", "reduction_factor",
+                       "config_files", "fixed")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(asdict(self), sort_keys=False)

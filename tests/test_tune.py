@@ -154,7 +154,7 @@ def test_tune_rejects_bad_space_files_before_starting(tmp_path, capsys, space_te
         (["--num_samples=0"], "--num_samples takes a whole number >= 1"),
         (["--cpus_per_trial=0"], "--cpus_per_trial takes a number > 0"),
         (["--model=NoSuchModel"], "unknown model 'NoSuchModel'"),
-        (["--resume", "--name=never-ran"], "--resume: no sweep in"),
+        (["--resume", "--name=never-ran"], "--resume: no sweep to continue in"),
     ],
 )
 def test_tune_rejects_bad_options(tmp_path, capsys, args, words):
@@ -193,6 +193,7 @@ def test_resume_keeps_the_stored_settings(tmp_path, capsys):
     run_dir = tmp_path / "runs" / "GRU4Rec_ml-100k"
     run_dir.mkdir(parents=True)
     write(run_dir / "sweep.yaml", settings.to_yaml())
+    write(run_dir / "tuner.pkl", "")  # the file Tune looks for to restore a sweep
     base = ["tune", "--resume", f"--storage={tmp_path / 'runs'}"]
     cases = [
         (["--model=GRU4Rec", "--epochs=9"], "--resume: the fixed --KEY=VALUE settings not as in the sweep"),

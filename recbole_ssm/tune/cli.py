@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE, end="")
         return 0
     from recbole_ssm.config import EMBEDDED_DATASETS
-    from recbole_ssm.tune.sweep import SETTINGS_FILE, SweepSettings
+    from recbole_ssm.tune.sweep import SETTINGS_FILE, SweepSettings, can_restore
 
     opts, fixed, resume = parse_args(argv)
     storage = os.path.abspath(opts.get("storage") or DEFAULT_STORAGE)
@@ -178,8 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = os.path.join(storage, name)
     settings_path = os.path.join(run_dir, SETTINGS_FILE)
     if resume:
-        if not os.path.isfile(settings_path):
-            raise UsageError(f"--resume: no sweep in {run_dir} (no {SETTINGS_FILE}); check --storage/--name")
+        if not os.path.isfile(settings_path) or not can_restore(run_dir):
+            raise UsageError(f"--resume: no sweep to continue in {run_dir}; check --storage/--name")
         settings = SweepSettings.from_yaml(settings_path)
         if given is not None:
             _check_resume(settings, given, opts, fixed, run_dir)
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
                 "and --address, or repeat the original command with --resume"
             )
     else:
-        if os.path.exists(run_dir) and os.listdir(run_dir):
+        if can_restore(run_dir):
             raise UsageError(
                 f"run folder {run_dir} already holds a sweep: add --resume to continue it, "
                 "or pick another --name/--storage"

@@ -284,9 +284,12 @@ def run_tuner(settings: SweepSettings, info: RunInfo, trial_fixed: dict, storage
 
 
 def can_restore(run_dir: str) -> bool:
+    """Whether ``run_dir`` holds Tune's state of a sweep (one that started)."""
+    if not os.path.isdir(run_dir):
+        return False
     from ray import tune
 
-    return os.path.isdir(run_dir) and tune.Tuner.can_restore(run_dir)
+    return tune.Tuner.can_restore(run_dir)
 
 
 def trial_states(grid) -> tuple[list[dict] | None, list[str] | None]:

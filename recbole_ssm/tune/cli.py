@@ -203,6 +203,7 @@ def run(settings, storage: str, name: str, resume: bool, address: str | None, da
     """Run the sweep and write its results; returns the exit code."""
     import ray
 
+    from recbole_ssm.config import merged_user_config
     from recbole_ssm.tune import report
     from recbole_ssm.tune.sweep import (
         SETTINGS_FILE,
@@ -248,9 +249,6 @@ def run(settings, storage: str, name: str, resume: bool, address: str | None, da
         print(f"error: every trial failed; see error.txt in the trial folders under {run_dir}",
               file=sys.stderr)
         return 1
-    base: dict = {}
-    from recbole_ssm.config import merged_user_config
-
     base = merged_user_config(settings.config_files, None)
     fixed = _trial_fixed(settings, dataset_embedded)
     config = report.best_config(base, fixed, best.params, settings.model, settings.dataset,
@@ -259,7 +257,7 @@ def run(settings, storage: str, name: str, resume: bool, address: str | None, da
     rerun = (f"python run_recbole_ssm.py --model={settings.model} --dataset={settings.dataset} "
              f"--config_files={best_path}")
     header = (f"Best trial {best.trial} of sweep {name}: valid {info.valid_metric}={best.best_valid:.6g} "
-              f"after {best.epochs} epochs.\n{rerun}")
+              f"(best of its {best.epochs} epochs).\n{rerun}")
     report.write_best_yaml(best_path, config, header)
     print(f"best: trial {best.trial}, valid {info.valid_metric}={best.best_valid:.6g}; config: {best_path}")
     if best.test:

@@ -165,9 +165,11 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE, end="")
         return 0
     from recbole_ssm.config import EMBEDDED_DATASETS
-    from recbole_ssm.tune.sweep import SETTINGS_FILE, SweepSettings, can_restore
+    from recbole_ssm.tune.sweep import SETTINGS_FILE, SweepSettings, can_restore, check_address
 
     opts, fixed, resume = parse_args(argv)
+    if opts.get("address"):
+        check_address(str(opts["address"]))  # an unreachable cluster fails first, within seconds
     storage = os.path.abspath(opts.get("storage") or DEFAULT_STORAGE)
     given = build_settings(opts, fixed) if (opts.get("model") or not resume) else None
     name = opts.get("name") or (f"{given.model}_{given.dataset}" if given else None)
@@ -208,7 +210,6 @@ def run(settings, storage: str, name: str, resume: bool, address: str | None, da
     from recbole_ssm.tune.sweep import (
         SETTINGS_FILE,
         RayTempDir,
-        check_address,
         init_ray,
         resolve,
         run_tuner,
@@ -217,8 +218,6 @@ def run(settings, storage: str, name: str, resume: bool, address: str | None, da
     from recbole_ssm.utils import atomic_write_text
 
     info = resolve(settings)  # unknown model, dataset or setting: fails before Ray starts
-    if address:
-        check_address(address)
     run_dir = os.path.join(storage, name)
     os.makedirs(run_dir, exist_ok=True)
     if not resume:

@@ -284,12 +284,9 @@ def run_tuner(settings: SweepSettings, info: RunInfo, trial_fixed: dict, storage
 
 
 def can_restore(run_dir: str) -> bool:
-    """Whether ``run_dir`` holds Tune's state of a sweep (one that started)."""
-    if not os.path.isdir(run_dir):
-        return False
-    from ray import tune
-
-    return tune.Tuner.can_restore(run_dir)
+    """Whether ``run_dir`` holds Tune's saved state of a sweep (``tuner.pkl``, what
+    ``Tuner.restore`` reads), i.e. a sweep that started."""
+    return os.path.isfile(os.path.join(run_dir, "tuner.pkl"))
 
 
 def trial_states(grid) -> tuple[list[dict] | None, list[str] | None]:

@@ -232,7 +232,7 @@ def run(settings, storage: str, name: str, resume: bool, address: str | None, da
             ray.shutdown()
     elapsed = time.perf_counter() - t0
 
-    results = report.rows_from_results(grid, list(settings.space), *trial_states(grid))
+    results = report.rows_from_results(grid, list(settings.space), *trial_states(grid, run_dir))
     rows = report.sort_rows(results, info.bigger)
     frame = report.to_frame(rows, info.valid_metric)
     csv_path = os.path.join(run_dir, "trials.csv")

@@ -102,7 +102,7 @@ def to_frame(rows: list[TrialRow], valid_metric: str):
     records = []
     for rank, r in enumerate(rows, 1):
         rec: dict[str, Any] = {"rank": rank, "trial": r.trial, "status": r.status, "epochs": r.epochs,
-                               f"valid {valid_metric}": r.best_valid}
+                               f"valid {valid_metric}": math.nan if r.best_valid is None else r.best_valid}
         rec.update({f"test {k}": r.test.get(k) for k in test_keys})
         rec.update(r.params)
         rec["error"] = r.error

@@ -289,10 +289,26 @@ def can_restore(run_dir: str) -> bool:
     return os.path.isfile(os.path.join(run_dir, "tuner.pkl"))
 
 
-def trial_states(grid) -> tuple[list[dict] | None, list[str] | None]:
+def trial_states(grid, run_dir: str) -> tuple[list[dict] | None, list[str] | None]:
     """Each trial's sampled settings and Tune status (TERMINATED, ERROR, PENDING, ...) in the
-    ResultGrid's order; Ray 2.6 keeps them on the trials behind the grid."""
+    ResultGrid's order. Ray 2.6 keeps the settings on the trials behind the grid; the statuses
+    are read back from the state Tune saved, where an interrupted sweep leaves the trials it
+    will run again PENDING (in memory they read TERMINATED)."""
     trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None)
     if trials is None or len(trials) != len(grid):
         return None, None
-    return [dict(t.config or {}) for t in trials], [str(t.status) for t in trials]
+    status = [str(t.status) for t in trials]
+    try:
+        from ray.tune import ExperimentAnalysis
+
+        quiet = logging.getLogger("ray.tune.analysis.experiment_analysis")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)  # it warns about trials that never reported
+        try:
+            saved = {t.trial_id: str(t.status) for t in ExperimentAnalysis(run_dir).trials}
+        finally:
+            quiet.setLevel(level)
+        status = [saved.get(t.trial_id, s) for t, s in zip(trials, status)]
+    except Exception:  # no saved state (e.g. Ray Client: it is on the head node): keep memory's
+        pass
+    return [dict(t.config or {}) for t in trials], status

@@ -298,17 +298,23 @@ def trial_states(grid, run_dir: str) -> tuple[list[dict] | None, list[str] | Non
     if trials is None or len(trials) != len(grid):
         return None, None
     status = [str(t.status) for t in trials]
-    try:
-        from ray.tune import ExperimentAnalysis
-
-        quiet = logging.getLogger("ray.tune.analysis.experiment_analysis")
-        level = quiet.level
-        quiet.setLevel(logging.ERROR)  # it warns about trials that never reported
-        try:
-            saved = {t.trial_id: str(t.status) for t in ExperimentAnalysis(run_dir).trials}
-        finally:
-            quiet.setLevel(level)
-        status = [saved.get(t.trial_id, s) for t, s in zip(trials, status)]
-    except Exception:  # no saved state (e.g. Ray Client: it is on the head node): keep memory's
-        pass
+    saved = _saved_statuses(run_dir)
+    status = [saved.get(t.trial_id, s) for t, s in zip(trials, status)]
     return [dict(t.config or {}) for t in trials], status
+
+
+def _saved_statuses(run_dir: str) -> dict[str, str]:
+    """``{trial_id: status}`` from Tune's newest ``experiment_state-*.json`` (empty if none)."""
+    import glob
+    import json
+
+    files = sorted(glob.glob(os.path.join(run_dir, "experiment_state-*.json")))
+    if not files:  # e.g. Ray Client: the state is on the head node
+        return {}
+    try:
+        with open(files[-1], encoding="utf-8") as f:
+            state = json.load(f)
+        trials = [json.loads(t) if isinstance(t, str) else t for t in state.get("checkpoints", [])]
+        return {str(t["trial_id"]): str(t["status"]) for t in trials if "trial_id" in t and "status" in t}
+    except (OSError, ValueError, TypeError, KeyError):
+        return {}

@@ -53,8 +53,6 @@ def run_main(argv: list[str]) -> int:
     from recbole_ssm.quick_start import format_result, run
 
     model, dataset, files, overrides = split_run_args(argv)
-    if model is None:
-        raise UsageError("no model given: pass --model=NAME (e.g. --model=Hydra4Rec or --model=SASRec)")
     out = run(model, dataset, files, overrides, saved=True)
     print(format_result(out), flush=True)
     return 0

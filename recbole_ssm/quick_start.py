@@ -32,7 +32,7 @@ def build_config(
     user = merged_user_config(config_file_list, config_dict)
     model = model if model is not None else user.get("model")
     if model is None:
-        raise UsageError("no model given: pass --model=NAME (e.g. --model=SASRec)")
+        raise UsageError("no model given: pass --model=NAME (e.g. --model=Hydra4Rec or --model=SASRec)")
     dataset = dataset or user.get("dataset") or DEFAULT_DATASET
     model_class = get_model(model)
     name = model_class.__name__ if not isinstance(model, str) else canonical_name(model)

@@ -94,3 +94,12 @@ def test_split_run_args_reads_model_dataset_files_and_overrides():
     assert over["epochs"] == 3 and isinstance(over["epochs"], int)
     assert over["learning_rate"] == pytest.approx(1e-3)
     assert over["eval_args"] == {"split": {"LS": "valid_and_test"}}
+
+
+def test_model_and_dataset_may_come_from_a_config_file(tiny_config, tmp_path, capsys):
+    import yaml
+
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"model": "SASRec", "dataset": "ml-tiny", **tiny_config}))
+    assert main([f"--config_files={path}"]) == 0
+    assert "model=SASRec dataset=ml-tiny" in capsys.readouterr().out

@@ -58,32 +58,39 @@ def run_main(argv: list[str]) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv[:1]) or (argv and argv[0] == "help"):
-        print(USAGE, end="")
-        return 0
+def guarded(fn, *args) -> int:
+    """Run ``fn(*args)``; a UsageError becomes one ``error:`` line and its exit code (2)."""
     try:
-        if argv and not argv[0].startswith("-"):
-            module = SUBCOMMANDS.get(argv[0])
-            if module is None:
-                raise UsageError(
-                    f"unknown sub-command {argv[0]!r}: use one of {', '.join(SUBCOMMANDS)} or --model=NAME"
-                )
-            try:
-                mod = importlib.import_module(module)
-            except ModuleNotFoundError as exc:
-                if exc.name != module:
-                    raise
-                raise UsageError(f"sub-command {argv[0]!r} is not available in this version") from None
-            return int(mod.main(argv[1:]) or 0)
-        return run_main(argv)
+        return int(fn(*args) or 0)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv[:1]) or (argv and argv[0] == "help"):
+        print(USAGE, end="")
+        return 0
+    return guarded(_dispatch, argv)
+
+
+def _dispatch(argv: list[str]) -> int:
+    if not argv or argv[0].startswith("-"):
+        return run_main(argv)
+    module = SUBCOMMANDS.get(argv[0])
+    if module is None:
+        raise UsageError(f"unknown sub-command {argv[0]!r}: use one of {', '.join(SUBCOMMANDS)} or --model=NAME")
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name != module:
+            raise
+        raise UsageError(f"sub-command {argv[0]!r} is not available in this version") from None
+    return int(mod.main(argv[1:]) or 0)
 
 
 if __name__ == "__main__":

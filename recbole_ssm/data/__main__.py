@@ -7,24 +7,21 @@ from recbole_ssm.errors import UsageError
 USAGE = "usage: python -m recbole_ssm.data prepare {movielens,amazon2023,seqtext} --input PATH [...]\n"
 
 
+def _prepare(argv: list[str]) -> int:
+    if argv[0] != "prepare":
+        raise UsageError(f"unknown command {argv[0]!r}: use `python -m recbole_ssm.data prepare SOURCE ...`")
+    from recbole_ssm.data.cli import main
+
+    return main(argv[1:], prog="python -m recbole_ssm.data prepare")
+
+
 def _main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE + "run `python -m recbole_ssm.data prepare --help` for the options", flush=True)
         return 0 if argv else 2
-    try:
-        if argv[0] != "prepare":
-            raise UsageError(
-                f"unknown command {argv[0]!r}: use `python -m recbole_ssm.data prepare SOURCE ...`"
-            )
-        from recbole_ssm.data.cli import main
+    from recbole_ssm.cli import guarded
 
-        return main(argv[1:], prog="python -m recbole_ssm.data prepare")
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    return guarded(_prepare, argv)
 
 
 if __name__ == "__main__":

@@ -82,10 +82,8 @@ class Files:
         return iter_lines(self.names[key])
 
 
-def _parse_dat(n: int, raw: bytes):
-    parts = raw.decode("latin-1").split("::")
-    if len(parts) != 4:
-        return "not 4 fields separated by '::'"
+def _rating_row(parts: list[str]):
+    """(user, item, rating, timestamp) from four text fields, or the reason they are malformed."""
     user, item, rating, ts = (p.strip() for p in parts)
     if not user or not item:
         return "empty id"
@@ -98,6 +96,13 @@ def _parse_dat(n: int, raw: bytes):
     except ValueError:
         return "non-numeric timestamp"
     return user, item, r, t
+
+
+def _parse_dat(n: int, raw: bytes):
+    parts = raw.decode("latin-1").split("::")
+    if len(parts) != 4:
+        return "not 4 fields separated by '::'"
+    return _rating_row(parts)
 
 
 def _parse_csv(n: int, raw: bytes):
@@ -109,18 +114,7 @@ def _parse_csv(n: int, raw: bytes):
     parts = text.split(",")
     if len(parts) != 4:
         return "not 4 comma-separated fields"
-    user, item, rating, ts = (p.strip() for p in parts)
-    if not user or not item:
-        return "empty id"
-    try:
-        r = float(rating)
-    except ValueError:
-        return "non-numeric rating"
-    try:
-        t = int(ts)
-    except ValueError:
-        return "non-numeric timestamp"
-    return user, item, r, t
+    return _rating_row(parts)
 
 
 def read(path: str, table: Interactions) -> SourceData:

@@ -11,8 +11,7 @@ import math
 import torch
 import torch.nn as nn
 
-from recbole_ssm.layers import MambaMixer
-from recbole_ssm.models.base import SSMRecommender, positive_int, require
+from recbole_ssm.models.mamba4rec import Mamba4Rec
 
 
 class _ResidualMixer(nn.Module):
@@ -26,21 +25,16 @@ class _ResidualMixer(nn.Module):
         return x + self.mixer(x, mask) if self.residual else self.mixer(x, mask)
 
 
-class RecMamba(SSMRecommender):
-    """Mamba blocks over long histories; defaults in ``properties/model/RecMamba.yaml``."""
+class RecMamba(Mamba4Rec):
+    """Mamba blocks over long histories; defaults in ``properties/model/RecMamba.yaml``.
+
+    The mixer is Mamba4Rec's; the embedding and the layer around the mixer differ.
+    """
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.position_embedding = nn.Embedding(self.max_seq_length, self.hidden_size)
         self.position_embedding.weight.data.normal_(mean=0.0, std=0.02)
-
-    def make_mixer(self, config):
-        return MambaMixer(
-            self.hidden_size,
-            d_state=require(config, "d_state", positive_int, "a positive integer"),
-            d_conv=require(config, "d_conv", positive_int, "a positive integer"),
-            expand=require(config, "expand", positive_int, "a positive integer"),
-        )
 
     def make_layer(self, config):
         return _ResidualMixer(self.make_mixer(config), residual=self.num_layers > 1)

@@ -1,4 +1,4 @@
-"""``python -m recbole_ssm.bench ops [options]``: the SSM ops benchmark (see recbole_ssm.bench.ops)."""
+"""``python -m recbole_ssm.bench {table,efficiency,ops} [options]`` (see recbole_ssm.bench.cli)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,10 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] != "ops":
-        print("usage: python -m recbole_ssm.bench ops [--help]", file=sys.stderr)
-        return 2
-    from recbole_ssm.bench.ops import main as ops_main
+    """Dispatch to ``bench table``, ``bench efficiency`` or the ops benchmark (``bench ops``)."""
+    from recbole_ssm.bench.cli import console_main
 
-    return ops_main(argv[1:])
+    return console_main(argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,56 @@
+"""``run_recbole_ssm.py bench {table,efficiency,ops}`` / ``python -m recbole_ssm.bench ...``."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from recbole_ssm.errors import UsageError
+
+USAGE = """\
+usage: run_recbole_ssm.py bench table --models=A,B --dataset=NAME [--seeds=3] [--output=DIR] [...]
+       run_recbole_ssm.py bench efficiency --models=A,B --lengths=50,200 [--batch=16] [--device=cpu] [...]
+       run_recbole_ssm.py bench ops [...]       kernel micro-benchmarks (when installed)
+
+  table       train and test each model per seed; mean +- std table (table.md, table.csv)
+  efficiency  training-step time, inference time and peak memory against sequence length on
+              synthetic sequences (efficiency.csv, PNG plots), with ratios to SASRec
+Run `bench table --help` or `bench efficiency --help` for the options.
+"""
+
+COMMANDS = {
+    "table": "recbole_ssm.bench.table",
+    "efficiency": "recbole_ssm.bench.efficiency",
+    "ops": "recbole_ssm.bench.ops",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch to a bench command; returns its exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    module = COMMANDS.get(name)
+    if module is None:
+        raise UsageError(f"unknown bench command {name!r}: use one of {', '.join(COMMANDS)}")
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name != module:
+            raise
+        raise UsageError(f"bench {name!r} is not available in this version") from None
+    return int(mod.main(rest) or 0)
+
+
+def console_main(argv: list[str] | None = None) -> int:
+    """``python -m recbole_ssm.bench``: like ``run_recbole_ssm.py bench`` with one-line errors."""
+    try:
+        return main(argv)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130

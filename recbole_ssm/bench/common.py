@@ -1,0 +1,374 @@
+"""What ``bench table`` and ``bench efficiency`` share: model specs, workers, memory, tables.
+
+Every measured point (a trained (model, seed) or a (model, length) efficiency point) runs in
+its own Python process, so its peak memory is its own, a crash or an out-of-memory is one
+failed point, and a finished point is a JSON record on disk that a later run reuses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from recbole_ssm.errors import UsageError
+from recbole_ssm.utils import atomic_write_text
+
+_SPEC_KEY = re.compile(r"[A-Za-z_]\w*")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model name plus per-model settings, written ``NAME`` or ``NAME:key=value:key=value``.
+
+    ``SASRec:n_layers=1`` is SASRec with one layer; its label (the row name) is the spec as typed.
+    """
+
+    label: str
+    name: str
+    overrides: dict = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def canonical(self) -> str:
+        from recbole_ssm.registry import canonical_name
+
+        return canonical_name(self.name)
+
+
+def parse_model_specs(text: str | None) -> list[ModelSpec]:
+    """``"SASRec,SASRec:n_layers=1,Mamba4Rec"`` -> specs; unknown models raise the registry's error."""
+    from recbole_ssm.config import parse_value
+    from recbole_ssm.registry import get_model
+
+    if not text or not isinstance(text, str):
+        raise UsageError("--models takes a comma-separated list, e.g. --models=SASRec,Mamba4Rec")
+    specs: list[ModelSpec] = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            raise UsageError(f"empty model name in --models={text!r}")
+        name, *pairs = item.split(":")
+        overrides = {}
+        for pair in pairs:
+            key, sep, value = pair.partition("=")
+            if not sep or not _SPEC_KEY.fullmatch(key):
+                raise UsageError(f"malformed model spec {item!r}: expected NAME or NAME:key=value[:key=value]")
+            overrides[key] = parse_value(value)
+        get_model(name)  # unknown model -> the registry's one-line error
+        if any(s.label == item for s in specs):
+            raise UsageError(f"model {item!r} is listed twice in --models")
+        specs.append(ModelSpec(item, name, overrides))
+    return specs
+
+
+def parse_int_list(text: Any, option: str, minimum: int = 1) -> list[int]:
+    """``"50,200,1000"`` (or one int) -> ``[50, 200, 1000]``; anything else is a one-line error."""
+    if isinstance(text, bool):
+        text = None
+    if isinstance(text, int):
+        text = str(text)
+    if not isinstance(text, str) or not text.strip():
+        raise UsageError(f"{option} takes a comma-separated list of integers, e.g. {option}=50,200")
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not re.fullmatch(r"\d+", part) or int(part) < minimum:
+            raise UsageError(f"bad value {part!r} in {option}={text}: expected integers >= {minimum}")
+        out.append(int(part))
+    if len(set(out)) != len(out):
+        raise UsageError(f"{option}={text} lists a value twice")
+    return out
+
+
+def split_bench_args(argv: list[str], known: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split ``--KEY=VALUE`` options into the command's own (``known`` gives defaults) and the rest.
+
+    The rest are RecBole/model settings passed to every run. Values stay strings for the
+    command's own options; the rest are parsed like the main CLI's overrides.
+    """
+    from recbole_ssm.config import parse_overrides
+
+    own = dict(known)
+    rest: list[str] = []
+    for arg in argv:
+        if not arg.startswith("--"):
+            raise UsageError(f"unexpected argument {arg!r}: options are --KEY=VALUE")
+        key, sep, value = arg[2:].partition("=")
+        if key in known:
+            if not sep:
+                if isinstance(known[key], bool):
+                    own[key] = True
+                    continue
+                raise UsageError(f"--{key} needs a value: --{key}=VALUE")
+            own[key] = value
+        else:
+            rest.append(arg)
+    return own, parse_overrides(rest)
+
+
+def as_bool(value: Any, option: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    low = str(value).strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise UsageError(f"--{option} takes true or false, got {value!r}")
+
+
+def as_number(value: Any, option: str, kind=float, minimum: float = 0.0):
+    try:
+        out = kind(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"--{option} takes a number, got {value!r}") from None
+    if out < minimum:
+        raise UsageError(f"--{option} must be >= {minimum}, got {value!r}")
+    return out
+
+
+def fingerprint(settings: dict) -> str:
+    """A short hash of the settings a record was measured with (resume only reuses equal ones)."""
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def record_name(*parts: Any) -> str:
+    """File-system-safe name for a record."""
+    text = "-".join(str(p) for p in parts)
+    return re.sub(r"[^\w.=\-]+", "_", text) + ".json"
+
+
+def read_record(path: str) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def write_record(path: str, record: dict) -> None:
+    atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True, default=str) + "\n")
+
+
+# ---------------------------------------------------------------------------------------
+# worker processes
+
+
+def package_env() -> dict:
+    """Environment for a worker: this copy of recbole_ssm first on the path."""
+    import recbole_ssm
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(recbole_ssm.__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def _limit_address_space(limit_bytes: int | None):
+    if not limit_bytes:
+        return None
+
+    def apply() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
+
+    return apply
+
+
+OOM_PATTERNS = ("out of memory", "can't allocate memory", "cannot allocate memory", "memoryerror",
+                "std::bad_alloc", "outofmemoryerror")
+
+
+def run_worker(module: str, spec: dict, timeout_s: float | None, memory_limit_gb: float | None = None,
+               log_path: str | None = None) -> dict:
+    """Run ``python -m module --worker SPEC.json`` and return its result record.
+
+    The worker writes its result as JSON to ``spec["result_path"]``. A run past ``timeout_s``
+    becomes ``{"status": "timeout"}``; an allocation failure or a kill by the kernel's OOM
+    killer becomes ``{"status": "OOM"}``; any other failure ``{"status": "failed", "error": ...}``.
+    """
+    with tempfile.TemporaryDirectory(prefix="recbole-ssm-bench-") as tmp:
+        spec = {**spec, "result_path": os.path.join(tmp, "result.json")}
+        spec_path = os.path.join(tmp, "spec.json")
+        with open(spec_path, "w", encoding="utf-8") as f:
+            json.dump(spec, f, default=str)
+        err_path = log_path or os.path.join(tmp, "worker.log")
+        os.makedirs(os.path.dirname(os.path.abspath(err_path)), exist_ok=True)
+        limit = int(memory_limit_gb * 2**30) if memory_limit_gb else None
+        t0 = time.perf_counter()
+        with open(err_path, "w", encoding="utf-8") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", module, "--worker", spec_path],
+                stdout=log, stderr=subprocess.STDOUT, env=package_env(),
+                preexec_fn=_limit_address_space(limit), start_new_session=True,
+            )
+            try:
+                rc = proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return {"status": "timeout", "error": f"over {timeout_s:g} s", "wall_s": time.perf_counter() - t0}
+            except BaseException:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                raise
+        wall = time.perf_counter() - t0
+        result = read_record(spec["result_path"])
+        if rc == 0 and result is not None:
+            return {**result, "wall_s": wall}
+        with open(err_path, encoding="utf-8", errors="replace") as f:
+            tail = f.read()[-4000:]
+        if rc == -signal.SIGKILL or any(p in tail.lower() for p in OOM_PATTERNS):
+            return {"status": "OOM", "error": last_line(tail) or f"killed (exit {rc})", "wall_s": wall}
+        return {"status": "failed", "error": last_line(tail) or f"exit code {rc}", "wall_s": wall}
+
+
+def last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else ""
+
+
+def worker_entry(argv: list[str], work) -> int:
+    """``--worker SPEC.json``: run ``work(spec) -> dict`` and write the dict to the result path."""
+    if len(argv) != 2 or argv[0] != "--worker":
+        return -1
+    with open(argv[1], encoding="utf-8") as f:
+        spec = json.load(f)
+    result = work(spec)
+    with open(spec["result_path"], "w", encoding="utf-8") as f:
+        json.dump(result, f, default=str)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# memory
+
+
+def _status_kib(field_name: str) -> int | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class CpuPeakMemory:
+    """Peak resident memory of a code region above the resident memory when it started (MiB).
+
+    On Linux the kernel's peak-RSS mark (VmHWM) is reset through ``/proc/self/clear_refs``
+    before the region, so the peak is the region's own; where that is not possible, the
+    process peak (``getrusage`` ru_maxrss) is used, which can only overstate the baseline and
+    thus understate the region (``method`` says which was used).
+    """
+
+    def __init__(self) -> None:
+        self.method = "VmHWM reset"
+        self.baseline_kib = 0
+        self.peak_kib = 0
+
+    def __enter__(self) -> CpuPeakMemory:
+        try:
+            with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+                f.write("5")
+        except OSError:
+            self.method = "ru_maxrss"
+        self.baseline_kib = _status_kib("VmRSS") or 0
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.method == "VmHWM reset":
+            self.peak_kib = _status_kib("VmHWM") or 0
+        else:
+            import resource
+
+            self.peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    @property
+    def mib(self) -> float:
+        return max(0, self.peak_kib - self.baseline_kib) / 1024.0
+
+
+def process_peak_rss_mib() -> float:
+    """Peak resident memory of this process since it started (MiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# ---------------------------------------------------------------------------------------
+# statistics and tables
+
+
+def mean_std(values: Iterable[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value); NaN for none."""
+    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return math.nan, math.nan
+    if len(vals) == 1:
+        return vals[0], 0.0
+    return statistics.fmean(vals), statistics.stdev(vals)
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values)) if values else math.nan
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    """A GitHub markdown table; numbers should already be strings."""
+    cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    out = ["| " + " | ".join(c.ljust(w) for c, w in zip(cells[0], widths)) + " |",
+           "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    for r in cells[1:]:
+        out.append("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |")
+    return "\n".join(out) + "\n"
+
+
+def csv_text(header: list[str], rows: list[list[Any]]) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def machine_line() -> str:
+    """One line naming the machine: OS, CPU cores, memory, torch version, threads, GPU."""
+    import platform
+
+    import torch
+
+    try:
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+        mem_text = f"{mem:.0f} GiB"
+    except (ValueError, OSError, AttributeError):
+        mem_text = "? GiB"
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores, {mem_text}, {gpu}, "
+            f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+
+
+def progress(iterable, total: int, desc: str, enabled: bool = True):
+    """A tqdm progress bar on stderr (RecBole depends on tqdm)."""
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, disable=not enabled, file=sys.stderr, dynamic_ncols=True,
+                leave=True)

@@ -1,0 +1,372 @@
+"""``bench table``: the seed paper's per-data-set table, mean +- std over seeds.
+
+Each (model, seed) trains and tests through :func:`recbole_ssm.quick_start.run` in its own
+process and leaves a JSON record under ``OUTPUT/runs/``; a later call with the same settings
+reuses finished records (partial runs resume). Then ``table.md`` and ``table.csv`` are written.
+
+Columns (definitions in docs/benchmarks.md): test Hit@10, NDCG@10, MRR@10; inference latency
+in milliseconds per user for full-sort scoring at batch 1 and at batch 256 (median after
+warm-up); mean training time per epoch; epochs run; peak memory of training and of the whole
+run; parameters with and without embeddings.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import sys
+import time
+from typing import Any
+
+from recbole_ssm.bench.common import (
+    CpuPeakMemory,
+    ModelSpec,
+    as_number,
+    csv_text,
+    fingerprint,
+    machine_line,
+    markdown_table,
+    mean_std,
+    median,
+    parse_model_specs,
+    process_peak_rss_mib,
+    progress,
+    read_record,
+    record_name,
+    run_worker,
+    split_bench_args,
+    worker_entry,
+    write_record,
+)
+from recbole_ssm.errors import UsageError
+from recbole_ssm.utils import atomic_write_text
+
+USAGE = """\
+usage: run_recbole_ssm.py bench table --models=A,B[:key=value...] [--dataset=NAME] [--seeds=3]
+           [--first_seed=2020] [--output=DIR] [--config_files="a.yaml b.yaml"] [--timeout=SECONDS]
+           [--latency_repeats=50] [--overwrite] [--KEY=VALUE ...]
+
+Trains and tests each model once per seed (RecBole pipeline, one process per run), then writes
+DIR/table.md and DIR/table.csv (default DIR: results/<dataset>/) with mean +- std over seeds.
+Finished (model, seed) runs are kept in DIR/runs/ and not retrained by a later call with the
+same settings. --KEY=VALUE settings (e.g. --epochs=10 --stopping_step=3) apply to every model;
+NAME:key=value applies to one (e.g. SASRec:n_layers=1, Mamba4Rec:trim_padding=False).
+"""
+
+DEFAULTS: dict[str, Any] = {
+    "models": None,
+    "dataset": "ml-100k",
+    "seeds": "3",
+    "first_seed": "2020",
+    "output": None,
+    "config_files": "",
+    "timeout": "0",
+    "latency_repeats": "50",
+    "latency_batch": "256",
+    "overwrite": False,
+    "progress": "true",
+}
+
+# (record key, column header) of the test metrics shown when present, in this order.
+METRICS = [("hit@10", "Hit@10"), ("ndcg@10", "NDCG@10"), ("mrr@10", "MRR@10")]
+
+
+# ---------------------------------------------------------------------------------------
+# worker: one (model, seed)
+
+
+def _first_rows(loader, n: int):
+    """The first ``n`` evaluation rows of a full-sort loader, as one Interaction."""
+    from recbole.data.interaction import cat_interactions
+
+    parts, total = [], 0
+    for batch in loader:
+        inter = batch[0] if isinstance(batch, tuple) else batch
+        parts.append(inter)
+        total += len(inter)
+        if total >= n:
+            break
+    inter = cat_interactions(parts) if len(parts) > 1 else parts[0]
+    return inter[: min(n, len(inter))]
+
+
+def measure_latency(model, rows, batch: int, repeats: int, device, warmup: int = 3) -> tuple[float, int]:
+    """Median milliseconds per user of ``model.full_sort_predict`` on batches of ``batch`` rows.
+
+    At batch 1 each repeat scores the next user of ``rows`` (cycling), so the median is over
+    users as well as over calls; larger batches score the first ``batch`` rows every time.
+    Returns (ms per user, batch actually used: at most the number of rows available).
+    """
+    import torch
+
+    n = len(rows)
+    batch = min(batch, n)
+    model.eval()
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+
+    def chunk(i: int):
+        if batch == 1:
+            return rows[[i % n]].to(device)
+        return rows[:batch].to(device)
+
+    times = []
+    with torch.no_grad():
+        for i in range(warmup):
+            model.full_sort_predict(chunk(i))
+        for i in range(repeats):
+            x = chunk(i)
+            sync()
+            t0 = time.perf_counter()
+            model.full_sort_predict(x)
+            sync()
+            times.append(time.perf_counter() - t0)
+    return median(times) * 1000.0 / batch, batch
+
+
+def _work(spec: dict) -> dict:
+    """Train, test and time one (model, seed) in this process; return its record."""
+    import recbole.data
+    import torch
+    from recbole.trainer import Trainer
+
+    from recbole_ssm.quick_start import run
+
+    epoch_times: list[float] = []
+    fit_mem: dict = {}
+    captured: dict = {}
+
+    original_epoch = Trainer._train_epoch
+    original_fit = Trainer.fit
+    original_prep = recbole.data.data_preparation
+
+    def timed_epoch(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        out = original_epoch(self, *args, **kwargs)
+        epoch_times.append(time.perf_counter() - t0)
+        return out
+
+    def measured_fit(self, *args, **kwargs):
+        cuda = torch.device(self.device).type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+        with CpuPeakMemory() as mem:
+            out = original_fit(self, *args, **kwargs)
+        fit_mem["rss_mib"] = mem.mib
+        fit_mem["method"] = mem.method
+        if cuda:
+            fit_mem["cuda_mib"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+        return out
+
+    def capturing_prep(config, dataset):
+        out = original_prep(config, dataset)
+        captured["test"] = out[2]
+        return out
+
+    Trainer._train_epoch = timed_epoch
+    Trainer.fit = measured_fit
+    recbole.data.data_preparation = capturing_prep
+
+    config_dict = {**spec["overrides"], "seed": spec["seed"], "checkpoint_dir": spec["checkpoint_dir"]}
+    out = run(spec["model"], spec["dataset"], spec["config_files"], config_dict, saved=True)
+    test = {k.lower(): float(v) for k, v in (out.result["test_result"] or {}).items()}
+    valid = {k.lower(): float(v) for k, v in (out.result["best_valid_result"] or {}).items()}
+
+    device = out.config["device"]
+    rows = _first_rows(captured["test"], max(spec["latency_batch"], spec["latency_repeats"]))
+    lat1, _ = measure_latency(out.model, rows, 1, spec["latency_repeats"], device)
+    latb, used = measure_latency(out.model, rows, spec["latency_batch"], max(3, spec["latency_repeats"] // 5), device)
+    return {
+        "status": "ok",
+        "test": test,
+        "valid": valid,
+        "params": out.params[0],
+        "params_no_emb": out.params[1],
+        "epochs": len(epoch_times),
+        "epoch_s": sum(epoch_times) / len(epoch_times) if epoch_times else math.nan,
+        "epoch_times": epoch_times,
+        "fit_s": out.timings.get("fit_s"),
+        "data_s": out.timings.get("data_s"),
+        "fit_peak_mib": fit_mem.get("cuda_mib", fit_mem.get("rss_mib")),
+        "fit_peak_kind": "cuda max_memory_allocated" if "cuda_mib" in fit_mem else f"RSS ({fit_mem.get('method')})",
+        "process_peak_rss_mib": process_peak_rss_mib(),
+        "latency_b1_ms": lat1,
+        "latency_bn_ms": latb,
+        "latency_bn": used,
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# the table
+
+
+def _fmt(mean: float, std: float, digits: int) -> str:
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _sig(mean: float, std: float) -> str:
+    """Times and memory: 3 significant-ish digits."""
+    if math.isnan(mean):
+        return "-"
+    digits = 3 if abs(mean) < 1 else (2 if abs(mean) < 10 else (1 if abs(mean) < 1000 else 0))
+    return _fmt(mean, std, digits)
+
+
+COLUMNS = [
+    # (csv name, markdown header, record getter, formatter or None for ints)
+    *[(key, head, (lambda r, k=key: r["test"].get(k)), "metric") for key, head in METRICS],
+    ("latency_b1_ms", "Latency b=1 (ms/user)", lambda r: r["latency_b1_ms"], "sig"),
+    ("latency_bn_ms", "Latency b=256 (ms/user)", lambda r: r["latency_bn_ms"], "sig"),
+    ("epoch_s", "Epoch (s)", lambda r: r["epoch_s"], "sig"),
+    ("epochs", "Epochs", lambda r: r["epochs"], "sig"),
+    ("fit_peak_mib", "Train peak (MiB)", lambda r: r["fit_peak_mib"], "sig"),
+    ("process_peak_rss_mib", "Process peak RSS (MiB)", lambda r: r["process_peak_rss_mib"], "sig"),
+    ("params", "Params", lambda r: r["params"], "int"),
+    ("params_no_emb", "Params w/o emb.", lambda r: r["params_no_emb"], "int"),
+]
+
+
+def build_rows(specs: list[ModelSpec], records: dict[tuple[str, int], dict], seeds: list[int],
+               latency_batch: int) -> tuple[list[str], list[list], list[str], list[list]]:
+    """(markdown header, markdown rows, csv header, csv rows) from the finished records."""
+    md_header = ["Model", "Seeds"] + [c[1] for c in COLUMNS]
+    md_header = [h.replace("b=256", f"b={latency_batch}") for h in md_header]
+    csv_header = ["model", "seeds"]
+    for name, _h, _g, kind in COLUMNS:
+        csv_header += [name] if kind == "int" else [f"{name}_mean", f"{name}_std"]
+    md_rows, csv_rows = [], []
+    for spec in specs:
+        done = [records[(spec.label, s)] for s in seeds
+                if records.get((spec.label, s), {}).get("status") == "ok"]
+        failed = [records[(spec.label, s)] for s in seeds
+                  if (spec.label, s) in records and records[(spec.label, s)].get("status") != "ok"]
+        md = [spec.label, f"{len(done)}/{len(seeds)}"]
+        row: list = [spec.label, len(done)]
+        for _name, _h, get, kind in COLUMNS:
+            values = [get(r) for r in done]
+            if kind == "int":
+                md.append(str(values[0]) if values else (failed[0]["status"] if failed else "-"))
+                row.append(values[0] if values else "")
+                continue
+            m, s = mean_std(values)
+            md.append(_fmt(m, s, 4) if kind == "metric" else _sig(m, s))
+            if not values and failed:
+                md[-1] = failed[0]["status"]
+            row += ["" if math.isnan(m) else f"{m:.6g}", "" if math.isnan(s) else f"{s:.6g}"]
+        md_rows.append(md)
+        csv_rows.append(row)
+    return md_header, md_rows, csv_header, csv_rows
+
+
+def _data_path(dataset: str, files: list[str], overrides: dict) -> str | None:
+    from recbole_ssm.config import merged_user_config, property_files, read_yaml
+
+    user = merged_user_config(files, overrides)
+    if user.get("data_path"):
+        return user["data_path"]
+    path = None
+    for f in property_files("SASRec", dataset):
+        path = read_yaml(f).get("data_path", path)
+    return path
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of ``bench table``."""
+    if any(a in ("-h", "--help", "help") for a in argv[:1]):
+        print(USAGE, end="")
+        return 0
+    own, overrides = split_bench_args(argv, DEFAULTS)
+    specs = parse_model_specs(own["models"])
+    dataset = own["dataset"]
+    n_seeds = as_number(own["seeds"], "seeds", int, 1)
+    first = as_number(own["first_seed"], "first_seed", int, 0)
+    seeds = list(range(first, first + n_seeds))
+    timeout = as_number(own["timeout"], "timeout", float, 0) or None
+    lat_repeats = as_number(own["latency_repeats"], "latency_repeats", int, 1)
+    lat_batch = as_number(own["latency_batch"], "latency_batch", int, 1)
+    show = str(own["progress"]).lower() not in ("0", "false", "no", "off")
+    files = own["config_files"].split() if own["config_files"] else []
+    for key in ("model", "seed"):
+        if key in overrides:
+            raise UsageError(f"--{key} is set by bench table itself: use --models / --seeds")
+    output = own["output"] or os.path.join("results", dataset)
+
+    from recbole_ssm.config import resolve_dataset
+    from recbole_ssm.quick_start import build_config
+
+    resolve_dataset(dataset, _data_path(dataset, files, overrides))  # one-line error before any work
+    for spec in specs:  # invalid settings fail here, before hours of training
+        build_config(spec.name, dataset, files, {**overrides, **spec.overrides})
+
+    runs_dir = os.path.join(output, "runs")
+    records: dict[tuple[str, int], dict] = {}
+    todo: list[tuple[ModelSpec, int, str, str]] = []
+    for spec in specs:
+        settings = {"dataset": dataset, "model": spec.name, "spec": spec.overrides, "overrides": overrides,
+                    "config_files": [os.path.abspath(f) for f in files]}
+        fp = fingerprint(settings)
+        for seed in seeds:
+            path = os.path.join(runs_dir, record_name(spec.label, "seed", seed))
+            rec = read_record(path)
+            if rec is not None and rec.get("fingerprint") != fp and not own["overwrite"]:
+                raise UsageError(
+                    f"{path} was measured with other settings; use another --output or add --overwrite"
+                )
+            if rec is not None and rec.get("fingerprint") == fp and rec.get("status") == "ok":
+                records[(spec.label, seed)] = rec
+            else:
+                todo.append((spec, seed, path, fp))
+
+    skipped = len(specs) * len(seeds) - len(todo)
+    if skipped:
+        print(f"bench table: {skipped} finished run(s) reused from {runs_dir}", file=sys.stderr)
+    bar = progress(todo, len(todo), "bench table", show)
+    for spec, seed, path, fp in bar:
+        bar.set_postfix_str(f"{spec.label} seed={seed}")
+        work = {
+            "model": spec.name, "dataset": dataset, "config_files": files,
+            "overrides": {**overrides, **spec.overrides}, "seed": seed,
+            "checkpoint_dir": os.path.abspath(os.path.join(output, "saved")),
+            "latency_repeats": lat_repeats, "latency_batch": lat_batch,
+        }
+        log = os.path.join(output, "logs", record_name(spec.label, "seed", seed)[:-5] + ".log")
+        rec = run_worker("recbole_ssm.bench.table", work, timeout, log_path=os.path.abspath(log))
+        rec.update({"fingerprint": fp, "model": spec.label, "seed": seed,
+                    "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+        write_record(path, rec)
+        records[(spec.label, seed)] = rec
+        if rec["status"] != "ok":
+            bar.write(f"bench table: {spec.label} seed={seed}: {rec['status']}: {rec.get('error', '')} (log: {log})")
+
+    md_header, md_rows, csv_header, csv_rows = build_rows(specs, records, seeds, lat_batch)
+    table = markdown_table(md_header, md_rows)
+    command = "python run_recbole_ssm.py bench table " + " ".join(argv)
+    done = [r for r in records.values() if r.get("status") == "ok"]
+    threads = done[0]["torch_threads"] if done else "?"
+    header = (
+        f"# {dataset}: test metrics, mean ± std over seeds {seeds[0]}..{seeds[-1]}\n\n"
+        f"Command: `{command}`\n\n"
+        f"Machine: {machine_line()}; runs used {threads} torch threads.\n\n"
+        f"Written {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}. "
+        "Definitions of latency, epoch time and memory: docs/benchmarks.md.\n\n"
+    )
+    os.makedirs(output, exist_ok=True)
+    atomic_write_text(os.path.join(output, "table.md"), header + table)
+    atomic_write_text(os.path.join(output, "table.csv"), csv_text(csv_header, csv_rows))
+    print(table, end="", flush=True)
+    print(f"wrote {os.path.join(output, 'table.md')} and table.csv", file=sys.stderr)
+    bad = [r for r in records.values() if r.get("status") != "ok"]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    code = worker_entry(sys.argv[1:], _work)
+    if code == -1:
+        print("error: this module is run by `run_recbole_ssm.py bench table`", file=sys.stderr)
+        code = 2
+    sys.exit(code)

@@ -45,12 +45,13 @@ from recbole_ssm.utils import atomic_write_text
 USAGE = """\
 usage: run_recbole_ssm.py bench table --models=A,B[:key=value...] [--dataset=NAME] [--seeds=3]
            [--first_seed=2020] [--output=DIR] [--config_files="a.yaml b.yaml"] [--timeout=SECONDS]
-           [--latency_repeats=50] [--overwrite] [--KEY=VALUE ...]
+           [--latency_repeats=50] [--latency_batch=256] [--threads=0] [--overwrite] [--KEY=VALUE ...]
 
 Trains and tests each model once per seed (RecBole pipeline, one process per run), then writes
 DIR/table.md and DIR/table.csv (default DIR: results/<dataset>/) with mean +- std over seeds.
 Finished (model, seed) runs are kept in DIR/runs/ and not retrained by a later call with the
-same settings. --KEY=VALUE settings (e.g. --epochs=10 --stopping_step=3) apply to every model;
+same settings. --threads=N sets torch's CPU threads in each run (0: torch's default).
+--KEY=VALUE settings (e.g. --epochs=10 --stopping_step=3) apply to every model;
 NAME:key=value applies to one (e.g. SASRec:n_layers=1, Mamba4Rec:trim_padding=False).
 """
 
@@ -66,6 +67,7 @@ DEFAULTS: dict[str, Any] = {
     "latency_batch": "256",
     "overwrite": False,
     "progress": "true",
+    "threads": "0",
 }
 
 # (record key, column header) of the test metrics shown when present, in this order.
@@ -164,6 +166,8 @@ def _work(spec: dict) -> dict:
         captured["test"] = out[2]
         return out
 
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
     Trainer._train_epoch = timed_epoch
     Trainer.fit = measured_fit
     recbole.data.data_preparation = capturing_prep
@@ -289,6 +293,7 @@ def main(argv: list[str]) -> int:
     timeout = as_number(own["timeout"], "timeout", float, 0) or None
     lat_repeats = as_number(own["latency_repeats"], "latency_repeats", int, 1)
     lat_batch = as_number(own["latency_batch"], "latency_batch", int, 1)
+    threads = as_number(own["threads"], "threads", int, 0)
     show = str(own["progress"]).lower() not in ("0", "false", "no", "off")
     files = own["config_files"].split() if own["config_files"] else []
     for key in ("model", "seed"):
@@ -307,8 +312,8 @@ def main(argv: list[str]) -> int:
     records: dict[tuple[str, int], dict] = {}
     todo: list[tuple[ModelSpec, int, str, str]] = []
     for spec in specs:
-        settings = {"dataset": dataset, "model": spec.name, "spec": spec.overrides, "overrides": overrides,
-                    "config_files": [os.path.abspath(f) for f in files]}
+        settings = {"threads": threads, "dataset": dataset, "model": spec.name, "spec": spec.overrides,
+                    "overrides": overrides, "config_files": [os.path.abspath(f) for f in files]}
         fp = fingerprint(settings)
         for seed in seeds:
             path = os.path.join(runs_dir, record_name(spec.label, "seed", seed))
@@ -332,7 +337,7 @@ def main(argv: list[str]) -> int:
             "model": spec.name, "dataset": dataset, "config_files": files,
             "overrides": {**overrides, **spec.overrides}, "seed": seed,
             "checkpoint_dir": os.path.abspath(os.path.join(output, "saved")),
-            "latency_repeats": lat_repeats, "latency_batch": lat_batch,
+            "latency_repeats": lat_repeats, "latency_batch": lat_batch, "threads": threads,
         }
         log = os.path.join(output, "logs", record_name(spec.label, "seed", seed)[:-5] + ".log")
         rec = run_worker("recbole_ssm.bench.table", work, timeout, log_path=os.path.abspath(log))

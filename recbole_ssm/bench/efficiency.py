@@ -1,0 +1,443 @@
+"""``bench efficiency``: training-step time, inference time and peak memory against length.
+
+No data set is needed: a small synthetic atomic data set (``--n_items`` items) gives RecBole
+the item count, and every point feeds random full-length sequences (no padding, so models
+that drop padding do the same work as the others). Each (model, length) point runs in its own
+process; an out-of-memory or a time-out there is recorded as ``OOM`` / ``timeout``.
+
+Definitions (docs/benchmarks.md):
+- training step: ``zero_grad`` + ``calculate_loss`` (CE over all items) + ``backward`` + Adam
+  ``step`` on one (batch, L) batch, after one warm-up step; median of ``--repeats``.
+- inference: ``full_sort_predict`` (scores for every item) under ``torch.no_grad`` in eval
+  mode on ``--infer_batch`` sequences, after one warm-up call; median; also per user.
+- peak memory: CPU, the peak resident memory (VmHWM, reset before the measured region) above
+  the resident memory at its start; CUDA, ``max_memory_allocated`` above ``memory_allocated``
+  at its start.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import sys
+import time
+from typing import Any
+
+from recbole_ssm.bench.common import (
+    CpuPeakMemory,
+    ModelSpec,
+    as_number,
+    csv_text,
+    fingerprint,
+    machine_line,
+    markdown_table,
+    median,
+    parse_int_list,
+    parse_model_specs,
+    progress,
+    read_record,
+    record_name,
+    run_worker,
+    split_bench_args,
+    worker_entry,
+    write_record,
+)
+from recbole_ssm.errors import UsageError
+from recbole_ssm.utils import atomic_write_text
+
+USAGE = """\
+usage: run_recbole_ssm.py bench efficiency --models=A,B[:key=value...] --lengths=50,200,1000
+           [--batch=16] [--infer_batch=BATCH] [--device=cpu|cuda] [--hidden_size=64]
+           [--n_items=3000] [--repeats=3] [--time_budget=30] [--timeout=600]
+           [--memory_limit_gb=0] [--threads=0] [--baseline=SASRec] [--output=DIR] [--overwrite]
+           [--KEY=VALUE ...]
+
+Times one training step and one full-sort inference per model and sequence length on
+synthetic sequences, with the peak memory of each, every point in its own process. Writes
+DIR/efficiency.csv, DIR/efficiency.md, DIR/efficiency_time.png and DIR/efficiency_memory.png
+(default DIR: results/efficiency-<device>/) and prints ratios to the baseline model measured in
+the same run. Finished points are reused by a later call with the same settings.
+--KEY=VALUE settings apply to every model; NAME:key=value to one (e.g. SASRec:n_layers=1).
+"""
+
+DEFAULTS: dict[str, Any] = {
+    "models": None,
+    "lengths": None,
+    "batch": "16",
+    "infer_batch": None,
+    "device": "cpu",
+    "hidden_size": "64",
+    "n_items": "3000",
+    "repeats": "3",
+    "time_budget": "30",
+    "timeout": "600",
+    "memory_limit_gb": "0",
+    "threads": "0",
+    "baseline": None,
+    "output": None,
+    "overwrite": False,
+    "progress": "true",
+    "seed": "2020",
+}
+
+SYNTH = "bench-synth"
+
+
+def write_synthetic_dataset(root: str, n_items: int, per_user: int = 10) -> str:
+    """Write ``root/bench-synth/bench-synth.inter``: every item 1..n_items once; return root."""
+    from recbole_ssm.utils import atomic_write_text as write
+
+    rows = ["user_id:token\titem_id:token\ttimestamp:float"]
+    for i in range(n_items):
+        rows.append(f"{i // per_user + 1}\t{i + 1}\t{i}")
+    write(os.path.join(root, SYNTH, f"{SYNTH}.inter"), "\n".join(rows) + "\n")
+    return root
+
+
+def synthetic_config(spec: dict) -> dict:
+    """Settings of every point: the synthetic data, length, width, device; then the user's."""
+    return {
+        "data_path": spec["data_path"],
+        "MAX_ITEM_LIST_LENGTH": spec["length"],
+        "hidden_size": spec["hidden_size"],
+        "device": spec["device"],
+        "use_gpu": spec["device"] == "cuda",
+        "seed": spec["seed"],
+        "user_inter_num_interval": "[0,inf)",
+        "item_inter_num_interval": "[0,inf)",
+        "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
+        "loss_type": "CE",
+        "train_neg_sample_args": None,
+        "state": "WARNING",
+        "show_progress": False,
+        **spec["overrides"],
+    }
+
+
+def _timed(fn, repeats: int, budget_s: float, sync) -> list[float]:
+    """Call ``fn`` up to ``repeats`` times (at least once; stop when ``budget_s`` is spent)."""
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < repeats:
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+        if time.perf_counter() - start > budget_s:
+            break
+    return times
+
+
+def _work(spec: dict) -> dict:
+    """Measure one (model, length) point in this process; return its record."""
+    import logging
+
+    import torch
+    from recbole.data import create_dataset
+    from recbole.data.interaction import Interaction
+    from recbole.utils import init_seed
+
+    from recbole_ssm import compat
+    from recbole_ssm.quick_start import build_config
+    from recbole_ssm.utils import count_parameters
+
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    logging.disable(logging.WARNING)
+    config, model_class = build_config(spec["model"], SYNTH, [], synthetic_config(spec))
+    init_seed(config["seed"], True)
+    with compat.quiet_recbole():
+        dataset = create_dataset(config)
+    device = torch.device(spec["device"])
+    model = model_class(config, dataset).to(device)
+    total, no_emb = count_parameters(model)
+    n_items = dataset.num(config["ITEM_ID_FIELD"])
+    batch, infer_batch, length = spec["batch"], spec["infer_batch"], spec["length"]
+    gen = torch.Generator().manual_seed(spec["seed"])
+
+    def make(rows: int) -> Interaction:
+        return Interaction({
+            model.ITEM_SEQ: torch.randint(1, n_items, (rows, length), generator=gen),
+            model.ITEM_SEQ_LEN: torch.full((rows,), length, dtype=torch.long),
+            model.POS_ITEM_ID: torch.randint(1, n_items, (rows,), generator=gen),
+        }).to(device)
+
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    train_batch = make(batch)
+
+    def train_step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss = model.calculate_loss(train_batch)
+        loss.backward()
+        optimizer.step()
+
+    def measure(fn) -> tuple[list[float], float]:
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+        with CpuPeakMemory() as mem:
+            times = _timed(fn, spec["repeats"], spec["time_budget"], sync)
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else mem.mib
+        return times, peak
+
+    model.train()
+    train_step()  # warm-up; allocates the optimizer state
+    train_times, train_mem = measure(train_step)
+    optimizer.zero_grad(set_to_none=True)
+
+    model.eval()
+    infer_rows = make(infer_batch)
+    with torch.no_grad():
+        model.full_sort_predict(infer_rows)  # warm-up
+        infer_times, infer_mem = measure(lambda: model.full_sort_predict(infer_rows))
+    infer_ms = median(infer_times) * 1000.0
+    return {
+        "status": "ok",
+        "train_ms": median(train_times) * 1000.0,
+        "train_repeats": len(train_times),
+        "infer_ms": infer_ms,
+        "infer_ms_per_user": infer_ms / infer_batch,
+        "infer_repeats": len(infer_times),
+        "train_mem_mib": train_mem,
+        "infer_mem_mib": infer_mem,
+        "memory_kind": "cuda max_memory_allocated" if cuda else "RSS above start (" + CpuPeakMemory().method + ")",
+        "params": total,
+        "params_no_emb": no_emb,
+        "n_items": n_items,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# output
+
+
+def _num(v: Any, digits: int = 1) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if abs(v) >= 100:
+        return f"{v:.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    return f"{v:.{max(digits, 2)}f}"
+
+
+def _ratio(a: Any, b: Any) -> float | None:
+    if a is None or b is None or not b:
+        return None
+    return a / b
+
+
+def compute_rows(specs: list[ModelSpec], lengths: list[int], records: dict, baseline: str | None) -> list[dict]:
+    """One dict per (model, length) with the measurements and the ratios to ``baseline``."""
+    rows = []
+    for spec in specs:
+        for length in lengths:
+            rec = records.get((spec.label, length), {"status": "missing"})
+            base = records.get((baseline, length), {}) if baseline else {}
+            ok = rec.get("status") == "ok"
+            base_ok = base.get("status") == "ok"
+            row = {"model": spec.label, "length": length, "status": rec.get("status")}
+            for key in ("train_ms", "infer_ms", "infer_ms_per_user", "train_mem_mib", "infer_mem_mib",
+                        "params", "params_no_emb"):
+                row[key] = rec.get(key) if ok else None
+            for key in ("train_ms", "infer_ms", "train_mem_mib", "infer_mem_mib"):
+                row[f"{key}_vs_base"] = _ratio(row[key], base.get(key)) if ok and base_ok else None
+            row["error"] = "" if ok else rec.get("error", "")
+            rows.append(row)
+    return rows
+
+
+CSV_COLUMNS = ["model", "length", "batch", "infer_batch", "device", "status", "train_ms", "infer_ms",
+               "infer_ms_per_user", "train_mem_mib", "infer_mem_mib", "params", "params_no_emb",
+               "train_ms_vs_base", "infer_ms_vs_base", "train_mem_mib_vs_base", "infer_mem_mib_vs_base",
+               "baseline", "error"]
+
+
+def _csv(rows: list[dict], batch: int, infer_batch: int, device: str, baseline: str | None) -> str:
+    out = []
+    for r in rows:
+        full = {**r, "batch": batch, "infer_batch": infer_batch, "device": device, "baseline": baseline or ""}
+        out.append(["" if full.get(c) is None else (f"{full[c]:.6g}" if isinstance(full[c], float) else full[c])
+                    for c in CSV_COLUMNS])
+    return csv_text(CSV_COLUMNS, out)
+
+
+def summary_table(rows: list[dict], baseline: str | None) -> str:
+    """Markdown summary: times, memory and the ratios to the baseline (x = model / baseline)."""
+    header = ["Model", "L", "Train step (ms)", "Infer (ms/user)", "Train mem (MiB)", "Infer mem (MiB)"]
+    if baseline:
+        header += [f"Train time vs {baseline}", f"Infer vs {baseline}", f"Train mem vs {baseline}"]
+    body = []
+    for r in rows:
+        if r["status"] != "ok":
+            cells = [r["model"], str(r["length"])] + [r["status"]] * (len(header) - 2)
+        else:
+            cells = [r["model"], str(r["length"]), _num(r["train_ms"]), _num(r["infer_ms_per_user"], 3),
+                     _num(r["train_mem_mib"]), _num(r["infer_mem_mib"])]
+            if baseline:
+                cells += [("-" if r[k] is None else f"{r[k]:.2f}x")
+                          for k in ("train_ms_vs_base", "infer_ms_vs_base", "train_mem_mib_vs_base")]
+        body.append(cells)
+    return markdown_table(header, body)
+
+
+def plot(rows: list[dict], path_time: str, path_mem: str, title: str) -> None:
+    """Log-log plots of time and memory against length, one line per model (PNG, atomic)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(r["model"] for r in rows))
+
+    def series(model: str, key: str):
+        pts = [(r["length"], r[key]) for r in rows if r["model"] == model and r.get(key)]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    for path, panels in (
+        (path_time, (("train_ms", "training step (ms)"), ("infer_ms_per_user", "inference (ms per user)"))),
+        (path_mem, (("train_mem_mib", "training step peak memory (MiB)"),
+                    ("infer_mem_mib", "inference peak memory (MiB)"))),
+    ):
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        for ax, (key, label) in zip(axes, panels):
+            for model in models:
+                xs, ys = series(model, key)
+                if xs:
+                    ax.plot(xs, ys, marker="o", label=model)
+                lost = [r for r in rows if r["model"] == model and r["status"] != "ok"]
+                for r in lost:
+                    ax.annotate(r["status"], (r["length"], ax.get_ylim()[1]), fontsize=7, rotation=90,
+                                va="top", ha="center")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("sequence length L")
+            ax.set_ylabel(label)
+            ax.grid(True, which="both", alpha=0.3)
+        axes[0].legend(fontsize=8)
+        fig.suptitle(title, fontsize=9)
+        fig.tight_layout()
+        tmp = os.path.join(os.path.dirname(os.path.abspath(path)), "." + os.path.basename(path) + ".tmp.png")
+        fig.savefig(tmp, dpi=90)
+        plt.close(fig)
+        os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of ``bench efficiency``."""
+    if any(a in ("-h", "--help", "help") for a in argv[:1]):
+        print(USAGE, end="")
+        return 0
+    own, overrides = split_bench_args(argv, DEFAULTS)
+    specs = parse_model_specs(own["models"])
+    lengths = parse_int_list(own["lengths"], "--lengths")
+    batch = as_number(own["batch"], "batch", int, 1)
+    infer_batch = as_number(own["infer_batch"] or batch, "infer_batch", int, 1)
+    hidden = as_number(own["hidden_size"], "hidden_size", int, 1)
+    n_items = as_number(own["n_items"], "n_items", int, 2)
+    repeats = as_number(own["repeats"], "repeats", int, 1)
+    budget = as_number(own["time_budget"], "time_budget", float, 0)
+    timeout = as_number(own["timeout"], "timeout", float, 0) or None
+    mem_limit = as_number(own["memory_limit_gb"], "memory_limit_gb", float, 0) or None
+    threads = as_number(own["threads"], "threads", int, 0)
+    seed = as_number(own["seed"], "seed", int, 0)
+    show = str(own["progress"]).lower() not in ("0", "false", "no", "off")
+    device = own["device"]
+    if device not in ("cpu", "cuda"):
+        raise UsageError(f"--device takes cpu or cuda, got {device!r}")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("--device=cuda but torch sees no CUDA device")
+        mem_limit = None  # an address-space limit breaks CUDA initialisation
+    for key in ("MAX_ITEM_LIST_LENGTH", "model", "dataset", "data_path"):
+        if key in overrides:
+            raise UsageError(f"--{key} is set by bench efficiency itself (use --lengths / --models)")
+    labels = [s.label for s in specs]
+    baseline = own["baseline"] or ("SASRec" if "SASRec" in labels else None)
+    if baseline is not None and baseline not in labels:
+        raise UsageError(f"--baseline={baseline} is not one of --models ({', '.join(labels)})")
+    output = own["output"] or os.path.join("results", f"efficiency-{device}")
+    os.makedirs(output, exist_ok=True)
+    data_root = os.path.abspath(os.path.join(output, "synthetic", f"items{n_items}"))
+    if not os.path.isfile(os.path.join(data_root, SYNTH, f"{SYNTH}.inter")):
+        write_synthetic_dataset(data_root, n_items)
+
+    from recbole_ssm.quick_start import build_config
+
+    for spec in specs:  # invalid settings fail here with one line, before any measuring
+        build_config(spec.name, SYNTH, [], synthetic_config({
+            "data_path": data_root, "length": lengths[0], "hidden_size": hidden, "device": device,
+            "seed": seed, "overrides": {**overrides, **spec.overrides}}))
+
+    points_dir = os.path.join(output, "points")
+    records: dict = {}
+    todo = []
+    for spec in specs:
+        for length in lengths:
+            work = {"model": spec.name, "length": length, "batch": batch, "infer_batch": infer_batch,
+                    "hidden_size": hidden, "device": device, "seed": seed, "threads": threads,
+                    "repeats": repeats, "time_budget": budget, "overrides": {**overrides, **spec.overrides},
+                    "n_items": n_items, "timeout": timeout, "memory_limit_gb": mem_limit}
+            fp = fingerprint(work)
+            path = os.path.join(points_dir, record_name(spec.label, "L", length))
+            rec = read_record(path)
+            if rec is not None and rec.get("fingerprint") != fp and not own["overwrite"]:
+                raise UsageError(f"{path} was measured with other settings; use another --output or add --overwrite")
+            if rec is not None and rec.get("fingerprint") == fp and rec.get("status") in ("ok", "OOM", "timeout"):
+                records[(spec.label, length)] = rec
+            else:
+                todo.append((spec, length, work, fp, path))
+    if len(todo) < len(specs) * len(lengths):
+        print(f"bench efficiency: {len(specs) * len(lengths) - len(todo)} finished point(s) reused from "
+              f"{points_dir}", file=sys.stderr)
+
+    bar = progress(todo, len(todo), "bench efficiency", show)
+    for spec, length, work, fp, path in bar:
+        bar.set_postfix_str(f"{spec.label} L={length}")
+        log = os.path.abspath(os.path.join(output, "logs", record_name(spec.label, "L", length)[:-5] + ".log"))
+        rec = run_worker("recbole_ssm.bench.efficiency", {**work, "data_path": data_root}, timeout, mem_limit, log)
+        rec.update({"fingerprint": fp, "model": spec.label, "length": length,
+                    "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+        write_record(path, rec)
+        records[(spec.label, length)] = rec
+        if rec["status"] != "ok":
+            bar.write(f"bench efficiency: {spec.label} L={length}: {rec['status']}: {rec.get('error', '')}")
+
+    rows = compute_rows(specs, lengths, records, baseline)
+    summary = summary_table(rows, baseline)
+    ok = [r for r in records.values() if r.get("status") == "ok"]
+    threads_used = ok[0]["torch_threads"] if ok else "?"
+    command = "python run_recbole_ssm.py bench efficiency " + " ".join(argv)
+    machine = machine_line()
+    atomic_write_text(os.path.join(output, "efficiency.csv"), _csv(rows, batch, infer_batch, device, baseline))
+    atomic_write_text(os.path.join(output, "efficiency.md"), (
+        f"# Efficiency on {device}: training step (batch {batch}) and inference (batch {infer_batch}), "
+        f"hidden size {hidden}, {n_items} items\n\n"
+        f"Command: `{command}`\n\nMachine: {machine}; points used {threads_used} torch threads.\n\n"
+        f"Written {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}. "
+        "Ratios are model / baseline at the same length, measured in the same run. "
+        "Definitions: docs/benchmarks.md.\n\n" + summary))
+    plot(rows, os.path.join(output, "efficiency_time.png"), os.path.join(output, "efficiency_memory.png"),
+         f"{device}, train batch {batch}, infer batch {infer_batch}, hidden {hidden}, {n_items} items")
+    print(summary, end="", flush=True)
+    print(f"wrote {output}/efficiency.csv, efficiency.md, efficiency_time.png, efficiency_memory.png",
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    code = worker_entry(sys.argv[1:], _work)
+    if code == -1:
+        print("error: this module is run by `run_recbole_ssm.py bench efficiency`", file=sys.stderr)
+        code = 2
+    sys.exit(code)

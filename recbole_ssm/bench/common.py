@@ -267,11 +267,22 @@ def _status_kib(field_name: str) -> int | None:
     return None
 
 
+def _malloc_trim() -> None:
+    """Give freed heap memory back to the OS (glibc), so a region's new allocations show in RSS."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class CpuPeakMemory:
     """Peak resident memory of a code region above the resident memory when it started (MiB).
 
     On Linux the kernel's peak-RSS mark (VmHWM) is reset through ``/proc/self/clear_refs``
-    before the region, so the peak is the region's own; where that is not possible, the
+    before the region (after returning freed heap memory to the OS with ``malloc_trim``), so
+    the peak is the region's own; where that is not possible, the
     process peak (``getrusage`` ru_maxrss) is used, which can only overstate the baseline and
     thus understate the region (``method`` says which was used).
     """
@@ -282,6 +293,7 @@ class CpuPeakMemory:
         self.peak_kib = 0
 
     def __enter__(self) -> CpuPeakMemory:
+        _malloc_trim()
         try:
             with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
                 f.write("5")

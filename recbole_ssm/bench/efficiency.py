@@ -247,6 +247,8 @@ def compute_rows(specs: list[ModelSpec], lengths: list[int], records: dict, base
                 row[key] = rec.get(key) if ok else None
             for key in ("train_ms", "infer_ms", "train_mem_mib", "infer_mem_mib"):
                 row[f"{key}_vs_base"] = _ratio(row[key], base.get(key)) if ok and base_ok else None
+                if ok and base_ok and row[f"{key}_vs_base"] is None:
+                    row[f"{key}_vs_base"] = "n/a"  # the baseline measured 0
             row["error"] = "" if ok else rec.get("error", "")
             rows.append(row)
     return rows
@@ -280,7 +282,7 @@ def summary_table(rows: list[dict], baseline: str | None) -> str:
             cells = [r["model"], str(r["length"]), _num(r["train_ms"]), _num(r["infer_ms_per_user"], 3),
                      _num(r["train_mem_mib"]), _num(r["infer_mem_mib"])]
             if baseline:
-                cells += [("-" if r[k] is None else f"{r[k]:.2f}x")
+                cells += [("-" if r[k] is None else (r[k] if isinstance(r[k], str) else f"{r[k]:.2f}x"))
                           for k in ("train_ms_vs_base", "infer_ms_vs_base", "train_mem_mib_vs_base")]
         body.append(cells)
     return markdown_table(header, body)
@@ -319,7 +321,8 @@ def plot(rows: list[dict], path_time: str, path_mem: str, title: str) -> None:
             ax.set_xlabel("sequence length L")
             ax.set_ylabel(label)
             ax.grid(True, which="both", alpha=0.3)
-        axes[0].legend(fontsize=8)
+        if axes[0].get_legend_handles_labels()[0]:
+            axes[0].legend(fontsize=8)
         fig.suptitle(title, fontsize=9)
         fig.tight_layout()
         tmp = os.path.join(os.path.dirname(os.path.abspath(path)), "." + os.path.basename(path) + ".tmp.png")

@@ -1,0 +1,226 @@
+"""bench table / bench efficiency: end to end on tiny settings, resume, failure records, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import struct
+import sys
+
+import pytest
+
+from recbole_ssm.bench import common
+from recbole_ssm.bench.cli import main as bench_main
+from recbole_ssm.cli import main as cli_main
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+TABLE_TINY = [
+    "--epochs=1", "--MAX_ITEM_LIST_LENGTH=20", "--hidden_size=16", "--inner_size=32", "--n_layers=1",
+    "--train_batch_size=256", "--eval_batch_size=256", "--state=WARNING",
+    "--latency_repeats=3", "--latency_batch=16", "--threads=1", "--progress=false",
+]
+
+
+def read_csv(path: str) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def assert_png(path: str) -> None:
+    with open(path, "rb") as f:
+        head = f.read(24)
+    assert head[:8] == PNG_MAGIC, path
+    assert head[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", head[16:24])
+    assert width > 100 and height > 100
+    import matplotlib.image
+
+    assert matplotlib.image.imread(path).shape[:2] == (height, width)
+
+
+@pytest.mark.slow
+def test_table_end_to_end_and_resume(tiny_data, tmp_path, capsys):
+    out = str(tmp_path / "res")
+    argv = ["table", "--models=SASRec,Hydra4Rec", "--dataset=ml-tiny", f"--data_path={tiny_data}",
+            "--seeds=1", f"--output={out}", *TABLE_TINY]
+    assert bench_main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| SASRec" in printed and "| Hydra4Rec" in printed
+
+    rows = read_csv(os.path.join(out, "table.csv"))
+    assert [r["model"] for r in rows] == ["SASRec", "Hydra4Rec"]
+    for row in rows:
+        empty = [k for k, v in row.items() if v == ""]
+        assert not empty, f"{row['model']}: empty columns {empty}"
+        assert row["seeds"] == "1"
+        for metric in ("hit@10_mean", "ndcg@10_mean", "mrr@10_mean"):
+            assert 0.0 <= float(row[metric]) <= 1.0
+        assert float(row["ndcg@10_mean"]) <= float(row["hit@10_mean"])
+        assert float(row["latency_b1_ms_mean"]) > 0 and float(row["latency_bn_ms_mean"]) > 0
+        assert float(row["epoch_s_mean"]) > 0 and float(row["epochs_mean"]) == 1
+        assert float(row["process_peak_rss_mib_mean"]) > 50
+        assert 0 < int(row["params_no_emb"]) < int(row["params"])
+    table = open(os.path.join(out, "table.md"), encoding="utf-8").read()
+    assert "Command: `python run_recbole_ssm.py bench table --models=SASRec,Hydra4Rec" in table
+    assert "Latency b=16 (ms/user)" in table and "CPU cores" in table
+
+    # resume: a finished (model, seed) is reused, not retrained
+    record = os.path.join(out, "runs", "SASRec-seed-2020.json")
+    before = json.load(open(record, encoding="utf-8"))
+    assert bench_main(argv) == 0
+    captured = capsys.readouterr()
+    assert "2 finished run(s) reused" in captured.err
+    assert json.load(open(record, encoding="utf-8")) == before
+
+    # other settings in the same folder: refused with one line, nothing overwritten
+    changed = [a if a != "--epochs=1" else "--epochs=2" for a in argv]
+    assert cli_main(["bench", *changed]) == 2
+    assert "was measured with other settings" in capsys.readouterr().err
+    assert json.load(open(record, encoding="utf-8")) == before
+
+
+@pytest.mark.slow
+def test_efficiency_end_to_end(tmp_path, capsys):
+    out = str(tmp_path / "eff")
+    argv = ["efficiency", "--models=SASRec,Hydra4Rec", "--lengths=16,32", "--batch=2", "--hidden_size=16",
+            "--n_items=100", "--repeats=1", "--threads=1", "--progress=false", f"--output={out}"]
+    assert bench_main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "Train time vs SASRec" in printed
+
+    rows = read_csv(os.path.join(out, "efficiency.csv"))
+    assert [(r["model"], r["length"]) for r in rows] == [
+        ("SASRec", "16"), ("SASRec", "32"), ("Hydra4Rec", "16"), ("Hydra4Rec", "32")]
+    for row in rows:
+        empty = [k for k, v in row.items() if v == "" and k != "error"]
+        assert not empty, f"{row['model']} L={row['length']}: empty columns {empty}"
+        assert row["status"] == "ok"
+        assert float(row["train_ms"]) > 0 and float(row["infer_ms"]) > 0
+        assert float(row["train_mem_mib"]) >= 0 and float(row["infer_mem_mib"]) >= 0
+        if row["model"] == "SASRec":
+            assert float(row["train_ms_vs_base"]) == 1.0
+        else:
+            ratio = float(row["train_ms"]) / float(next(r["train_ms"] for r in rows
+                                                         if r["model"] == "SASRec" and r["length"] == row["length"]))
+            assert float(row["train_ms_vs_base"]) == pytest.approx(ratio, rel=1e-3)
+    for name in ("efficiency_time.png", "efficiency_memory.png"):
+        assert_png(os.path.join(out, name))
+    assert "Command: `python run_recbole_ssm.py bench efficiency" in open(
+        os.path.join(out, "efficiency.md"), encoding="utf-8").read()
+
+
+def test_efficiency_timeout_is_recorded_not_raised(tmp_path, capsys):
+    out = str(tmp_path / "eff")
+    argv = ["efficiency", "--models=SASRec", "--lengths=8", "--batch=2", "--hidden_size=8", "--n_items=50",
+            "--timeout=0.05", "--progress=false", f"--output={out}"]
+    assert bench_main(argv) == 0
+    assert "timeout" in capsys.readouterr().out
+    rows = read_csv(os.path.join(out, "efficiency.csv"))
+    assert rows[0]["status"] == "timeout" and rows[0]["train_ms"] == ""
+    assert_png(os.path.join(out, "efficiency_time.png"))
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ("raise MemoryError('cannot allocate memory')", "OOM"),
+        ("raise RuntimeError('[enforce fail at alloc_cpu.cpp] DefaultCPUAllocator: not enough memory: "
+         "you tried to allocate 1 bytes. out of memory')", "OOM"),
+        ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", "OOM"),
+        ("raise ValueError('broken setting')", "failed"),
+        ("import time; time.sleep(30)", "timeout"),
+    ],
+)
+def test_worker_failures_become_records(tmp_path, monkeypatch, body, status):
+    (tmp_path / "fake_bench_worker.py").write_text(
+        "import sys\n"
+        "from recbole_ssm.bench.common import worker_entry\n"
+        f"def work(spec):\n    {body}\n"
+        "sys.exit(worker_entry(sys.argv[1:], work))\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    rec = common.run_worker("fake_bench_worker", {}, timeout_s=3)
+    assert rec["status"] == status
+    if status == "failed":
+        assert "broken setting" in rec["error"]
+
+
+def test_worker_result_is_returned(tmp_path, monkeypatch):
+    (tmp_path / "ok_bench_worker.py").write_text(
+        "import sys\n"
+        "from recbole_ssm.bench.common import worker_entry\n"
+        "sys.exit(worker_entry(sys.argv[1:], lambda spec: {'status': 'ok', 'x': spec['x'] * 2}))\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    rec = common.run_worker("ok_bench_worker", {"x": 21}, timeout_s=30)
+    assert rec["status"] == "ok" and rec["x"] == 42 and rec["wall_s"] > 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["efficiency", "--models=NoSuchRec", "--lengths=16"], "unknown model 'NoSuchRec'"),
+        (["efficiency", "--models=SASRec", "--lengths=16,abc"], "bad value 'abc' in --lengths"),
+        (["efficiency", "--models=SASRec", "--lengths=0"], "expected integers >= 1"),
+        (["efficiency", "--models=SASRec", "--lengths=16,16"], "lists a value twice"),
+        (["efficiency", "--models=SASRec"], "--lengths takes a comma-separated list"),
+        (["efficiency", "--models=SASRec", "--lengths=16", "--device=tpu"], "--device takes cpu or cuda"),
+        (["efficiency", "--models=SASRec", "--lengths=16", "--baseline=GRU4Rec"], "--baseline=GRU4Rec is not one"),
+        (["efficiency", "--models=SASRec", "--lengths=16", "--batch=x"], "--batch takes a number"),
+        (["efficiency", "--models=SASRec:n_layers", "--lengths=16"], "malformed model spec"),
+        (["efficiency", "--models=SASRec,SASRec", "--lengths=16"], "listed twice"),
+        (["efficiency", "--models=SASRec", "--lengths=16", "--MAX_ITEM_LIST_LENGTH=5"], "set by bench efficiency"),
+        (["table", "--dataset=ml-tiny"], "--models takes a comma-separated list"),
+        (["table", "--models=SASRec", "--dataset=no-such-data", "--data_path=."], "unknown dataset"),
+        (["table", "--models=SASRec", "--seeds=0"], "--seeds must be >= 1"),
+        (["table", "--models=SASRec", "--seed=3"], "set by bench table itself"),
+        (["table", "--models=SASRec", "--metrics=[NoSuchMetric]"], "invalid configuration"),
+        (["nosuch"], "unknown bench command 'nosuch'"),
+        (["table", "--models=SASRec", "positional"], "unexpected argument 'positional'"),
+    ],
+)
+def test_misuse_is_one_line_error(argv, message, capsys, monkeypatch):
+    monkeypatch.setenv("RECBOLE_SSM_OFFLINE", "1")
+    assert cli_main(["bench", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+    assert message in err
+
+
+def test_help_lists_both_commands(capsys):
+    assert cli_main(["bench", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "bench table" in text and "bench efficiency" in text
+    assert bench_main(["efficiency", "--help"]) == 0
+    assert "--lengths" in capsys.readouterr().out
+
+
+def test_python_dash_m_entry_point(tmp_path):
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-m", "recbole_ssm.bench", "efficiency", "--models=SASRec",
+                           "--lengths=1,x"], capture_output=True, text=True, env=common.package_env())
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: bad value 'x' in --lengths=1,x: expected integers >= 1"
+
+
+def test_model_specs_and_stats():
+    specs = common.parse_model_specs("SASRec,SASRec:n_layers=1:n_heads=1,2Mamba4Rec")
+    assert [s.label for s in specs] == ["SASRec", "SASRec:n_layers=1:n_heads=1", "2Mamba4Rec"]
+    assert specs[1].overrides == {"n_layers": 1, "n_heads": 1}
+    assert specs[2].canonical == "Mamba2Rec"
+    assert common.mean_std([1.0, 3.0]) == (2.0, pytest.approx(2 ** 0.5))
+    assert common.mean_std([5.0]) == (5.0, 0.0)
+    table = common.markdown_table(["a", "bb"], [["1", "2"]])
+    assert table.splitlines()[0] == "| a | bb |" and table.splitlines()[2] == "| 1 | 2  |"
+
+
+def test_cpu_peak_memory_sees_a_large_allocation():
+    import numpy as np
+
+    with common.CpuPeakMemory() as mem:
+        block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
+        del block
+    assert mem.mib >= 60

@@ -235,6 +235,18 @@ def run_worker(module: str, spec: dict, timeout_s: float | None, memory_limit_gb
         return {"status": "failed", "error": last_line(tail) or f"exit code {rc}", "wall_s": wall}
 
 
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so a killed bench command also kills its running worker."""
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        pass
+
+
 def last_line(text: str) -> str:
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     return lines[-1][:300] if lines else ""

@@ -29,6 +29,7 @@ from recbole_ssm.bench.common import (
     ModelSpec,
     as_number,
     csv_text,
+    exit_on_sigterm,
     fingerprint,
     machine_line,
     markdown_table,
@@ -340,6 +341,7 @@ def main(argv: list[str]) -> int:
         print(USAGE, end="")
         return 0
     own, overrides = split_bench_args(argv, DEFAULTS)
+    exit_on_sigterm()
     specs = parse_model_specs(own["models"])
     lengths = parse_int_list(own["lengths"], "--lengths")
     batch = as_number(own["batch"], "batch", int, 1)
@@ -385,8 +387,8 @@ def main(argv: list[str]) -> int:
     points_dir = os.path.join(output, "points")
     records: dict = {}
     todo = []
-    for spec in specs:
-        for length in lengths:
+    for length in lengths:  # all models at one length, then the next: close in time, like for like
+        for spec in specs:
             work = {"model": spec.name, "length": length, "batch": batch, "infer_batch": infer_batch,
                     "hidden_size": hidden, "device": device, "seed": seed, "threads": threads,
                     "repeats": repeats, "time_budget": budget, "overrides": {**overrides, **spec.overrides},

@@ -24,6 +24,7 @@ from recbole_ssm.bench.common import (
     ModelSpec,
     as_number,
     csv_text,
+    exit_on_sigterm,
     fingerprint,
     machine_line,
     markdown_table,
@@ -285,6 +286,7 @@ def main(argv: list[str]) -> int:
         print(USAGE, end="")
         return 0
     own, overrides = split_bench_args(argv, DEFAULTS)
+    exit_on_sigterm()
     specs = parse_model_specs(own["models"])
     dataset = own["dataset"]
     n_seeds = as_number(own["seeds"], "seeds", int, 1)

@@ -176,12 +176,15 @@ def _work(spec: dict) -> dict:
         loss.backward()
         optimizer.step()
 
+    methods: set = set()
+
     def measure(fn) -> tuple[list[float], float]:
         if cuda:
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
         with CpuPeakMemory() as mem:
             times = _timed(fn, spec["repeats"], spec["time_budget"], sync)
+        methods.add(mem.method)
         peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else mem.mib
         return times, peak
 
@@ -205,7 +208,7 @@ def _work(spec: dict) -> dict:
         "infer_repeats": len(infer_times),
         "train_mem_mib": train_mem,
         "infer_mem_mib": infer_mem,
-        "memory_kind": "cuda max_memory_allocated" if cuda else "RSS above start (" + CpuPeakMemory().method + ")",
+        "memory_kind": "cuda max_memory_allocated" if cuda else "RSS above start (" + ", ".join(sorted(methods)) + ")",
         "params": total,
         "params_no_emb": no_emb,
         "n_items": n_items,

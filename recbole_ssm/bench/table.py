@@ -46,12 +46,14 @@ from recbole_ssm.utils import atomic_write_text
 USAGE = """\
 usage: run_recbole_ssm.py bench table --models=A,B[:key=value...] [--dataset=NAME] [--seeds=3]
            [--first_seed=2020] [--output=DIR] [--config_files="a.yaml b.yaml"] [--timeout=SECONDS]
-           [--latency_repeats=50] [--latency_batch=256] [--threads=0] [--overwrite] [--KEY=VALUE ...]
+           [--latency_repeats=50] [--latency_batch=256] [--threads=0] [--overwrite] [--report_only]
+           [--KEY=VALUE ...]
 
 Trains and tests each model once per seed (RecBole pipeline, one process per run), then writes
 DIR/table.md and DIR/table.csv (default DIR: results/<dataset>/) with mean +- std over seeds.
 Finished (model, seed) runs are kept in DIR/runs/ and not retrained by a later call with the
-same settings. --threads=N sets torch's CPU threads in each run (0: torch's default).
+same settings; --report_only writes the table from the finished runs without training.
+--threads=N sets torch's CPU threads in each run (0: torch's default).
 --KEY=VALUE settings (e.g. --epochs=10 --stopping_step=3) apply to every model;
 NAME:key=value applies to one (e.g. SASRec:n_layers=1, Mamba4Rec:trim_padding=False).
 """
@@ -67,6 +69,7 @@ DEFAULTS: dict[str, Any] = {
     "latency_repeats": "50",
     "latency_batch": "256",
     "overwrite": False,
+    "report_only": False,
     "progress": "true",
     "threads": "0",
 }
@@ -218,7 +221,10 @@ def _sig(mean: float, std: float) -> str:
     """Times and memory: 3 significant-ish digits."""
     if math.isnan(mean):
         return "-"
-    digits = 3 if abs(mean) < 1 else (2 if abs(mean) < 10 else (1 if abs(mean) < 1000 else 0))
+    if 0 < abs(mean) < 1:
+        digits = max(3, 2 - math.floor(math.log10(abs(mean))))
+    else:
+        digits = 2 if abs(mean) < 10 else (1 if abs(mean) < 1000 else 0)
     return _fmt(mean, std, digits)
 
 
@@ -313,11 +319,11 @@ def main(argv: list[str]) -> int:
     runs_dir = os.path.join(output, "runs")
     records: dict[tuple[str, int], dict] = {}
     todo: list[tuple[ModelSpec, int, str, str]] = []
-    for spec in specs:
-        settings = {"threads": threads, "dataset": dataset, "model": spec.name, "spec": spec.overrides,
-                    "overrides": overrides, "config_files": [os.path.abspath(f) for f in files]}
-        fp = fingerprint(settings)
-        for seed in seeds:
+    for seed in seeds:  # every model's first seed before any model's second: partial tables stay even
+        for spec in specs:
+            settings = {"threads": threads, "dataset": dataset, "model": spec.name, "spec": spec.overrides,
+                        "overrides": overrides, "config_files": [os.path.abspath(f) for f in files]}
+            fp = fingerprint(settings)
             path = os.path.join(runs_dir, record_name(spec.label, "seed", seed))
             rec = read_record(path)
             if rec is not None and rec.get("fingerprint") != fp and not own["overwrite"]:
@@ -326,10 +332,10 @@ def main(argv: list[str]) -> int:
                 )
             if rec is not None and rec.get("fingerprint") == fp and rec.get("status") == "ok":
                 records[(spec.label, seed)] = rec
-            else:
+            elif not own["report_only"]:
                 todo.append((spec, seed, path, fp))
 
-    skipped = len(specs) * len(seeds) - len(todo)
+    skipped = len(records)
     if skipped:
         print(f"bench table: {skipped} finished run(s) reused from {runs_dir}", file=sys.stderr)
     bar = progress(todo, len(todo), "bench table", show)

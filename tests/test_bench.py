@@ -74,6 +74,13 @@ def test_table_end_to_end_and_resume(tiny_data, tmp_path, capsys):
     assert "2 finished run(s) reused" in captured.err
     assert json.load(open(record, encoding="utf-8")) == before
 
+    # --report_only: the table from finished runs only; a missing seed is not trained, only counted
+    more = [a if a != "--seeds=1" else "--seeds=2" for a in argv]
+    assert bench_main([*more, "--report_only"]) == 0
+    assert not os.path.exists(os.path.join(out, "runs", "SASRec-seed-2021.json"))
+    assert [r["seeds"] for r in read_csv(os.path.join(out, "table.csv"))] == ["1", "1"]
+    assert "| 1/2 " in capsys.readouterr().out
+
     # other settings in the same folder: refused with one line, nothing overwritten
     changed = [a if a != "--epochs=1" else "--epochs=2" for a in argv]
     assert cli_main(["bench", *changed]) == 2

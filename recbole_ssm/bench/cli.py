@@ -46,11 +46,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def console_main(argv: list[str] | None = None) -> int:
     """``python -m recbole_ssm.bench``: like ``run_recbole_ssm.py bench`` with one-line errors."""
-    try:
-        return main(argv)
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    from recbole_ssm.cli import guarded
+
+    return guarded(main, argv)

@@ -17,7 +17,7 @@ from recbole_ssm.cli import main as cli_main
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 TABLE_TINY = [
-    "--epochs=1", "--MAX_ITEM_LIST_LENGTH=20", "--hidden_size=16", "--inner_size=32", "--n_layers=1",
+    "--epochs=1", "--MAX_ITEM_LIST_LENGTH=20", "--hidden_size=16", "--inner_size=32", "--n_layers=1", "--headdim=16",
     "--train_batch_size=256", "--eval_batch_size=256", "--state=WARNING",
     "--latency_repeats=3", "--latency_batch=16", "--threads=1", "--progress=false",
 ]
@@ -92,7 +92,7 @@ def test_table_end_to_end_and_resume(tiny_data, tmp_path, capsys):
 def test_efficiency_end_to_end(tmp_path, capsys):
     out = str(tmp_path / "eff")
     argv = ["efficiency", "--models=SASRec,Hydra4Rec", "--lengths=16,32", "--batch=2", "--hidden_size=16",
-            "--n_items=100", "--repeats=1", "--threads=1", "--progress=false", f"--output={out}"]
+            "--n_items=100", "--repeats=1", "--threads=1", "--progress=false", "--headdim=16", f"--output={out}"]
     assert bench_main(argv) == 0
     printed = capsys.readouterr().out
     assert "Train time vs SASRec" in printed
@@ -231,3 +231,14 @@ def test_cpu_peak_memory_sees_a_large_allocation():
         block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
         del block
     assert mem.mib >= 60
+
+
+def test_fingerprint_follows_property_and_config_files(tmp_path):
+    cfg = tmp_path / "extra.yaml"
+    cfg.write_text("learning_rate: 0.001\n")
+    before = common.settings_files_digest("2Mamba4Rec", "ml-100k", [str(cfg)])
+    assert {"overall.yaml", "Mamba2Rec.yaml", "ml-100k.yaml", str(cfg)} <= set(before)
+    cfg.write_text("learning_rate: 0.01\n")
+    after = common.settings_files_digest("2Mamba4Rec", "ml-100k", [str(cfg)])
+    assert after[str(cfg)] != before[str(cfg)] and after["Mamba2Rec.yaml"] == before["Mamba2Rec.yaml"]
+    assert common.fingerprint({"files": after}) != common.fingerprint({"files": before})

@@ -143,6 +143,26 @@ def fingerprint(settings: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def settings_files_digest(model_name: str, dataset: str, files: Iterable[str] = ()) -> dict:
+    """``{file: sha256 prefix}`` of the property and config files a run reads.
+
+    Part of every record's fingerprint: after a change of a model's defaults (e.g. in
+    properties/model/NAME.yaml) old records are no longer reused.
+    """
+    from recbole_ssm.config import property_files
+    from recbole_ssm.registry import canonical_name
+
+    out = {}
+    for path in [*property_files(canonical_name(model_name), dataset), *files]:
+        try:
+            with open(path, "rb") as f:
+                out[os.path.basename(path) if path not in files else os.path.abspath(path)] = (
+                    hashlib.sha256(f.read()).hexdigest()[:16])
+        except OSError:
+            out[path] = "missing"
+    return out
+
+
 def record_name(*parts: Any) -> str:
     """File-system-safe name for a record."""
     text = "-".join(str(p) for p in parts)

@@ -40,6 +40,7 @@ from recbole_ssm.bench.common import (
     read_record,
     record_name,
     run_worker,
+    settings_files_digest,
     split_bench_args,
     worker_entry,
     write_record,
@@ -395,7 +396,8 @@ def main(argv: list[str]) -> int:
             work = {"model": spec.name, "length": length, "batch": batch, "infer_batch": infer_batch,
                     "hidden_size": hidden, "device": device, "seed": seed, "threads": threads,
                     "repeats": repeats, "time_budget": budget, "overrides": {**overrides, **spec.overrides},
-                    "n_items": n_items, "timeout": timeout, "memory_limit_gb": mem_limit}
+                    "n_items": n_items, "timeout": timeout, "memory_limit_gb": mem_limit,
+                    "files": settings_files_digest(spec.name, SYNTH)}
             fp = fingerprint(work)
             path = os.path.join(points_dir, record_name(spec.label, "L", length))
             rec = read_record(path)

@@ -36,6 +36,7 @@ from recbole_ssm.bench.common import (
     read_record,
     record_name,
     run_worker,
+    settings_files_digest,
     split_bench_args,
     worker_entry,
     write_record,
@@ -322,7 +323,7 @@ def main(argv: list[str]) -> int:
     for seed in seeds:  # every model's first seed before any model's second: partial tables stay even
         for spec in specs:
             settings = {"threads": threads, "dataset": dataset, "model": spec.name, "spec": spec.overrides,
-                        "overrides": overrides, "config_files": [os.path.abspath(f) for f in files]}
+                        "overrides": overrides, "files": settings_files_digest(spec.name, dataset, files)}
             fp = fingerprint(settings)
             path = os.path.join(runs_dir, record_name(spec.label, "seed", seed))
             rec = read_record(path)

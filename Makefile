@@ -30,6 +30,11 @@ run: venv
 test: venv
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
+## bench: efficiency curves against SASRec on synthetic sequences (see docs/benchmarks.md)
+BENCH ?= efficiency --models=SASRec,Mamba4Rec,2Mamba4Rec,Hydra4Rec --lengths=50,200,1000,2000
+bench: venv
+	$(PY) run_recbole_ssm.py bench $(BENCH)
+
 lint: venv
 	$(PY) -m ruff check .
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -208,7 +207,3 @@ def format_result(out: RunOutput) -> str:
         metrics = "  ".join(f"{k}={v:.4f}" for k, v in (res or {}).items())
         lines.append(f"{name:5s} {metrics}")
     return "\n".join(lines)
-
-
-def _argv0() -> str:
-    return os.path.basename(sys.argv[0]) if sys.argv else "run_recbole_ssm.py"

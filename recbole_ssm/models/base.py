@@ -13,10 +13,7 @@ from recbole_ssm.layers import SSMLayer
 
 def require(config, key: str, ok, rule: str):
     """Read ``config[key]`` and check it, or raise a ConfigError naming the key and the rule."""
-    try:
-        value = config[key]
-    except KeyError:
-        value = None
+    value = config[key]  # RecBole's Config gives None for a missing key
     if value is None:
         raise ConfigError(f"{key} is not set: {rule}")
     try:
@@ -47,10 +44,7 @@ class SSMRecommender(SequentialRecommender):
         self.num_layers = require(config, "num_layers", positive_int, "a positive integer")
         self.dropout_prob = require(config, "dropout_prob", lambda v: 0.0 <= float(v) < 1.0, "a float in [0, 1)")
         self.loss_type = require(config, "loss_type", lambda v: v in ("CE", "BPR"), "CE or BPR")
-        try:
-            trim = config["trim_padding"]
-        except KeyError:
-            trim = None
+        trim = config["trim_padding"]
         self.trim_padding = True if trim is None else bool(trim)
 
         self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)

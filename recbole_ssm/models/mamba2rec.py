@@ -22,11 +22,7 @@ def ssd_settings(model, config, odd_conv: bool = False) -> dict:
             f"invalid headdim={s['headdim']!r}: expand * hidden_size = {inner} must be divisible by headdim"
         )
     heads = inner // s["headdim"]
-    try:
-        ngroups = config["ngroups"]
-    except KeyError:
-        ngroups = None
-    s["ngroups"] = 1 if ngroups is None else ngroups
+    s["ngroups"] = 1 if config["ngroups"] is None else config["ngroups"]
     if not positive_int(s["ngroups"]) or heads % s["ngroups"]:
         raise ConfigError(f"invalid ngroups={s['ngroups']!r}: must be a positive divisor of the {heads} heads")
     return s

@@ -84,13 +84,17 @@ def _dispatch(argv: list[str]) -> int:
     module = SUBCOMMANDS.get(argv[0])
     if module is None:
         raise UsageError(f"unknown sub-command {argv[0]!r}: use one of {', '.join(SUBCOMMANDS)} or --model=NAME")
+    return int(load_command(module, f"sub-command {argv[0]!r}").main(argv[1:]) or 0)
+
+
+def load_command(module: str, label: str):
+    """Import a sub-command's module; one missing from this install is a UsageError naming ``label``."""
     try:
-        mod = importlib.import_module(module)
+        return importlib.import_module(module)
     except ModuleNotFoundError as exc:
         if exc.name != module:
             raise
-        raise UsageError(f"sub-command {argv[0]!r} is not available in this version") from None
-    return int(mod.main(argv[1:]) or 0)
+        raise UsageError(f"{label} is not available in this version") from None
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import sys
 
 from recbole_ssm.errors import UsageError
@@ -35,13 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     module = COMMANDS.get(name)
     if module is None:
         raise UsageError(f"unknown bench command {name!r}: use one of {', '.join(COMMANDS)}")
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name != module:
-            raise
-        raise UsageError(f"bench {name!r} is not available in this version") from None
-    return int(mod.main(rest) or 0)
+    from recbole_ssm.cli import load_command
+
+    return int(load_command(module, f"bench {name!r}").main(rest) or 0)
 
 
 def console_main(argv: list[str] | None = None) -> int:

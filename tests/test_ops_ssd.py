@@ -13,9 +13,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-12)).item()
 
 
-def make_inputs(
-    batch, L, heads, headdim, groups, N, D_shape, with_z, with_init, with_bias, seed, dtype=torch.float64
-):
+def make_inputs(batch, L, heads, headdim, groups, N, D_shape, with_z, with_init, with_bias, seed, dtype=torch.float64):
     """Random inputs in Mamba2's ranges (A < 0); D_shape: None, "h" or "hp"."""
     g = torch.Generator().manual_seed(seed)
 
@@ -60,9 +58,7 @@ CASES = [
 @pytest.mark.parametrize("L,chunk,groups,D_shape,with_z,with_init,with_bias,dt_limit", CASES)
 def test_forward_and_grads_match_reference(L, chunk, groups, D_shape, with_z, with_init, with_bias, dt_limit):
     batch, heads, headdim, N = 2, 4, 3, 5
-    base = make_inputs(
-        batch, L, heads, headdim, groups, N, D_shape, with_z, with_init, with_bias, seed=L * 31 + chunk
-    )
+    base = make_inputs(batch, L, heads, headdim, groups, N, D_shape, with_z, with_init, with_bias, seed=L * 31 + chunk)
     names = [k for k, v in base.items() if v is not None]
     kw = dict(dt_softplus=with_bias, dt_limit=dt_limit, return_final_states=True)
 
@@ -81,6 +77,28 @@ def test_forward_and_grads_match_reference(L, chunk, groups, D_shape, with_z, wi
         for name, gf, gr in zip(names, grads, grads_ref):
             assert gf.shape == gr.shape
             assert rel_err(gf, gr) < tol_grad, (name, dtype)
+
+
+@pytest.mark.parametrize("block_elements,with_init", [(1, False), (1, True), (200, True), (1 << 19, False)])
+def test_batch_blocks_and_output_only_grads_match_reference(monkeypatch, block_elements, with_init):
+    """The chunked path splits the batch into blocks (here: one sample each, a few, or one block)
+    and may be called without final states; outputs and gradients still match the reference."""
+    import recbole_ssm.ops.ssd as ssd_module
+
+    monkeypatch.setattr(ssd_module, "_BLOCK_ELEMENTS", block_elements)
+    batch, L, heads, headdim, groups, N = 5, 23, 4, 3, 2, 5
+    base = make_inputs(batch, L, heads, headdim, groups, N, "hp", True, with_init, True, seed=block_elements + 7)
+    names = [k for k, v in base.items() if v is not None]
+    w = torch.randn(batch, L, heads, headdim, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    ref_in = with_grad(base)
+    out_ref = ssd_ref(**ref_in, dt_softplus=True)
+    grads_ref = torch.autograd.grad((out_ref * w).sum(), [ref_in[k] for k in names])
+    fast_in = with_grad({k: (v.float() if v is not None else None) for k, v in base.items()})
+    out = ssd_chunked(**fast_in, chunk_size=6, dt_softplus=True)
+    assert rel_err(out, out_ref) < 1e-4
+    grads = torch.autograd.grad((out * w.float()).sum(), [fast_in[k] for k in names])
+    for name, gf, gr in zip(names, grads, grads_ref):
+        assert rel_err(gf, gr) < 1e-4, name
 
 
 def test_chunk_size_does_not_change_the_result():
@@ -104,9 +122,7 @@ def test_dispatch_on_cpu_and_unsupported_arguments(monkeypatch):
 @pytest.mark.parametrize("groups,D_shape", [(1, "h"), (2, "hp"), (2, None)])
 def test_state_update_matches_scan_position_by_position(groups, D_shape):
     batch, L, heads, headdim, N = 2, 19, 4, 3, 5
-    base = make_inputs(
-        batch, L, heads, headdim, groups, N, D_shape, True, True, True, seed=groups, dtype=torch.float32
-    )
+    base = make_inputs(batch, L, heads, headdim, groups, N, D_shape, True, True, True, seed=groups, dtype=torch.float32)
     limit = (0.05, 2.0)
     out_scan = ssd_ref(**base, dt_softplus=True, dt_limit=limit)  # (batch, L, heads, headdim)
     state = base["initial_states"].clone()

@@ -17,7 +17,6 @@ chunks only the (heads, headdim, N) state is passed on.
 
 from __future__ import annotations
 
-import math
 from typing import Union
 
 import torch
@@ -139,13 +138,204 @@ mamba_chunk_scan_combined_ref = ssd_ref
 # Chunked matmul path
 # ----------------------------------------------------------------------------------------------
 
+# Elements of (batch, L, heads, headdim) handled at once by the chunked path. A block's
+# intermediates (chunk layouts, (T x T) decay matrices) then stay a few MiB: cache-sized and
+# reused by the allocator, where whole-batch temporaries would be freshly mapped (and
+# page-faulted) by the CPU allocator on every call and pass through memory many times.
+_BLOCK_ELEMENTS = 1 << 19
 
-def _segsum_decay(acum: Tensor) -> Tensor:
-    """exp(acum_t - acum_s) for s <= t, 0 above the diagonal: (..., T) -> (..., T, T)."""
-    T = acum.shape[-1]
-    seg = acum[..., :, None] - acum[..., None, :]  # (..., T, T)
-    causal = torch.ones(T, T, dtype=torch.bool, device=acum.device).tril()
-    return torch.exp(seg.masked_fill(~causal, -math.inf))
+
+def _decay_matrix(acum: Tensor) -> Tensor:
+    """exp(acum_t - acum_s) for s <= t, 0 above the diagonal: (..., T) -> (..., T, T), a new tensor.
+
+    Segment sums are differences of cumulative log-decays, never products of exponentials; the
+    entries above the diagonal may overflow to inf before ``tril_`` overwrites them with 0.
+    """
+    return (acum.unsqueeze(-1) - acum.unsqueeze(-2)).exp_().tril_()
+
+
+class _Chunks:
+    """One batch block of the SSD in chunked layout, with the pieces its backward reuses.
+
+    Rows R = block batch x n_chunks (batch-major); heads split as groups x heads-per-group:
+    x (R, g, k, T, p), dt and acum (R, g, k, T), B and C (R, g, T, N), h_in (R, g, k, p, N) the
+    state entering each chunk. Per chunk::
+
+        y_t = sum_{s<=t} (C_t . B_s) exp(acum_t - acum_s) dt_s x_s  +  exp(acum_t) C_t h_in
+    """
+
+    def __init__(self, x, dt, A, B, C, h0, T):
+        bb, L, heads, p = x.shape
+        g, N = B.shape[2], B.shape[3]
+        k = heads // g
+        pad = (-L) % T
+        if pad:  # padded positions have dt = 0: decay 1, no input, so the final state is unchanged
+            x, dt = F.pad(x, (0, 0, 0, 0, 0, pad)), F.pad(dt, (0, 0, 0, pad))
+            B, C = F.pad(B, (0, 0, 0, 0, 0, pad)), F.pad(C, (0, 0, 0, 0, 0, pad))
+        self.bb, self.L, self.T, self.n_chunks = bb, L, T, (L + pad) // T
+        R = bb * self.n_chunks
+        self.shape = (R, g, k, T, p)
+        self.x = x.reshape(R, T, g, k, p).permute(0, 2, 3, 1, 4).contiguous()
+        self.dt = dt.reshape(R, T, g, k).permute(0, 2, 3, 1).contiguous()
+        self.B = B.reshape(R, T, g, N).transpose(1, 2).contiguous()
+        self.C = C.reshape(R, T, g, N).transpose(1, 2).contiguous()
+        self.A = A.reshape(g, k, 1)
+        self.h0 = h0.reshape(bb, g, k, p, N) if h0 is not None else None
+        self.acum = torch.cumsum(self.dt * self.A, dim=-1)
+        self.xdt = self.x * self.dt.unsqueeze(-1)
+        self.w = torch.exp(self.acum[..., -1:] - self.acum)  # weight of each position in its chunk's state
+        self.chunk_decay = torch.exp(self.acum[..., -1]).view(bb, self.n_chunks, g, k, 1, 1)
+        self.S = self.C @ self.B.transpose(-1, -2)  # (R, g, T, T), shared by the heads of a group
+        self.Ldec = _decay_matrix(self.acum)  # (R, g, k, T, T)
+        self.M = self.Ldec * self.S.unsqueeze(2)
+        # states entering each chunk: h_in[c] = chunk_decay[c-1] h_in[c-1] + (state chunk c-1 adds)
+        states = ((self.xdt * self.w.unsqueeze(-1)).transpose(-1, -2) @ self.B.unsqueeze(2)).view(
+            bb, self.n_chunks, g, k, p, N
+        )
+        self.h_in = torch.empty_like(states)
+        h = self.h0 if self.h0 is not None else torch.zeros_like(states[:, 0])
+        for ci in range(self.n_chunks):
+            self.h_in[:, ci] = h
+            h = self.chunk_decay[:, ci] * h + states[:, ci]
+        self.h_final = h.reshape(bb, heads, p, N)
+        self.h_in = self.h_in.view(R, g, k, p, N)
+        self.any_state = self.h0 is not None or self.n_chunks > 1  # else nothing enters any chunk
+
+    def to_chunks(self, t: Tensor) -> Tensor:
+        """(bb, L, heads, p) -> (R, g, k, T, p)."""
+        R, g, k, T, p = self.shape
+        pad = self.n_chunks * T - self.L
+        return (F.pad(t, (0, 0, 0, 0, 0, pad)) if pad else t).reshape(R, T, g, k, p).permute(0, 2, 3, 1, 4)
+
+    def from_chunks(self, t: Tensor, last: int) -> Tensor:
+        """(R, g, k, T, last) -> (bb, L, heads, last)."""
+        R, g, k, T, _ = self.shape
+        return t.permute(0, 3, 1, 2, 4).reshape(self.bb, self.n_chunks * T, g * k, last)[:, : self.L]
+
+    def output(self) -> Tensor:
+        """y in chunk layout (R, g, k, T, p)."""
+        y = self.M @ self.xdt
+        if self.any_state:
+            y_off = self.C.unsqueeze(2) @ self.h_in.transpose(-1, -2)  # (R, g, k, T, p)
+            y += y_off.mul_(torch.exp(self.acum).unsqueeze(-1))
+        return y
+
+    def backward(self, gy: Tensor, gh: Tensor | None):
+        """Gradients of x, dt (chunk layouts), A (g, k, 1), B, C (chunk layout) and h0 from gy, gh."""
+        R, g, k, T, p = self.shape
+        bb, n_chunks = self.bb, self.n_chunks
+        gy = gy.contiguous()
+        # intra-chunk: y = M @ xdt, M = S * Ldec
+        g_xdt = self.M.transpose(-1, -2) @ gy  # (R, g, k, T, p)
+        g_M = gy @ self.xdt.transpose(-1, -2)  # (R, g, k, T, T)
+        g_S = (g_M * self.Ldec).sum(2)  # (R, g, T, T)
+        g_seg = g_M.mul_(self.M)  # gradient of acum_t - acum_s (zero above the diagonal)
+        g_acum = g_seg.sum(-1) - g_seg.sum(-2)  # (R, g, k, T)
+        del g_M, g_seg
+        g_C = g_S @ self.B
+        g_B = g_S.transpose(-1, -2) @ self.C
+        if not (self.any_state or gh is not None):  # one chunk, no state in or out
+            return g_xdt, g_acum, g_B, g_C, None
+        h_in = self.h_in.view(bb, n_chunks, g, k, p, -1)
+        G = gh.reshape(bb, g, k, p, -1) if gh is not None else torch.zeros_like(h_in[:, 0])
+        # state-to-output: y += exp(acum_t) C_t h_in
+        gye = gy * torch.exp(self.acum).unsqueeze(-1)  # (R, g, k, T, p)
+        g_hin = (gye.transpose(-1, -2) @ self.C.unsqueeze(2)).view(bb, n_chunks, g, k, p, -1)
+        gye_h = gye @ self.h_in  # (R, g, k, T, N)
+        g_C += gye_h.sum(2)
+        g_acum += (gye_h * self.C.unsqueeze(2)).sum(-1)
+        del gye, gye_h
+        # state passing, backwards: G = gradient of the state leaving chunk ci (= of the state it adds)
+        g_states = torch.empty_like(h_in)
+        g_decay = self.x.new_empty(bb, n_chunks, g, k)
+        for ci in reversed(range(n_chunks)):
+            g_states[:, ci] = G
+            g_decay[:, ci] = (G * h_in[:, ci]).sum((-1, -2))
+            G = self.chunk_decay[:, ci] * G + g_hin[:, ci]
+        g_states = g_states.view(R, g, k, p, -1)
+        # the state a chunk adds: (w * xdt)^T B, w = exp(acum_last - acum_s)
+        xdt_w = self.xdt * self.w.unsqueeze(-1)
+        BG = self.B.unsqueeze(2) @ g_states.transpose(-1, -2)  # (R, g, k, T, p)
+        g_ww = (xdt_w * BG).sum(-1)  # dL/dw * w, (R, g, k, T)
+        g_xdt += BG.mul_(self.w.unsqueeze(-1))
+        g_B += (xdt_w @ g_states).sum(2)
+        g_acum -= g_ww
+        g_acum[..., -1] += g_ww.sum(-1) + g_decay.view(R, g, k) * self.chunk_decay.view(R, g, k)
+        return g_xdt, g_acum, g_B, g_C, G
+
+
+class _ChunkedSSD(torch.autograd.Function):
+    """out, h_final = gate(SSD(x, dt, A, B, C, h0) + D x, z), block by block, hand-written backward.
+
+    x, z (batch, L, heads, p); dt (batch, L, heads), already biased / softplus'ed / clamped;
+    A (heads,); B, C (batch, L, groups, N); D None, (heads,) or (heads, p); h0 None or
+    (batch, heads, p, N). The batch is split into blocks of about ``_BLOCK_ELEMENTS`` elements;
+    the backward saves only the inputs and recomputes a block's forward pieces (chunk states,
+    (T x T) matrices) before its gradients, so the memory beyond the inputs stays one block.
+    """
+
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, D, z, h0, T):  # noqa: D102
+        batch, L, heads, p = x.shape
+        out = torch.empty_like(x)
+        h_final = x.new_empty(batch, heads, p, B.shape[-1])
+        for sl in _batch_blocks(batch, L, heads * p):
+            ch = _Chunks(x[sl], dt[sl], A, B[sl], C[sl], h0[sl] if h0 is not None else None, T)
+            y = ch.from_chunks(ch.output(), p)  # (bb, L, heads, p)
+            out[sl] = _skip_and_gate(y, x[sl], D, z[sl] if z is not None else None)
+            h_final[sl] = ch.h_final
+        ctx.save_for_backward(x, dt, A, B, C, D, z, h0)
+        ctx.T = T
+        ctx.set_materialize_grads(False)  # an unused final state then costs no state backward
+        return out, h_final
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_out, g_final):  # noqa: D102
+        x, dt, A, B, C, D, z, h0 = ctx.saved_tensors
+        batch, L, heads, p = x.shape
+        g_x, g_dt = torch.empty_like(x), torch.empty_like(dt)
+        g_B, g_C = torch.empty_like(B), torch.empty_like(C)
+        g_A = torch.zeros_like(A)
+        g_D = torch.zeros_like(D) if D is not None else None
+        g_z = torch.empty_like(z) if z is not None else None
+        g_h0 = torch.empty_like(h0) if h0 is not None else None
+        Dx = (D[:, None] if D.dim() == 1 else D) if D is not None else None
+        for sl in _batch_blocks(batch, L, heads * p):
+            ch = _Chunks(x[sl], dt[sl], A, B[sl], C[sl], h0[sl] if h0 is not None else None, ctx.T)
+            go = g_out[sl] if g_out is not None else torch.zeros_like(x[sl])
+            x_b = x[sl]
+            # out = (y + D x) * silu(z)
+            if z is not None:
+                pre = _skip_and_gate(ch.from_chunks(ch.output(), p), x_b, D, None)
+                sig = torch.sigmoid(z[sl])
+                g_z[sl] = go * pre * sig * (1 + z[sl] * (1 - sig))
+                gy = go * (z[sl] * sig)
+            else:
+                gy = go
+            gx_direct = gy * Dx if D is not None else None
+            if D is not None:
+                g_D += (gy * x_b).sum((0, 1)).sum(-1) if D.dim() == 1 else (gy * x_b).sum((0, 1))
+            g_xdt, g_acum, gBk, gCk, G = ch.backward(ch.to_chunks(gy), g_final[sl] if g_final is not None else None)
+            # acum = cumsum(dt * A) per chunk, xdt = dt * x
+            g_a = g_acum.flip(-1).cumsum(-1).flip(-1)  # (R, g, k, T)
+            g_dtk = (g_xdt * ch.x).sum(-1).add_(g_a * ch.A)
+            g_A += (g_a * ch.dt).sum((0, 3)).reshape(-1)
+            gxk = g_xdt.mul_(ch.dt.unsqueeze(-1))
+            gx_b = ch.from_chunks(gxk, p)
+            g_x[sl] = gx_b + gx_direct if gx_direct is not None else gx_b
+            g_dt[sl] = ch.from_chunks(g_dtk.unsqueeze(-1), 1).squeeze(-1)
+            N = B.shape[-1]
+            g_B[sl] = gBk.transpose(1, 2).reshape(ch.bb, -1, B.shape[2], N)[:, :L]
+            g_C[sl] = gCk.transpose(1, 2).reshape(ch.bb, -1, B.shape[2], N)[:, :L]
+            if g_h0 is not None:
+                g_h0[sl] = G.reshape(ch.bb, heads, p, N)
+        return g_x, g_dt, g_A, g_B, g_C, g_D, g_z, g_h0, None
+
+
+def _batch_blocks(batch: int, L: int, width: int) -> list[slice]:
+    step = max(1, _BLOCK_ELEMENTS // max(1, L * width))
+    return [slice(i, min(i + step, batch)) for i in range(0, batch, step)]
 
 
 def ssd_chunked(
@@ -163,78 +353,29 @@ def ssd_chunked(
     dt_limit: tuple[float, float] = _NO_LIMIT,
     return_final_states: bool = False,
 ) -> SSDOut:
-    """recbole-ssm's chunked SSD in plain PyTorch ops (any device, autograd through it).
+    """recbole-ssm's chunked SSD in PyTorch (any device), with a hand-written backward.
 
     Same contract as :func:`mamba_chunk_scan_combined`. The chunk is ``min(chunk_size, L)``;
-    the result does not depend on it beyond rounding. L need not be a multiple of it.
+    the result does not depend on it beyond rounding. L need not be a multiple of it. The dt
+    preprocessing goes through autograd; the scan with its ``D`` skip and ``z`` gate is one
+    :class:`torch.autograd.Function` (compared with :func:`ssd_ref` by the tests).
     """
     _check_shapes(x, dt, A, B, C)
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive; got {chunk_size}")
     cdt = _compute_dtype(x)
-    batch, L, heads, headdim = x.shape
-    groups, N = B.shape[2], B.shape[3]
-    hg = heads // groups
+    L = x.shape[1]
     T = max(1, min(chunk_size, L))
-    pad = (-L) % T
-    n_chunks = (L + pad) // T
-    xc = x.to(cdt)  # (batch, L, heads, headdim)
     dtc = _prepare_dt(dt, dt_bias, dt_softplus, dt_limit, cdt)  # (batch, L, heads)
-    Bc, Cc = B.to(cdt), C.to(cdt)  # (batch, L, groups, N)
-    if pad:  # padded positions have dt = 0: decay 1, no input, so the final state is unchanged
-        xp = F.pad(xc, (0, 0, 0, 0, 0, pad))
-        dtc, Bc, Cc = (
-            F.pad(dtc, (0, 0, 0, pad)),
-            F.pad(Bc, (0, 0, 0, 0, 0, pad)),
-            F.pad(Cc, (0, 0, 0, 0, 0, pad)),
-        )
-    else:
-        xp = xc
-    # chunk views, heads split as (groups, heads per group)
-    xk = xp.reshape(batch, n_chunks, T, groups, hg, headdim).permute(0, 3, 4, 1, 2, 5)  # (b, g, k, c, T, p)
-    dtk = dtc.reshape(batch, n_chunks, T, groups, hg).permute(0, 3, 4, 1, 2)  # (b, g, k, c, T)
-    Bk = Bc.reshape(batch, n_chunks, T, groups, N).permute(0, 3, 1, 2, 4)  # (b, g, c, T, N)
-    Ck = Cc.reshape(batch, n_chunks, T, groups, N).permute(0, 3, 1, 2, 4)  # (b, g, c, T, N)
-    a = dtk * A.to(cdt).reshape(groups, hg, 1, 1)  # log-decays, (b, g, k, c, T)
-    acum = torch.cumsum(a, dim=-1)  # (b, g, k, c, T)
 
-    xdt = xk * dtk.unsqueeze(-1)  # dt_s x_s, (b, g, k, c, T, p)
+    def cast(t: Tensor | None) -> Tensor | None:
+        return t.to(cdt).contiguous() if t is not None else None
 
-    # 1. intra-chunk: y_t = sum_{s<=t} (C_t . B_s) exp(acum_t - acum_s) dt_s x_s
-    scores = Ck @ Bk.transpose(-1, -2)  # (b, g, c, T, T), shared by the heads of a group
-    y = (scores.unsqueeze(2) * _segsum_decay(acum)) @ xdt  # (b, g, k, c, T, p)
-
-    # 2.-4. only when a state enters or leaves a chunk (not for one chunk without initial/final states)
-    h = initial_states.to(cdt).reshape(batch, groups, hg, headdim, N) if initial_states is not None else None
-    if n_chunks > 1 or h is not None or return_final_states:
-        # 2. state each chunk adds: sum_s exp(acum_last - acum_s) dt_s x_s B_s^T
-        w = torch.exp(acum[..., -1:] - acum)  # (b, g, k, c, T)
-        chunk_states = (xdt * w.unsqueeze(-1)).transpose(-1, -2) @ Bk.unsqueeze(2)  # (b, g, k, c, p, N)
-        # 3. pass states between chunks: h_c = exp(sum of chunk c's log-decays) h_{c-1} + chunk_states_c
-        chunk_decay = torch.exp(acum[..., -1])  # (b, g, k, c)
-        first = 0 if h is not None else 1  # without initial states nothing enters chunk 0
-        starts = []
-        for ci in range(n_chunks):
-            if ci >= first:
-                starts.append(h)
-            h = (
-                chunk_states[:, :, :, ci]
-                if h is None
-                else chunk_decay[..., ci, None, None] * h + chunk_states[:, :, :, ci]
-            )
-        if starts:
-            prev = torch.stack(starts, dim=3)  # state entering chunks first.., (b, g, k, c - first, p, N)
-            # 4. state-to-output: y_t += exp(acum_t) C_t h_{c-1}
-            decay_in = torch.exp(acum[:, :, :, first:]).unsqueeze(-1)  # (b, g, k, c - first, T, 1)
-            y_off = (
-                Ck[:, :, first:].unsqueeze(2) @ prev.transpose(-1, -2)
-            ) * decay_in  # (b, g, k, c-first, T, p)
-            y = torch.cat([y[:, :, :, :first], y[:, :, :, first:] + y_off], dim=3) if first else y + y_off
-    y = y.permute(0, 3, 4, 1, 2, 5).reshape(batch, n_chunks * T, heads, headdim)[:, :L]  # (b, L, h, p)
-    out = _skip_and_gate(y, xc, D, z).to(x.dtype)
-    if return_final_states:
-        return out, h.reshape(batch, heads, headdim, N)
-    return out
+    out, h = _ChunkedSSD.apply(
+        cast(x), dtc.contiguous(), cast(A), cast(B), cast(C), cast(D), cast(z), cast(initial_states), T
+    )
+    out = out.to(x.dtype)
+    return (out, h) if return_final_states else out
 
 
 def mamba_chunk_scan_combined(

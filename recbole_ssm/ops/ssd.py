@@ -164,7 +164,7 @@ class _Chunks:
         y_t = sum_{s<=t} (C_t . B_s) exp(acum_t - acum_s) dt_s x_s  +  exp(acum_t) C_t h_in
     """
 
-    def __init__(self, x, dt, A, B, C, h0, T):
+    def __init__(self, x, dt, A, B, C, h0, T, want_final):
         bb, L, heads, p = x.shape
         g, N = B.shape[2], B.shape[3]
         k = heads // g
@@ -188,6 +188,10 @@ class _Chunks:
         self.S = self.C @ self.B.transpose(-1, -2)  # (R, g, T, T), shared by the heads of a group
         self.Ldec = _decay_matrix(self.acum)  # (R, g, k, T, T)
         self.M = self.Ldec * self.S.unsqueeze(2)
+        self.any_state = self.h0 is not None or self.n_chunks > 1  # else nothing enters any chunk
+        self.h_in = self.h_final = None
+        if not (self.any_state or want_final):
+            return
         # states entering each chunk: h_in[c] = chunk_decay[c-1] h_in[c-1] + (state chunk c-1 adds)
         states = ((self.xdt * self.w.unsqueeze(-1)).transpose(-1, -2) @ self.B.unsqueeze(2)).view(
             bb, self.n_chunks, g, k, p, N
@@ -199,7 +203,6 @@ class _Chunks:
             h = self.chunk_decay[:, ci] * h + states[:, ci]
         self.h_final = h.reshape(bb, heads, p, N)
         self.h_in = self.h_in.view(R, g, k, p, N)
-        self.any_state = self.h0 is not None or self.n_chunks > 1  # else nothing enters any chunk
 
     def to_chunks(self, t: Tensor) -> Tensor:
         """(bb, L, heads, p) -> (R, g, k, T, p)."""
@@ -275,23 +278,24 @@ class _ChunkedSSD(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, dt, A, B, C, D, z, h0, T):  # noqa: D102
+    def forward(ctx, x, dt, A, B, C, D, z, h0, T, want_final):  # noqa: D102
         batch, L, heads, p = x.shape
         out = torch.empty_like(x)
-        h_final = x.new_empty(batch, heads, p, B.shape[-1])
+        h_final = x.new_empty(batch, heads, p, B.shape[-1]) if want_final else None
         for sl in _batch_blocks(batch, L, heads * p):
-            ch = _Chunks(x[sl], dt[sl], A, B[sl], C[sl], h0[sl] if h0 is not None else None, T)
+            ch = _Chunks(x[sl], dt[sl], A, B[sl], C[sl], h0[sl] if h0 is not None else None, T, want_final)
             y = ch.from_chunks(ch.output(), p)  # (bb, L, heads, p)
             out[sl] = _skip_and_gate(y, x[sl], D, z[sl] if z is not None else None)
-            h_final[sl] = ch.h_final
+            if want_final:
+                h_final[sl] = ch.h_final
         ctx.save_for_backward(x, dt, A, B, C, D, z, h0)
         ctx.T = T
         ctx.set_materialize_grads(False)  # an unused final state then costs no state backward
-        return out, h_final
+        return (out, h_final) if want_final else out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, g_out, g_final):  # noqa: D102
+    def backward(ctx, g_out, g_final=None):  # noqa: D102
         x, dt, A, B, C, D, z, h0 = ctx.saved_tensors
         batch, L, heads, p = x.shape
         g_x, g_dt = torch.empty_like(x), torch.empty_like(dt)
@@ -302,7 +306,7 @@ class _ChunkedSSD(torch.autograd.Function):
         g_h0 = torch.empty_like(h0) if h0 is not None else None
         Dx = (D[:, None] if D.dim() == 1 else D) if D is not None else None
         for sl in _batch_blocks(batch, L, heads * p):
-            ch = _Chunks(x[sl], dt[sl], A, B[sl], C[sl], h0[sl] if h0 is not None else None, ctx.T)
+            ch = _Chunks(x[sl], dt[sl], A, B[sl], C[sl], h0[sl] if h0 is not None else None, ctx.T, g_final is not None)
             go = g_out[sl] if g_out is not None else torch.zeros_like(x[sl])
             x_b = x[sl]
             # out = (y + D x) * silu(z)
@@ -330,7 +334,7 @@ class _ChunkedSSD(torch.autograd.Function):
             g_C[sl] = gCk.transpose(1, 2).reshape(ch.bb, -1, B.shape[2], N)[:, :L]
             if g_h0 is not None:
                 g_h0[sl] = G.reshape(ch.bb, heads, p, N)
-        return g_x, g_dt, g_A, g_B, g_C, g_D, g_z, g_h0, None
+        return g_x, g_dt, g_A, g_B, g_C, g_D, g_z, g_h0, None, None
 
 
 def _batch_blocks(batch: int, L: int, width: int) -> list[slice]:
@@ -371,11 +375,13 @@ def ssd_chunked(
     def cast(t: Tensor | None) -> Tensor | None:
         return t.to(cdt).contiguous() if t is not None else None
 
-    out, h = _ChunkedSSD.apply(
-        cast(x), dtc.contiguous(), cast(A), cast(B), cast(C), cast(D), cast(z), cast(initial_states), T
-    )
-    out = out.to(x.dtype)
-    return (out, h) if return_final_states else out
+    res = _ChunkedSSD.apply(
+        cast(x), dtc.contiguous(), cast(A), cast(B), cast(C), cast(D), cast(z), cast(initial_states), T,
+        return_final_states,
+    )  # fmt: skip
+    if return_final_states:
+        return res[0].to(x.dtype), res[1]
+    return res.to(x.dtype)
 
 
 def mamba_chunk_scan_combined(

@@ -359,8 +359,10 @@ def ssd_chunked(
 ) -> SSDOut:
     """recbole-ssm's chunked SSD in PyTorch (any device), with a hand-written backward.
 
-    Same contract as :func:`mamba_chunk_scan_combined`. The chunk is ``min(chunk_size, L)``;
-    the result does not depend on it beyond rounding. L need not be a multiple of it. The dt
+    Same contract as :func:`mamba_chunk_scan_combined`. ``chunk_size`` bounds the chunk length:
+    L is split into ``ceil(L / chunk_size)`` chunks of equal length ``ceil(L / n_chunks)``
+    (L=200 with chunk_size=64: 4 chunks of 50, not 4 of 64 with 56 padded positions). The
+    result does not depend on the chunking beyond rounding; L need not be a multiple. The dt
     preprocessing goes through autograd; the scan with its ``D`` skip and ``z`` gate is one
     :class:`torch.autograd.Function` (compared with :func:`ssd_ref` by the tests).
     """
@@ -369,7 +371,8 @@ def ssd_chunked(
         raise ValueError(f"chunk_size must be positive; got {chunk_size}")
     cdt = _compute_dtype(x)
     L = x.shape[1]
-    T = max(1, min(chunk_size, L))
+    n_chunks = max(1, -(-L // chunk_size))
+    T = max(1, -(-L // n_chunks))  # equal chunks of at most chunk_size: the least padding
     dtc = _prepare_dt(dt, dt_bias, dt_softplus, dt_limit, cdt)  # (batch, L, heads)
 
     def cast(t: Tensor | None) -> Tensor | None:

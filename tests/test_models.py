@@ -107,6 +107,35 @@ def test_trimming_padding_does_not_change_output(dataset, tiny_data, name):
 
 
 @pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_last_layer_at_the_read_position_equals_the_full_layer_gathered(dataset, tiny_data, name, num_layers):
+    """The last layer computes only position item_seq_len - 1 of each row; the full-sequence
+    layer gathered there must give the same output and the same gradients (float64)."""
+    model = make(name, dataset, tiny_data, num_layers=num_layers).double()
+    seq, lens = random_batch(dataset.item_num, [3, 9, 5, 1, 12, 7], 12, num_layers + 5)
+
+    def full_path():
+        x = model.embed(seq)
+        mask = torch.arange(seq.size(1)).unsqueeze(0) < lens.unsqueeze(1) if model.bidirectional else None
+        for layer in model.layers:
+            x = layer(x, mask)
+        return model.gather_indexes(x, lens - 1)
+
+    params = [p for p in model.parameters()]
+    fast = model(seq, lens)
+    ref = full_path()
+    torch.testing.assert_close(fast, ref, rtol=1e-10, atol=1e-12)
+    w = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1), dtype=ref.dtype)
+    g_fast = torch.autograd.grad((fast * w).sum(), params, allow_unused=True)
+    g_ref = torch.autograd.grad((ref * w).sum(), params, allow_unused=True)
+    for (n, _), a, b in zip(model.named_parameters(), g_fast, g_ref):
+        if b is None:
+            assert a is None or not a.abs().any(), n
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12, msg=n)
+
+
+@pytest.mark.parametrize("name", MODELS)
 def test_full_sort_predict_scores_every_item_and_loss_backpropagates(dataset, tiny_data, name):
     from recbole.data.interaction import Interaction
 

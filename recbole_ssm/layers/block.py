@@ -9,6 +9,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+def take(t: torch.Tensor, index: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Row b of the result is ``t[b, ..., index[b], ...]`` along ``dim``: (B, ..., L, ...) -> (B, ...)."""
+    rows = torch.arange(t.size(0), device=t.device)
+    return t[rows, index] if dim == 1 else t.movedim(dim, 1)[rows, index]
+
+
 class PFFN(nn.Module):
     """Position-wise feed-forward network: Linear d->4d, GELU, dropout, Linear 4d->d, dropout,
     residual, LayerNorm (the Mamba4Rec / seed-paper block)."""
@@ -29,6 +35,9 @@ class SSMLayer(nn.Module):
     """mixer -> dropout -> (residual) LayerNorm -> PFFN.
 
     As in Mamba4Rec, a single layer has no residual around the mixer; stacked layers do.
+    With ``index`` (B,), only the output at position ``index[b]`` of each row is computed,
+    (B, d) instead of (B, L, d): everything after the sequence mixing is position-wise, so the
+    other positions are never needed when this is the last layer.
     """
 
     def __init__(self, mixer: nn.Module, d_model: int, dropout: float, residual: bool):
@@ -39,7 +48,11 @@ class SSMLayer(nn.Module):
         self.LayerNorm = nn.LayerNorm(d_model, eps=1e-12)
         self.ffn = PFFN(d_model, dropout=dropout)
 
-    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        h = self.dropout(self.mixer(x, mask))
-        h = self.LayerNorm(h + x if self.residual else h)
+    def forward(
+        self, x: torch.Tensor, mask: Optional[torch.Tensor] = None, index: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        h = self.dropout(self.mixer(x, mask, index))
+        if self.residual:
+            h = h + (x if index is None else take(x, index))
+        h = self.LayerNorm(h)
         return self.ffn(h)

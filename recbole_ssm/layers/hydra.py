@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from recbole_ssm.layers.block import take
 from recbole_ssm.layers.init import dt_bias_init
 from recbole_ssm.layers.norm import RMSNormGated
 from recbole_ssm.ops import mamba_chunk_scan_combined
@@ -50,13 +51,21 @@ class HydraMixer(nn.Module):
         self.norm = RMSNormGated(self.d_inner, eps=1e-5, norm_before_gate=True)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
 
-    def forward(self, hidden: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """hidden: (B, L, d_model), mask: (B, L) bool of real positions -> (B, L, d_model)."""
+    def forward(
+        self, hidden: torch.Tensor, mask: Optional[torch.Tensor] = None, index: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """hidden: (B, L, d_model), mask: (B, L) bool of real positions -> (B, L, d_model), or
+        (B, d_model) at position ``index[b]`` of each row when ``index`` (B,) is given."""
         bsz, seqlen, _ = hidden.shape
         keep = None if mask is None else mask.unsqueeze(-1).to(hidden.dtype)  # (B, L, 1)
         if keep is not None:
             hidden = hidden * keep
-        z, xbc, dt = torch.split(self.in_proj(hidden), [self.d_inner, self.conv_dim, 2 * self.nheads], dim=-1)
+        if index is not None:  # the gate z only where the output is read
+            w_z, w_rest = self.in_proj.weight.split([self.d_inner, self.conv_dim + 2 * self.nheads], dim=0)
+            z = F.linear(take(hidden, index), w_z)  # (B, D)
+            xbc, dt = torch.split(F.linear(hidden, w_rest), [self.conv_dim, 2 * self.nheads], dim=-1)
+        else:
+            z, xbc, dt = torch.split(self.in_proj(hidden), [self.d_inner, self.conv_dim, 2 * self.nheads], dim=-1)
         xbc = F.silu(self.conv1d(xbc.transpose(1, 2)).transpose(1, 2))  # (B, L, conv_dim), same length
         if keep is not None:
             xbc = xbc * keep  # conv bias makes padding non-zero; the backward scan must start empty
@@ -71,8 +80,17 @@ class HydraMixer(nn.Module):
             x2, dt2, -torch.exp(self.A_log.float()), b2, c2, self.chunk_size,
             dt_bias=self.dt_bias.float(), dt_softplus=True,
         ).reshape(2 * bsz, seqlen, self.d_inner)
-        y2 = _shift_right(y2)  # strictly causal in each direction
-        y = y2[:bsz] + y2[bsz:].flip(1)  # (B, L, D)
-        diag = F.linear(x, self.fc_D.weight, self.D)  # (B, L, H)
+        if index is not None:
+            # shifted right: position t reads the forward scan at t-1 and the backward one at t+1,
+            # i.e. row L-2-t of the reversed sequence; 0 beyond either end
+            fwd = take(y2[:bsz], (index - 1).clamp_min(0)) * (index > 0).unsqueeze(-1)
+            back = seqlen - 2 - index
+            bwd = take(y2[bsz:], back.clamp_min(0)) * (back >= 0).unsqueeze(-1)
+            x = take(x, index)  # (B, D)
+            y = fwd + bwd
+        else:
+            y2 = _shift_right(y2)  # strictly causal in each direction
+            y = y2[:bsz] + y2[bsz:].flip(1)  # (B, L, D)
+        diag = F.linear(x, self.fc_D.weight, self.D)  # (B, [L,] H)
         y = y + x * diag.repeat_interleave(self.headdim, dim=-1)
-        return self.out_proj(self.norm(y, z))  # (B, L, d_model)
+        return self.out_proj(self.norm(y, z))  # (B, L, d_model) or (B, d_model)

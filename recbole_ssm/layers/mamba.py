@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from recbole_ssm.layers.block import take
 from recbole_ssm.layers.init import dt_bias_init
 from recbole_ssm.ops import causal_conv1d_fn, selective_scan_fn
 
@@ -44,10 +45,18 @@ class MambaMixer(nn.Module):
         self.D = nn.Parameter(torch.ones(self.d_inner))
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
 
-    def forward(self, hidden: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """hidden: (B, L, d_model) -> (B, L, d_model). ``mask`` is ignored: the block is causal."""
-        xz = self.in_proj(hidden).transpose(1, 2)  # (B, 2*D, L)
-        x, z = xz.chunk(2, dim=1)  # (B, D, L) each
+    def forward(
+        self, hidden: torch.Tensor, mask: Optional[torch.Tensor] = None, index: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """hidden: (B, L, d_model) -> (B, L, d_model), or (B, d_model) at position ``index[b]`` of
+        each row when ``index`` (B,) is given. ``mask`` is ignored: the block is causal."""
+        if index is not None:
+            w_x, w_z = self.in_proj.weight.chunk(2, dim=0)
+            x = F.linear(hidden, w_x).transpose(1, 2)  # (B, D, L)
+            z = F.linear(take(hidden, index), w_z)  # (B, D): the gate only where the output is read
+        else:
+            xz = self.in_proj(hidden).transpose(1, 2)  # (B, 2*D, L)
+            x, z = xz.chunk(2, dim=1)  # (B, D, L) each
         x = causal_conv1d_fn(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu")
         x_dbl = self.x_proj(x.transpose(1, 2))  # (B, L, R + 2N)
         dt, b, c = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
@@ -55,6 +64,9 @@ class MambaMixer(nn.Module):
         y = selective_scan_fn(
             x, dt, -torch.exp(self.A_log.float()),
             b.transpose(1, 2).contiguous(), c.transpose(1, 2).contiguous(),  # (B, N, L)
-            D=self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+            D=self.D.float(), z=z if index is None else None, delta_bias=self.dt_proj.bias.float(),
+            delta_softplus=True,
         )  # (B, D, L)
+        if index is not None:
+            return self.out_proj(take(y, index, dim=2) * F.silu(z))  # (B, d_model)
         return self.out_proj(y.transpose(1, 2))  # (B, L, d_model)

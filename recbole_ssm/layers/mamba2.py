@@ -6,7 +6,9 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
+from recbole_ssm.layers.block import take
 from recbole_ssm.layers.init import dt_bias_init
 from recbole_ssm.layers.norm import RMSNormGated
 from recbole_ssm.ops import causal_conv1d_fn, mamba_chunk_scan_combined
@@ -34,10 +36,18 @@ class Mamba2Mixer(nn.Module):
         self.norm = RMSNormGated(self.d_inner, eps=1e-5, norm_before_gate=False)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
 
-    def forward(self, hidden: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """hidden: (B, L, d_model) -> (B, L, d_model). ``mask`` is ignored: the block is causal."""
+    def forward(
+        self, hidden: torch.Tensor, mask: Optional[torch.Tensor] = None, index: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """hidden: (B, L, d_model) -> (B, L, d_model), or (B, d_model) at position ``index[b]`` of
+        each row when ``index`` (B,) is given. ``mask`` is ignored: the block is causal."""
         bsz, seqlen, _ = hidden.shape
-        z, xbc, dt = torch.split(self.in_proj(hidden), [self.d_inner, self.conv_dim, self.nheads], dim=-1)
+        if index is not None:  # the gate z only where the output is read
+            w_z, w_rest = self.in_proj.weight.split([self.d_inner, self.conv_dim + self.nheads], dim=0)
+            z = F.linear(take(hidden, index), w_z)  # (B, D)
+            xbc, dt = torch.split(F.linear(hidden, w_rest), [self.conv_dim, self.nheads], dim=-1)
+        else:
+            z, xbc, dt = torch.split(self.in_proj(hidden), [self.d_inner, self.conv_dim, self.nheads], dim=-1)
         xbc = causal_conv1d_fn(xbc.transpose(1, 2), self.conv1d.weight.squeeze(1), self.conv1d.bias,
                                activation="silu").transpose(1, 2)  # (B, L, conv_dim)
         gn = self.ngroups * self.d_state
@@ -50,4 +60,6 @@ class Mamba2Mixer(nn.Module):
             c.reshape(bsz, seqlen, self.ngroups, self.d_state),
             self.chunk_size, D=self.D.float(), dt_bias=self.dt_bias.float(), dt_softplus=True,
         ).reshape(bsz, seqlen, self.d_inner)
-        return self.out_proj(self.norm(y, z))  # (B, L, d_model)
+        if index is not None:
+            y = take(y, index)  # (B, D)
+        return self.out_proj(self.norm(y, z))  # (B, L, d_model) or (B, d_model)

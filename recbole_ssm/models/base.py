@@ -34,6 +34,8 @@ class SSMRecommender(SequentialRecommender):
 
     Subclasses give ``make_mixer(config)`` and set ``bidirectional`` when the mixer looks ahead
     (then it gets a padding mask). Scores are dot products with the item embedding matrix.
+    Layers take ``(x, mask, index)``; the last one is called with ``index = item_seq_len - 1``
+    and returns only that position, (B, d).
     """
 
     bidirectional = False
@@ -86,9 +88,10 @@ class SSMRecommender(SequentialRecommender):
             positions = torch.arange(item_seq.size(1), device=item_seq.device)
             mask = positions.unsqueeze(0) < item_seq_len.unsqueeze(1)  # (B, L)
         x = self.embed(item_seq)  # (B, L, d)
-        for layer in self.layers:
+        for layer in self.layers[:-1]:
             x = layer(x, mask)
-        return self.gather_indexes(x, item_seq_len - 1)  # (B, d)
+        # the loss and the scores read one position per row: the last layer computes only that one
+        return self.layers[-1](x, mask, item_seq_len - 1)  # (B, d)
 
     def calculate_loss(self, interaction) -> torch.Tensor:
         seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])

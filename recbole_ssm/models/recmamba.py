@@ -11,6 +11,7 @@ import math
 import torch
 import torch.nn as nn
 
+from recbole_ssm.layers.block import take
 from recbole_ssm.models.mamba4rec import Mamba4Rec
 
 
@@ -21,8 +22,11 @@ class _ResidualMixer(nn.Module):
         super().__init__()
         self.mixer, self.residual = mixer, residual
 
-    def forward(self, x, mask=None):
-        return x + self.mixer(x, mask) if self.residual else self.mixer(x, mask)
+    def forward(self, x, mask=None, index=None):
+        h = self.mixer(x, mask, index)
+        if not self.residual:
+            return h
+        return h + (x if index is None else take(x, index))
 
 
 class RecMamba(Mamba4Rec):

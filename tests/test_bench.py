@@ -242,3 +242,18 @@ def test_fingerprint_follows_property_and_config_files(tmp_path):
     after = common.settings_files_digest("2Mamba4Rec", "ml-100k", [str(cfg)])
     assert after[str(cfg)] != before[str(cfg)] and after["Mamba2Rec.yaml"] == before["Mamba2Rec.yaml"]
     assert common.fingerprint({"files": after}) != common.fingerprint({"files": before})
+
+
+def test_ops_benchmark_prints_every_row_on_tiny_sizes(capsys):
+    from recbole_ssm.bench import ops
+
+    argv = ["--batch=2", "--dim=8", "--d-state=4", "--ssd-heads=2", "--attn-heads=2", "--chunk-size=4"]
+    argv += ["--lengths=9,13", "--repeats=1", "--ref-batch=2", "--ref-max-len=9", "--no-memory", "--threads=1"]
+    assert ops.main(argv) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| 9 |") or line.startswith("| 13 |")]
+    assert len(rows) == 2
+    assert "x (B=2)" in rows[0] and "not run" in rows[1]  # references only up to --ref-max-len
+    assert "| scan step (batch 2) |" in out and "| ssd step (batch 2) |" in out
+    with pytest.raises(SystemExit):
+        ops.main(["--threads=-1"])

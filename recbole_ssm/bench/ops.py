@@ -106,7 +106,7 @@ def peak_memory_mb(name: str, batch: int, L: int, a: argparse.Namespace) -> floa
     """Resident-set growth (MiB) of one forward+backward, in a fresh subprocess; None if it failed."""
     cmd = [sys.executable, "-m", "recbole_ssm.bench.ops", "--memory-child", name, str(batch), str(L)]
     cmd += [f"--dim={a.dim}", f"--d-state={a.d_state}", f"--ssd-heads={a.ssd_heads}"]
-    cmd += [f"--attn-heads={a.attn_heads}", f"--chunk-size={a.chunk_size}"]
+    cmd += [f"--attn-heads={a.attn_heads}", f"--chunk-size={a.chunk_size}", f"--threads={a.threads}"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     try:
         return json.loads(proc.stdout.strip().splitlines()[-1])["peak_mb"]
@@ -185,8 +185,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ref-batch", type=int, default=32, help="batch of the reference loops and their ratios")
     p.add_argument("--ref-max-len", type=int, default=200, help="longest L at which the references run")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--memory-child", nargs=3, metavar=("OP", "BATCH", "L"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.threads < 0:
+        p.error(f"--threads must be >= 0; got {a.threads}")
+    if a.threads:
+        torch.set_num_threads(a.threads)
     if a.memory_child:
         name, batch, L = a.memory_child
         _measure_memory_child(name, int(batch), int(L), a)

@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -88,18 +87,14 @@ def time_ops(ops: dict[str, Callable[[], None]], repeats: int) -> dict[str, floa
     return best
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def _measure_memory_child(name: str, batch: int, L: int, a: argparse.Namespace) -> None:
+    from recbole_ssm.bench.common import CpuPeakMemory
+
     make_op(name, 2, 8, a)()  # warm-up (kernel load, allocator) on a tiny input
     run = make_op(name, batch, L, a)
-    base = _rss_bytes()
-    run()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-    print(json.dumps({"peak_mb": max(0, peak - base) / 2**20}))
+    with CpuPeakMemory() as mem:  # the peak above the inputs, of this region only (VmHWM reset)
+        run()
+    print(json.dumps({"peak_mb": mem.mib, "method": mem.method}))
 
 
 def peak_memory_mb(name: str, batch: int, L: int, a: argparse.Namespace) -> float | None:

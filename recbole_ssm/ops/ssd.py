@@ -282,7 +282,7 @@ class _ChunkedSSD(torch.autograd.Function):
         batch, L, heads, p = x.shape
         out = torch.empty_like(x)
         h_final = x.new_empty(batch, heads, p, B.shape[-1]) if want_final else None
-        for sl in _batch_blocks(batch, L, heads * p):
+        for sl in _batch_blocks(batch, L, heads * p, x.device):
             ch = _Chunks(x[sl], dt[sl], A, B[sl], C[sl], h0[sl] if h0 is not None else None, T, want_final)
             y = ch.from_chunks(ch.output(), p)  # (bb, L, heads, p)
             out[sl] = _skip_and_gate(y, x[sl], D, z[sl] if z is not None else None)
@@ -305,7 +305,7 @@ class _ChunkedSSD(torch.autograd.Function):
         g_z = torch.empty_like(z) if z is not None else None
         g_h0 = torch.empty_like(h0) if h0 is not None else None
         Dx = (D[:, None] if D.dim() == 1 else D) if D is not None else None
-        for sl in _batch_blocks(batch, L, heads * p):
+        for sl in _batch_blocks(batch, L, heads * p, x.device):
             ch = _Chunks(x[sl], dt[sl], A, B[sl], C[sl], h0[sl] if h0 is not None else None, ctx.T, g_final is not None)
             go = g_out[sl] if g_out is not None else torch.zeros_like(x[sl])
             x_b = x[sl]
@@ -337,7 +337,11 @@ class _ChunkedSSD(torch.autograd.Function):
         return g_x, g_dt, g_A, g_B, g_C, g_D, g_z, g_h0, None, None
 
 
-def _batch_blocks(batch: int, L: int, width: int) -> list[slice]:
+def _batch_blocks(batch: int, L: int, width: int, device: torch.device) -> list[slice]:
+    """Slices of the batch processed at once: blocks of about ``_BLOCK_ELEMENTS`` on CPU, the
+    whole batch elsewhere (a GPU without mamba-ssm prefers few large kernels)."""
+    if device.type != "cpu":
+        return [slice(0, batch)]
     step = max(1, _BLOCK_ELEMENTS // max(1, L * width))
     return [slice(i, min(i + step, batch)) for i in range(0, batch, step)]
 

@@ -39,6 +39,7 @@ def load_recbole(tmp_path, name, **extra):
     """Load a prepared data set through RecBole with recbole-ssm's config precedence."""
     from recbole.data import create_dataset
 
+    from recbole_ssm import compat
     from recbole_ssm.quick_start import build_config
 
     config, _ = build_config(
@@ -46,7 +47,8 @@ def load_recbole(tmp_path, name, **extra):
         config_file_list=[str(tmp_path / "props" / "dataset" / f"{name}.yaml")],
         config_dict={"data_path": str(tmp_path / "data"), "show_progress": False, **extra},
     )
-    return config, create_dataset(config)
+    with compat.quiet_recbole():  # the known pandas warnings of RecBole's loader, as the package runs it
+        return config, create_dataset(config)
 
 
 def recbole_sequences(ds) -> dict:

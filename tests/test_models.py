@@ -121,7 +121,7 @@ def test_last_layer_at_the_read_position_equals_the_full_layer_gathered(dataset,
             x = layer(x, mask)
         return model.gather_indexes(x, lens - 1)
 
-    params = [p for p in model.parameters()]
+    params = list(model.parameters())
     fast = model(seq, lens)
     ref = full_path()
     torch.testing.assert_close(fast, ref, rtol=1e-10, atol=1e-12)
@@ -195,3 +195,21 @@ def test_invalid_hyperparameter_through_the_cli_exits_2(tiny_data, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert err.startswith("error: invalid d_conv=4") and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("gate_first", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+def test_gated_projection_at_index_equals_the_full_projection_gathered(gate_first, bias):
+    from recbole_ssm.layers.block import gated_projection
+
+    torch.manual_seed(0)
+    proj = torch.nn.Linear(6, 10, bias=bias).double()
+    hidden = torch.randn(4, 7, 6, dtype=torch.float64)
+    index = torch.tensor([0, 6, 3, 2])
+    gate, rest = gated_projection(proj, hidden, 3, gate_first)
+    full = proj(hidden)
+    torch.testing.assert_close(gate, full[..., :3] if gate_first else full[..., -3:])
+    torch.testing.assert_close(rest, full[..., 3:] if gate_first else full[..., :-3])
+    gate_at, rest_at = gated_projection(proj, hidden, 3, gate_first, index)
+    torch.testing.assert_close(gate_at, gate[torch.arange(4), index])
+    torch.testing.assert_close(rest_at, rest)

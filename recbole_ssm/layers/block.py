@@ -15,6 +15,26 @@ def take(t: torch.Tensor, index: torch.Tensor, dim: int = 1) -> torch.Tensor:
     return t[rows, index] if dim == 1 else t.movedim(dim, 1)[rows, index]
 
 
+def gated_projection(
+    proj: nn.Linear, hidden: torch.Tensor, gate_size: int, gate_first: bool, index: Optional[torch.Tensor] = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``proj(hidden)`` split into the gate (``gate_size`` features, first or last) and the rest.
+
+    Without ``index``: gate (B, L, gate_size) and rest (B, L, out - gate_size). With ``index``
+    (B,): the gate only at position ``index[b]`` of each row, (B, gate_size), since a gate is
+    read only where the output is.
+    """
+    rest_size = proj.out_features - gate_size
+    sizes = [gate_size, rest_size] if gate_first else [rest_size, gate_size]
+    if index is None:
+        parts = torch.split(proj(hidden), sizes, dim=-1)
+        return (parts[0], parts[1]) if gate_first else (parts[1], parts[0])
+    ws = proj.weight.split(sizes, dim=0)
+    bs = proj.bias.split(sizes) if proj.bias is not None else (None, None)
+    g, r = (0, 1) if gate_first else (1, 0)
+    return F.linear(take(hidden, index), ws[g], bs[g]), F.linear(hidden, ws[r], bs[r])
+
+
 class PFFN(nn.Module):
     """Position-wise feed-forward network: Linear d->4d, GELU, dropout, Linear 4d->d, dropout,
     residual, LayerNorm (the Mamba4Rec / seed-paper block)."""

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from recbole_ssm.layers.block import take
+from recbole_ssm.layers.block import gated_projection, take
 from recbole_ssm.layers.init import dt_bias_init
 from recbole_ssm.layers.norm import RMSNormGated
 from recbole_ssm.ops import mamba_chunk_scan_combined
@@ -60,12 +60,8 @@ class HydraMixer(nn.Module):
         keep = None if mask is None else mask.unsqueeze(-1).to(hidden.dtype)  # (B, L, 1)
         if keep is not None:
             hidden = hidden * keep
-        if index is not None:  # the gate z only where the output is read
-            w_z, w_rest = self.in_proj.weight.split([self.d_inner, self.conv_dim + 2 * self.nheads], dim=0)
-            z = F.linear(take(hidden, index), w_z)  # (B, D)
-            xbc, dt = torch.split(F.linear(hidden, w_rest), [self.conv_dim, 2 * self.nheads], dim=-1)
-        else:
-            z, xbc, dt = torch.split(self.in_proj(hidden), [self.d_inner, self.conv_dim, 2 * self.nheads], dim=-1)
+        z, rest = gated_projection(self.in_proj, hidden, self.d_inner, gate_first=True, index=index)
+        xbc, dt = torch.split(rest, [self.conv_dim, 2 * self.nheads], dim=-1)
         xbc = F.silu(self.conv1d(xbc.transpose(1, 2)).transpose(1, 2))  # (B, L, conv_dim), same length
         if keep is not None:
             xbc = xbc * keep  # conv bias makes padding non-zero; the backward scan must start empty

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from recbole_ssm.layers.block import take
+from recbole_ssm.layers.block import gated_projection, take
 from recbole_ssm.layers.init import dt_bias_init
 from recbole_ssm.ops import causal_conv1d_fn, selective_scan_fn
 
@@ -50,13 +50,10 @@ class MambaMixer(nn.Module):
     ) -> torch.Tensor:
         """hidden: (B, L, d_model) -> (B, L, d_model), or (B, d_model) at position ``index[b]`` of
         each row when ``index`` (B,) is given. ``mask`` is ignored: the block is causal."""
-        if index is not None:
-            w_x, w_z = self.in_proj.weight.chunk(2, dim=0)
-            x = F.linear(hidden, w_x).transpose(1, 2)  # (B, D, L)
-            z = F.linear(take(hidden, index), w_z)  # (B, D): the gate only where the output is read
-        else:
-            xz = self.in_proj(hidden).transpose(1, 2)  # (B, 2*D, L)
-            x, z = xz.chunk(2, dim=1)  # (B, D, L) each
+        z, x = gated_projection(self.in_proj, hidden, self.d_inner, gate_first=False, index=index)
+        x = x.transpose(1, 2)  # (B, D, L)
+        if index is None:
+            z = z.transpose(1, 2)  # (B, D, L); with index z is (B, D)
         x = causal_conv1d_fn(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu")
         x_dbl = self.x_proj(x.transpose(1, 2))  # (B, L, R + 2N)
         dt, b, c = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)

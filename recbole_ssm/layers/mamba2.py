@@ -6,9 +6,8 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from recbole_ssm.layers.block import take
+from recbole_ssm.layers.block import gated_projection, take
 from recbole_ssm.layers.init import dt_bias_init
 from recbole_ssm.layers.norm import RMSNormGated
 from recbole_ssm.ops import causal_conv1d_fn, mamba_chunk_scan_combined
@@ -42,12 +41,8 @@ class Mamba2Mixer(nn.Module):
         """hidden: (B, L, d_model) -> (B, L, d_model), or (B, d_model) at position ``index[b]`` of
         each row when ``index`` (B,) is given. ``mask`` is ignored: the block is causal."""
         bsz, seqlen, _ = hidden.shape
-        if index is not None:  # the gate z only where the output is read
-            w_z, w_rest = self.in_proj.weight.split([self.d_inner, self.conv_dim + self.nheads], dim=0)
-            z = F.linear(take(hidden, index), w_z)  # (B, D)
-            xbc, dt = torch.split(F.linear(hidden, w_rest), [self.conv_dim, self.nheads], dim=-1)
-        else:
-            z, xbc, dt = torch.split(self.in_proj(hidden), [self.d_inner, self.conv_dim, self.nheads], dim=-1)
+        z, rest = gated_projection(self.in_proj, hidden, self.d_inner, gate_first=True, index=index)
+        xbc, dt = torch.split(rest, [self.conv_dim, self.nheads], dim=-1)
         xbc = causal_conv1d_fn(xbc.transpose(1, 2), self.conv1d.weight.squeeze(1), self.conv1d.bias,
                                activation="silu").transpose(1, 2)  # (B, L, conv_dim)
         gn = self.ngroups * self.d_state

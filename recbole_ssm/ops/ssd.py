@@ -185,9 +185,9 @@ class _Chunks:
         self.xdt = self.x * self.dt.unsqueeze(-1)
         self.w = torch.exp(self.acum[..., -1:] - self.acum)  # weight of each position in its chunk's state
         self.chunk_decay = torch.exp(self.acum[..., -1]).view(bb, self.n_chunks, g, k, 1, 1)
-        self.S = self.C @ self.B.transpose(-1, -2)  # (R, g, T, T), shared by the heads of a group
+        S = self.C @ self.B.transpose(-1, -2)  # (R, g, T, T), shared by the heads of a group
         self.Ldec = _decay_matrix(self.acum)  # (R, g, k, T, T)
-        self.M = self.Ldec * self.S.unsqueeze(2)
+        self.M = self.Ldec * S.unsqueeze(2)
         self.any_state = self.h0 is not None or self.n_chunks > 1  # else nothing enters any chunk
         self.h_in = self.h_final = None
         if not (self.any_state or want_final):
@@ -298,13 +298,14 @@ class _ChunkedSSD(torch.autograd.Function):
     def backward(ctx, g_out, g_final=None):  # noqa: D102
         x, dt, A, B, C, D, z, h0 = ctx.saved_tensors
         batch, L, heads, p = x.shape
+        groups, N = B.shape[2], B.shape[3]
         g_x, g_dt = torch.empty_like(x), torch.empty_like(dt)
         g_B, g_C = torch.empty_like(B), torch.empty_like(C)
         g_A = torch.zeros_like(A)
         g_D = torch.zeros_like(D) if D is not None else None
         g_z = torch.empty_like(z) if z is not None else None
         g_h0 = torch.empty_like(h0) if h0 is not None else None
-        Dx = (D[:, None] if D.dim() == 1 else D) if D is not None else None
+        D_hp = (D[:, None] if D.dim() == 1 else D) if D is not None else None  # broadcast over (heads, p)
         for sl in _batch_blocks(batch, L, heads * p, x.device):
             ch = _Chunks(x[sl], dt[sl], A, B[sl], C[sl], h0[sl] if h0 is not None else None, ctx.T, g_final is not None)
             go = g_out[sl] if g_out is not None else torch.zeros_like(x[sl])
@@ -317,7 +318,7 @@ class _ChunkedSSD(torch.autograd.Function):
                 gy = go * (z[sl] * sig)
             else:
                 gy = go
-            gx_direct = gy * Dx if D is not None else None
+            gx_direct = gy * D_hp if D is not None else None
             if D is not None:
                 g_D += (gy * x_b).sum((0, 1)).sum(-1) if D.dim() == 1 else (gy * x_b).sum((0, 1))
             g_xdt, g_acum, gBk, gCk, G = ch.backward(ch.to_chunks(gy), g_final[sl] if g_final is not None else None)
@@ -329,9 +330,8 @@ class _ChunkedSSD(torch.autograd.Function):
             gx_b = ch.from_chunks(gxk, p)
             g_x[sl] = gx_b + gx_direct if gx_direct is not None else gx_b
             g_dt[sl] = ch.from_chunks(g_dtk.unsqueeze(-1), 1).squeeze(-1)
-            N = B.shape[-1]
-            g_B[sl] = gBk.transpose(1, 2).reshape(ch.bb, -1, B.shape[2], N)[:, :L]
-            g_C[sl] = gCk.transpose(1, 2).reshape(ch.bb, -1, B.shape[2], N)[:, :L]
+            g_B[sl] = gBk.transpose(1, 2).reshape(ch.bb, -1, groups, N)[:, :L]
+            g_C[sl] = gCk.transpose(1, 2).reshape(ch.bb, -1, groups, N)[:, :L]
             if g_h0 is not None:
                 g_h0[sl] = G.reshape(ch.bb, heads, p, N)
         return g_x, g_dt, g_A, g_B, g_C, g_D, g_z, g_h0, None, None

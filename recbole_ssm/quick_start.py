@@ -15,6 +15,7 @@ from typing import Any
 from recbole_ssm import compat
 from recbole_ssm.config import DEFAULT_DATASET, merged_user_config, property_files, read_yaml, resolve_dataset
 from recbole_ssm.errors import UsageError
+from recbole_ssm.regime import check_train_targets, prepare_data
 from recbole_ssm.registry import canonical_name, get_model
 from recbole_ssm.utils import count_parameters
 
@@ -53,6 +54,7 @@ def build_config(
             # RecBole validates settings in Config (metrics, topk, CE with negatives, ...)
             reason = " ".join(str(exc).split()) or type(exc).__name__
             raise UsageError(f"invalid configuration: {reason}") from None
+    check_train_targets(config, model_class)
     return config, model_class
 
 
@@ -78,7 +80,7 @@ def run(
     callbacks: list | None = None,
 ) -> RunOutput:
     """Train and test one model; ``callbacks`` are called as ``cb(epoch, valid_score, valid_result)``."""
-    from recbole.data import create_dataset, data_preparation
+    from recbole.data import create_dataset
     from recbole.utils import get_trainer, init_logger, init_seed, set_color
 
     config, model_class = build_config(model, dataset, config_file_list, config_dict)
@@ -91,7 +93,7 @@ def run(
     with compat.quiet_recbole():
         data = create_dataset(config)
         logger.info(data)
-        train_data, valid_data, test_data = data_preparation(config, data)
+        train_data, valid_data, test_data = prepare_data(config, data)
     t_data = time.perf_counter() - t0
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
@@ -171,7 +173,7 @@ def load_data_and_model(model_file: str):
     and model classes (``compat.load_checkpoint``), so a file from elsewhere cannot run code.
     Returns ``(config, model, dataset, train, valid, test)``.
     """
-    from recbole.data import create_dataset, data_preparation
+    from recbole.data import create_dataset
     from recbole.utils import init_logger, init_seed
 
     checkpoint = compat.load_checkpoint(model_file)
@@ -180,7 +182,7 @@ def load_data_and_model(model_file: str):
     init_logger(config)
     with compat.quiet_recbole():
         data = create_dataset(config)
-        train_data, valid_data, test_data = data_preparation(config, data)
+        train_data, valid_data, test_data = prepare_data(config, data)
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     net = get_model(config["model"])(config, train_data._dataset).to(config["device"])
     net.load_state_dict(checkpoint["state_dict"])

@@ -39,7 +39,15 @@ def recbole_sequential_models() -> list[str]:
 
 
 def available_sequential_models() -> list[str]:
-    return sorted(plugin_models()) + sorted(ALIASES) + recbole_sequential_models()
+    ours = plugin_models()
+    return sorted(ours) + sorted(ALIASES) + [m for m in recbole_sequential_models() if m not in ours]
+
+
+def models_supporting(train_targets: str) -> list[str]:
+    """Names of the plugin's models that train with ``train_targets`` ('last' or 'all')."""
+    from recbole_ssm.regime import supported_targets
+
+    return sorted(name for name, cls in plugin_models().items() if train_targets in supported_targets(cls))
 
 
 def canonical_name(name: str) -> str:

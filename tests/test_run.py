@@ -43,10 +43,18 @@ def test_objective_function_returns_recbole_keys(tiny_config):
 
 
 def test_get_model_falls_back_to_recbole():
-    from recbole.model.sequential_recommender import GRU4Rec, SASRec
+    from recbole.model.sequential_recommender import NARM, BERT4Rec
 
-    assert get_model("SASRec") is SASRec
-    assert get_model("GRU4Rec") is GRU4Rec
+    assert get_model("BERT4Rec") is BERT4Rec
+    assert get_model("NARM") is NARM
+
+
+def test_baselines_are_recboles_models_with_encode():
+    import recbole.model.sequential_recommender as rs
+
+    for name in ("SASRec", "GRU4Rec"):
+        cls = get_model(name)
+        assert cls.__name__ == name and issubclass(cls, getattr(rs, name)) and cls is not getattr(rs, name)
 
 
 def test_get_model_unknown_name_lists_sequential_models():

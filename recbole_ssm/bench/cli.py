@@ -9,18 +9,21 @@ from recbole_ssm.errors import UsageError
 USAGE = """\
 usage: run_recbole_ssm.py bench table --models=A,B --dataset=NAME [--seeds=3] [--output=DIR] [...]
        run_recbole_ssm.py bench efficiency --models=A,B --lengths=50,200 [--batch=16] [--device=cpu] [...]
+       run_recbole_ssm.py bench regimes --models=A,B --dataset=NAME [--batches=5] [...]
        run_recbole_ssm.py bench ops [...]       kernel micro-benchmarks (when installed)
 
   table       train and test each model per seed; mean +- std table (table.md, table.csv)
   efficiency  training-step time, inference time and peak memory against sequence length on
               synthetic sequences (efficiency.csv, PNG plots), with ratios to SASRec
-Run `bench table --help` or `bench efficiency --help` for the options.
+  regimes     training epoch time and memory under train_targets=last against all, on real data
+Run `bench table --help`, `bench efficiency --help` or `bench regimes --help` for the options.
 """
 
 COMMANDS = {
     "table": "recbole_ssm.bench.table",
     "efficiency": "recbole_ssm.bench.efficiency",
     "ops": "recbole_ssm.bench.ops",
+    "regimes": "recbole_ssm.bench.regimes",
 }
 
 

@@ -1,9 +1,15 @@
-"""recbole-ssm's RecBole models. ``MODELS`` maps each name to its class."""
+"""recbole-ssm's RecBole models. ``MODELS`` maps each name to its class.
 
+``SASRec`` and ``GRU4Rec`` are RecBole's own models with an ``encode`` added, so that the
+baselines train under ``train_targets: all`` too; under ``last`` they are RecBole's exactly.
+"""
+
+from recbole_ssm.models.gru4rec import GRU4Rec
 from recbole_ssm.models.hydra4rec import Hydra4Rec
 from recbole_ssm.models.mamba2rec import Mamba2Rec
 from recbole_ssm.models.mamba4rec import Mamba4Rec
 from recbole_ssm.models.recmamba import RecMamba
+from recbole_ssm.models.sasrec import SASRec
 from recbole_ssm.models.seqpop import SeqPop
 
 MODELS: dict = {
@@ -12,6 +18,8 @@ MODELS: dict = {
     "Hydra4Rec": Hydra4Rec,
     "RecMamba": RecMamba,
     "SeqPop": SeqPop,
+    "SASRec": SASRec,
+    "GRU4Rec": GRU4Rec,
 }
 
-__all__ = ["MODELS", "Mamba4Rec", "Mamba2Rec", "Hydra4Rec", "RecMamba", "SeqPop"]
+__all__ = ["MODELS", "GRU4Rec", "Hydra4Rec", "Mamba2Rec", "Mamba4Rec", "RecMamba", "SASRec", "SeqPop"]

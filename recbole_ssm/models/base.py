@@ -9,6 +9,8 @@ from recbole.model.loss import BPRLoss
 
 from recbole_ssm.errors import ConfigError
 from recbole_ssm.layers import SSMLayer
+from recbole_ssm.models.causal import CausalLoss
+from recbole_ssm.regime import TARGETS
 
 
 def require(config, key: str, ok, rule: str):
@@ -29,13 +31,14 @@ def positive_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v > 0
 
 
-class SSMRecommender(SequentialRecommender):
+class SSMRecommender(CausalLoss, SequentialRecommender):
     """Item embedding -> dropout -> LayerNorm -> N x SSMLayer -> state at the last real position.
 
     Subclasses give ``make_mixer(config)`` and set ``bidirectional`` when the mixer looks ahead
-    (then it gets a padding mask). Scores are dot products with the item embedding matrix.
-    Layers take ``(x, mask, index)``; the last one is called with ``index = item_seq_len - 1``
-    and returns only that position, (B, d).
+    (then it gets a padding mask, and the model trains with ``train_targets: last`` only).
+    Scores are dot products with the item embedding matrix. Layers take ``(x, mask, index)``;
+    in ``forward`` the last one is called with ``index = item_seq_len - 1`` and returns only
+    that position, (B, d); ``encode`` returns every position, (B, L, d).
     """
 
     bidirectional = False
@@ -77,8 +80,8 @@ class SSMRecommender(SequentialRecommender):
         if isinstance(module, nn.Linear) and module.bias is not None:
             module.bias.data.zero_()
 
-    def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
-        """item_seq: (B, L) right-padded with 0, item_seq_len: (B,) -> (B, hidden) at the last real item."""
+    def _layer_inputs(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor):
+        """(B, L) right-padded ids -> the first layer's input (B, L', d) and the padding mask (or None)."""
         if self.trim_padding:
             # Positions after the longest sequence are padding in every row; causal mixers never
             # look at them and the bidirectional one masks them, so dropping them changes nothing.
@@ -87,22 +90,30 @@ class SSMRecommender(SequentialRecommender):
         if self.bidirectional:
             positions = torch.arange(item_seq.size(1), device=item_seq.device)
             mask = positions.unsqueeze(0) < item_seq_len.unsqueeze(1)  # (B, L)
-        x = self.embed(item_seq)  # (B, L, d)
+        return self.embed(item_seq), mask  # (B, L, d)
+
+    def encode(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
+        """item_seq: (B, L) right-padded with 0 -> (B, L', d) output at every position (L' = L, or the
+        longest sequence of the batch with ``trim_padding``)."""
+        x, mask = self._layer_inputs(item_seq, item_seq_len)
+        for layer in self.layers:
+            x = layer(x, mask)
+        return x
+
+    def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
+        """item_seq: (B, L) right-padded with 0, item_seq_len: (B,) -> (B, hidden) at the last real item."""
+        x, mask = self._layer_inputs(item_seq, item_seq_len)
         for layer in self.layers[:-1]:
             x = layer(x, mask)
         # the loss and the scores read one position per row: the last layer computes only that one
         return self.layers[-1](x, mask, item_seq_len - 1)  # (B, d)
 
     def calculate_loss(self, interaction) -> torch.Tensor:
+        if TARGETS in interaction:
+            return self.all_positions_loss(interaction)
         seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
-        pos_items = interaction[self.POS_ITEM_ID]
-        if self.loss_type == "BPR":
-            neg_items = interaction[self.NEG_ITEM_ID]
-            pos_score = (seq_output * self.item_embedding(pos_items)).sum(-1)
-            neg_score = (seq_output * self.item_embedding(neg_items)).sum(-1)
-            return self.loss_fct(pos_score, neg_score)
-        logits = seq_output @ self.item_embedding.weight.t()  # (B, n_items)
-        return self.loss_fct(logits, pos_items)
+        neg = interaction[self.NEG_ITEM_ID] if self.loss_type == "BPR" else None
+        return self.target_loss(seq_output, interaction[self.POS_ITEM_ID], neg)
 
     def predict(self, interaction) -> torch.Tensor:
         seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])

@@ -13,6 +13,7 @@ class Hydra4Rec(SSMRecommender):
     """
 
     bidirectional = True
+    TRAIN_TARGETS = ("last",)  # every position would see its own target under ``all``
 
     def make_mixer(self, config):
         return HydraMixer(self.hidden_size, **ssd_settings(self, config, odd_conv=True))

@@ -1,0 +1,226 @@
+"""``bench regimes``: training epoch time and memory of ``train_targets: last`` against ``all``.
+
+Each (model, regime) point runs in its own process on the real data set: RecBole's data
+pipeline, the regime's training loader, the model and an Adam optimizer, then timed training
+steps (loading the batch, forward, backward, optimizer step) over the start of an epoch.
+``--batches=N`` times N steps after one warm-up step and extrapolates to the epoch (mean step
+time x steps per epoch); ``--batches=0`` times the whole epoch. Peak memory is the resident
+memory of the timed steps above what the process held before them. Finished points are kept
+in ``OUTPUT/runs/`` and reused by a later call with the same settings.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+import time
+from typing import Any
+
+from recbole_ssm.bench.common import (
+    CpuPeakMemory,
+    as_number,
+    csv_text,
+    exit_on_sigterm,
+    fingerprint,
+    machine_line,
+    markdown_table,
+    parse_model_specs,
+    progress,
+    read_record,
+    record_name,
+    run_worker,
+    settings_files_digest,
+    split_bench_args,
+    worker_entry,
+    write_record,
+)
+from recbole_ssm.errors import UsageError
+from recbole_ssm.utils import atomic_write_text
+
+USAGE = """\
+usage: run_recbole_ssm.py bench regimes --models=A,B [--dataset=ml-100k] [--batches=5] [--threads=0]
+           [--output=DIR] [--timeout=SECONDS] [--overwrite] [--KEY=VALUE ...]
+
+Times training under train_targets=last (RecBole's one sample per prefix) and train_targets=all
+(whole history windows, a target at every position) for each model on the real data set, in
+separate processes of one run, and writes DIR/regimes.md and DIR/regimes.csv (default DIR:
+results/regimes/<dataset>/) with the ratio last/all per model. --batches=N times N training
+steps after a warm-up step and extrapolates to the epoch; --batches=0 times whole epochs.
+"""
+
+DEFAULTS: dict[str, Any] = {
+    "models": None, "dataset": "ml-100k", "batches": "5", "threads": "0", "output": None,
+    "timeout": "0", "overwrite": False, "progress": "true",
+}
+REGIMES = ("last", "all")
+
+
+def _work(spec: dict) -> dict:
+    """Time one (model, regime) point in this process; return its record."""
+    import logging
+
+    import torch
+    from recbole.data import create_dataset
+    from recbole.utils import init_seed
+
+    from recbole_ssm import compat
+    from recbole_ssm.quick_start import build_config
+    from recbole_ssm.regime import prepare_data
+
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    logging.disable(logging.WARNING)
+    settings = {**spec["overrides"], "train_targets": spec["regime"]}
+    config, model_class = build_config(spec["model"], spec["dataset"], [], settings)
+    init_seed(config["seed"], config["reproducibility"])
+    t0 = time.perf_counter()
+    with compat.quiet_recbole():
+        train, _valid, _test = prepare_data(config, create_dataset(config))
+    data_s = time.perf_counter() - t0
+    model = model_class(config, train._dataset)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config["learning_rate"])
+    model.train()
+    steps = len(train)
+    limit = spec["batches"] + 1 if spec["batches"] else steps  # + the warm-up step
+
+    def step(batch) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        model.calculate_loss(batch).backward()
+        optimizer.step()
+
+    times: list[float] = []
+    batches = iter(train)
+    step(next(batches))  # warm-up: allocates the optimizer state, builds the CPU kernels
+    with CpuPeakMemory() as mem:
+        t = time.perf_counter()
+        for i, batch in enumerate(batches, start=1):
+            step(batch)
+            now = time.perf_counter()
+            times.append(now - t)
+            t = now
+            if i + 1 >= limit:
+                break
+    measured = len(times)
+    step_s = sum(times) / measured if measured else float("nan")
+    return {
+        "status": "ok",
+        "steps_per_epoch": steps,
+        "steps_timed": measured,
+        "step_s": step_s,
+        # the warm-up step is not timed: the epoch estimate counts it at the mean step time
+        "epoch_s": step_s * steps,
+        "extrapolated": measured < steps - 1,
+        "peak_mib": mem.mib,
+        "peak_method": mem.method,
+        "data_s": data_s,
+        "targets_per_epoch": int(getattr(train, "n_targets", len(train._dataset))),
+        "samples_per_epoch": int(getattr(train, "sample_size", len(train._dataset))),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def _rows(specs, records) -> tuple[list[str], list[list], list[str], list[list]]:
+    md_header = ["Model", "Regime", "Samples/epoch", "Targets/epoch", "Steps/epoch", "Step (s)", "Epoch (s)",
+                 "Train peak (MiB)", "Epoch last/all"]
+    csv_header = ["model", "regime", "samples_per_epoch", "targets_per_epoch", "steps_per_epoch", "steps_timed",
+                  "step_s", "epoch_s", "extrapolated", "peak_mib", "epoch_ratio_last_all"]
+    md_rows, csv_rows = [], []
+    for spec in specs:
+        last, every = records.get((spec.label, "last"), {}), records.get((spec.label, "all"), {})
+        ok = last.get("status") == "ok" and every.get("status") == "ok"
+        ratio = last["epoch_s"] / every["epoch_s"] if ok else None
+        for regime in REGIMES:
+            r = records.get((spec.label, regime))
+            if r is None:
+                continue
+            if r.get("status") != "ok":
+                md_rows.append([spec.label, regime] + [r.get("status")] + ["-"] * 6)
+                csv_rows.append([spec.label, regime] + [""] * 9)
+                continue
+            est = "~" if r["extrapolated"] else ""
+            md_rows.append([spec.label, regime, r["samples_per_epoch"], r["targets_per_epoch"], r["steps_per_epoch"],
+                            f"{r['step_s']:.3f}", f"{est}{r['epoch_s']:.0f}", f"{r['peak_mib']:.0f}",
+                            f"{ratio:.1f}x" if ratio and regime == "all" else ""])
+            csv_rows.append([spec.label, regime, r["samples_per_epoch"], r["targets_per_epoch"], r["steps_per_epoch"],
+                             r["steps_timed"], f"{r['step_s']:.6g}", f"{r['epoch_s']:.6g}", r["extrapolated"],
+                             f"{r['peak_mib']:.6g}", f"{ratio:.6g}" if ratio else ""])
+    return md_header, md_rows, csv_header, csv_rows
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of ``bench regimes``."""
+    if any(a in ("-h", "--help", "help") for a in argv[:1]):
+        print(USAGE, end="")
+        return 0
+    own, overrides = split_bench_args(argv, DEFAULTS)
+    exit_on_sigterm()
+    specs = parse_model_specs(own["models"])
+    dataset = own["dataset"]
+    batches = as_number(own["batches"], "batches", int, 0)
+    threads = as_number(own["threads"], "threads", int, 0)
+    timeout = as_number(own["timeout"], "timeout", float, 0) or None
+    show = str(own["progress"]).lower() not in ("0", "false", "no", "off")
+    if "train_targets" in overrides:
+        raise UsageError("--train_targets is set by bench regimes itself: it measures both")
+    output = own["output"] or os.path.join("results", "regimes", dataset)
+
+    from recbole_ssm.quick_start import build_config
+
+    for spec in specs:  # invalid settings (e.g. a model without `all`) fail before any work
+        for regime in REGIMES:
+            build_config(spec.name, dataset, [], {**overrides, **spec.overrides, "train_targets": regime})
+
+    records: dict[tuple[str, str], dict] = {}
+    todo = []
+    for spec in specs:
+        for regime in REGIMES:
+            fp = fingerprint({"dataset": dataset, "model": spec.name, "spec": spec.overrides, "regime": regime,
+                              "overrides": overrides, "batches": batches, "threads": threads,
+                              "files": settings_files_digest(spec.name, dataset)})
+            path = os.path.join(output, "runs", record_name(spec.label, regime))
+            rec = read_record(path)
+            if rec is not None and rec.get("fingerprint") != fp and not own["overwrite"]:
+                raise UsageError(f"{path} was measured with other settings; use another --output or add --overwrite")
+            if rec is not None and rec.get("status") == "ok" and rec.get("fingerprint") == fp:
+                records[(spec.label, regime)] = rec
+            else:
+                todo.append((spec, regime, path, fp))
+    bar = progress(todo, len(todo), "bench regimes", show)
+    for spec, regime, path, fp in bar:
+        bar.set_postfix_str(f"{spec.label} {regime}")
+        work = {"model": spec.name, "dataset": dataset, "overrides": {**overrides, **spec.overrides},
+                "regime": regime, "batches": batches, "threads": threads}
+        log = os.path.join(output, "logs", record_name(spec.label, regime)[:-5] + ".log")
+        rec = run_worker("recbole_ssm.bench.regimes", work, timeout, log_path=os.path.abspath(log))
+        rec.update({"fingerprint": fp, "model": spec.label, "regime": regime,
+                    "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+        write_record(path, rec)
+        records[(spec.label, regime)] = rec
+        if rec["status"] != "ok":
+            bar.write(f"bench regimes: {spec.label} {regime}: {rec['status']}: {rec.get('error', '')} (log: {log})")
+
+    md_header, md_rows, csv_header, csv_rows = _rows(specs, records)
+    table = markdown_table(md_header, md_rows)
+    done = [r for r in records.values() if r.get("status") == "ok"]
+    header = (
+        f"# {dataset}: training epoch, train_targets=last against all\n\n"
+        f"Command: `python run_recbole_ssm.py bench regimes {' '.join(argv)}`\n\n"
+        f"Machine: {machine_line()}; runs used {done[0]['torch_threads'] if done else '?'} torch threads.\n\n"
+        + ("'~': epoch time extrapolated from the timed steps (mean step time x steps per epoch).\n\n"
+           if any(r.get("extrapolated") for r in done) else "")
+    )
+    os.makedirs(output, exist_ok=True)
+    atomic_write_text(os.path.join(output, "regimes.md"), header + table)
+    atomic_write_text(os.path.join(output, "regimes.csv"), csv_text(csv_header, csv_rows))
+    print(table, end="", flush=True)
+    print(f"wrote {os.path.join(output, 'regimes.md')} and regimes.csv", file=sys.stderr)
+    return 0 if len(done) == len(records) else 1
+
+
+if __name__ == "__main__":
+    code = worker_entry(sys.argv[1:], _work)
+    if code == -1:
+        print("error: this module is run by `run_recbole_ssm.py bench regimes`", file=sys.stderr)
+        code = 2
+    sys.exit(code)

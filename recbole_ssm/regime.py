@@ -1,0 +1,188 @@
+"""Training regimes: ``train_targets: last`` (RecBole's prefix augmentation) or ``all``.
+
+``last`` trains one sample per prefix of every history, each read at its last position:
+RecBole's own sequential training, unchanged. ``all`` trains a causal model on whole
+histories with a target at every position. For a causal model the output at position t of a
+history is the output of the prefix that ends at t, so ``all`` trains the same targets as
+``last`` in one pass per history instead of one pass per prefix.
+
+The ``all`` samples are windows of each user's training history (what RecBole's split left for
+training), cut as follows. A user whose training history is ``x_0 .. x_T`` has T targets
+``x_1 .. x_T``; target ``x_{i+1}`` is predicted at input position i. The T input positions are
+cut into windows of at most ``MAX_ITEM_LIST_LENGTH``, from the newest backwards, so the newest
+window is full and the oldest holds the remainder: T = 450 at L = 200 gives the windows of
+inputs ``[250, 450)``, ``[50, 250)`` and ``[0, 50)``. Every target is trained exactly once per
+epoch. A target whose history is no longer than L sees exactly the context it sees under
+``last``; in a user longer than L, a target early in a window sees less context than ``last``
+gives it (the window's start, not L items back).
+
+Validation and test are RecBole's full-sort evaluation of the last position in both regimes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from recbole.data.dataloader.abstract_dataloader import AbstractDataLoader
+from recbole.data.interaction import Interaction
+
+from recbole_ssm.errors import ConfigError
+
+TRAIN_TARGETS = ("last", "all")
+# Interaction fields of an ``all`` batch besides RecBole's item list and its length:
+TARGETS = "target_item_id_list"  # (B, L) the next item at every input position, 0 on padding
+NEG_TARGETS = "neg_target_item_id_list"  # (B, L) one sampled negative per position (BPR only)
+
+
+def supported_targets(model_class) -> tuple:
+    """The ``train_targets`` values a model class can train with (RecBole's models: ``last`` only)."""
+    return getattr(model_class, "TRAIN_TARGETS", ("last",))
+
+
+def check_train_targets(config, model_class) -> str:
+    """Return ``config['train_targets']`` ('last' when unset), or raise a ConfigError naming the fix."""
+    value = config["train_targets"] or "last"
+    if value not in TRAIN_TARGETS:
+        raise ConfigError(f"invalid train_targets={value!r}: 'last' (one sample per prefix) or 'all'")
+    name = model_class.__name__
+    if value not in supported_targets(model_class):
+        if getattr(model_class, "bidirectional", False):
+            raise ConfigError(
+                f"train_targets=all cannot train {name}: it is bidirectional, so every position would see "
+                "its own target; use train_targets=last"
+            )
+        from recbole_ssm.registry import models_supporting
+
+        raise ConfigError(
+            f"train_targets=all is not available for {name}; models that support it: "
+            + ", ".join(models_supporting("all"))
+        )
+    if value == "all":
+        size = config["train_window_batch_size"]
+        if not (isinstance(size, int) and not isinstance(size, bool) and size > 0):
+            raise ConfigError(f"invalid train_window_batch_size={size!r}: a positive integer (windows per batch)")
+    return value
+
+
+def training_histories(dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each user's training history, rebuilt from RecBole's prefix samples of the training split.
+
+    RecBole keeps a user's prefix samples together and in time order; the first sample's item
+    list starts the history and each sample's target extends it. Returns
+    ``(items, offsets, users)``: the histories concatenated (N,), their bounds (U + 1,) and
+    their users (U,). Raises ValueError where the samples do not chain (a RecBole change).
+    """
+    feat = dataset.inter_feat
+    seq_field, len_field = dataset.item_id_list_field, dataset.item_list_length_field
+    users = feat[dataset.uid_field].numpy()
+    targets = feat[dataset.iid_field].numpy()
+    lengths = feat[len_field].numpy()
+    lists = feat[seq_field].numpy()
+    n = len(users)
+    if n == 0:
+        empty = torch.zeros(0, dtype=torch.long)
+        return empty, torch.zeros(1, dtype=torch.long), empty
+    first = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])  # first sample of each user's run
+    if len(np.unique(users[first])) != len(first):
+        raise ValueError("training samples of a user are not contiguous: cannot rebuild histories")
+    # inside a run, sample r + 1's item list ends with sample r's target
+    inner = np.setdiff1d(np.arange(1, n), first)
+    last_input = lists[inner, lengths[inner] - 1]
+    if not np.array_equal(last_input, targets[inner - 1]):
+        raise ValueError("training samples do not chain in time order: cannot rebuild histories")
+    head = [lists[r, : lengths[r]] for r in first]  # the item list of each user's first sample
+    run_ends = np.r_[first[1:], n]
+    parts = []
+    for h, start, end in zip(head, first, run_ends):
+        parts.append(h)
+        parts.append(targets[start:end])
+    sizes = np.array([len(h) + (e - s) for h, s, e in zip(head, first, run_ends)], dtype=np.int64)
+    items = torch.from_numpy(np.concatenate(parts).astype(np.int64))
+    offsets = torch.from_numpy(np.r_[0, np.cumsum(sizes)])
+    return items, offsets, torch.from_numpy(users[first].astype(np.int64))
+
+
+def cut_windows(history_lengths: torch.Tensor, max_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Windows of input positions for histories of the given lengths (see the module docstring).
+
+    A history of length n has n - 1 input positions with a target. Returns ``(history, start,
+    size)`` per window: the history's index, the window's first input position in it and its
+    number of inputs (1..max_len), newest window of each history first.
+    """
+    positions = (history_lengths - 1).clamp_min(0)  # (U,) inputs that have a target
+    counts = (positions + max_len - 1) // max_len  # (U,) windows per history
+    history = torch.repeat_interleave(torch.arange(len(positions)), counts)  # (W,)
+    # j-th window from the newest: inputs [n - (j + 1) L, n - j L), clipped at 0
+    first_of = torch.cumsum(counts, 0) - counts
+    j = torch.arange(len(history)) - first_of[history]
+    end = positions[history] - j * max_len
+    start = (end - max_len).clamp_min(0)
+    return history, start, end - start
+
+
+class AllPositionsDataLoader(AbstractDataLoader):
+    """RecBole training dataloader for ``train_targets: all``: batches of history windows.
+
+    Each batch is an Interaction with RecBole's item list field (B, W) right-padded with 0, its
+    length field (B,), the user field (B,), and ``TARGETS`` (B, W): the item that follows each
+    input position (0 on padding), where W is the longest window of the batch. With BPR,
+    ``NEG_TARGETS`` (B, W) holds one uniformly sampled negative per position, never the target.
+    Windows are shuffled every epoch with RecBole's seeded generator; ``train_window_batch_size``
+    windows make a batch.
+    """
+
+    def __init__(self, config, dataset, sampler=None, shuffle=True):
+        self.items, offsets, self.users = training_histories(dataset)
+        history, start, self.sizes = cut_windows(offsets[1:] - offsets[:-1], config["MAX_ITEM_LIST_LENGTH"])
+        self.window_user = self.users[history]  # (W,)
+        self.starts = offsets[:-1][history] + start  # (W,) into self.items
+        self.sample_size = len(self.sizes)
+        self.n_items = dataset.item_num
+        self.bpr = config["loss_type"] == "BPR"
+        self.seq_field = dataset.item_id_list_field
+        self.len_field = dataset.item_list_length_field
+        self.uid_field = dataset.uid_field
+        super().__init__(config, dataset, sampler, shuffle=shuffle)
+
+    def _init_batch_size_and_step(self):
+        self.step = self.config["train_window_batch_size"]
+        self.set_batch_size(self.step)
+
+    @property
+    def n_targets(self) -> int:
+        """Targets trained per epoch (the number of prefix samples of the ``last`` regime)."""
+        return int(self.sizes.sum())
+
+    def collate_fn(self, index):
+        index = torch.as_tensor(np.asarray(index), dtype=torch.long)
+        sizes, starts = self.sizes[index], self.starts[index]  # (B,)
+        width = int(sizes.max())
+        pos = torch.arange(width)
+        real = pos.unsqueeze(0) < sizes.unsqueeze(1)  # (B, W)
+        at = (starts.unsqueeze(1) + pos).clamp_max(len(self.items) - 2)  # (B, W) clipped where not real
+        seq = torch.where(real, self.items[at], 0)
+        targets = torch.where(real, self.items[at + 1], 0)
+        batch = {self.uid_field: self.window_user[index], self.seq_field: seq, self.len_field: sizes,
+                 TARGETS: targets}
+        if self.bpr:
+            batch[NEG_TARGETS] = torch.where(real, self._negatives(targets), 0)
+        return Interaction(batch)
+
+    def _negatives(self, targets: torch.Tensor) -> torch.Tensor:
+        """Uniform items in 1..n_items-1, redrawn where they hit the target (B, W)."""
+        neg = torch.randint(1, self.n_items, targets.shape)
+        clash = neg == targets
+        while clash.any():
+            neg[clash] = torch.randint(1, self.n_items, (int(clash.sum()),))
+            clash = neg == targets
+        return neg
+
+
+def prepare_data(config, dataset):
+    """RecBole's ``data_preparation``; under ``train_targets: all`` the training loader yields windows."""
+    from recbole.data import data_preparation
+
+    train, valid, test = data_preparation(config, dataset)
+    if (config["train_targets"] or "last") == "all":
+        train = AllPositionsDataLoader(config, train._dataset, shuffle=config["shuffle"])
+    return train, valid, test

@@ -1,0 +1,293 @@
+"""train_targets: all — windows, the memory-bounded CE, and parity with the prefix regime."""
+
+from __future__ import annotations
+
+import collections
+
+import pytest
+import torch
+
+from recbole_ssm.cli import main
+from recbole_ssm.errors import ConfigError
+from recbole_ssm.ops.cross_entropy import chunk_rows, linear_cross_entropy, linear_cross_entropy_ref
+from recbole_ssm.quick_start import build_config
+from recbole_ssm.regime import NEG_TARGETS, TARGETS, AllPositionsDataLoader, cut_windows, training_histories
+from tests.conftest import TINY
+
+CAUSAL = ["Mamba4Rec", "Mamba2Rec", "RecMamba", "SASRec", "GRU4Rec"]
+NO_DROPOUT = {"dropout_prob": 0.0, "hidden_dropout_prob": 0.0, "attn_dropout_prob": 0.0}
+SMALL = {"hidden_size": 16, "embedding_size": 16, "inner_size": 32, "headdim": 8, "d_state": 8, "chunk_size": 4}
+
+
+# ---------------------------------------------------------------------------------------
+# the memory-bounded cross-entropy
+
+
+@pytest.mark.parametrize("seed,P,n,d,budget", [(1, 37, 29, 5, 1e9), (2, 101, 53, 7, 3 * 53 * 8 / 2**20),
+                                                (3, 64, 17, 16, 1 * 17 * 8 / 2**20), (4, 1, 3, 2, 1e-9)])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_linear_cross_entropy_matches_reference_with_gradients(seed, P, n, d, budget, reduction):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(P, d, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(n, d, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, n, (P,), generator=g)
+    up = torch.rand((), generator=g, dtype=torch.float64) + 0.5  # a non-unit upstream gradient
+    ref = linear_cross_entropy_ref(h, w, t, reduction)
+    dh_ref, dw_ref = torch.autograd.grad(ref * up, (h, w))
+    out = linear_cross_entropy(h, w, t, reduction, budget_mib=budget)
+    dh, dw = torch.autograd.grad(out * up, (h, w))
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(dh, dh_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(dw, dw_ref, rtol=1e-12, atol=1e-12)
+
+
+def test_linear_cross_entropy_chunks_to_the_budget():
+    assert chunk_rows(1000, 1.0, 4) == 2**20 // 4000
+    assert chunk_rows(10**9, 1.0, 4) == 1  # never zero rows
+    h, w = torch.randn(5, 3), torch.randn(4, 3)
+    with torch.no_grad():  # scoring only: same value, no gradient work needed
+        torch.testing.assert_close(linear_cross_entropy(h, w, torch.tensor([0, 1, 2, 3, 0]), budget_mib=1e-9),
+                                   linear_cross_entropy_ref(h, w, torch.tensor([0, 1, 2, 3, 0])))
+
+
+# ---------------------------------------------------------------------------------------
+# windows
+
+
+@pytest.mark.parametrize("seed", [5, 6, 7])
+@pytest.mark.parametrize("max_len", [1, 3, 8])
+def test_windows_cover_every_target_once_newest_window_full(seed, max_len):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(0, 40, (23,), generator=g)
+    history, start, size = cut_windows(lengths, max_len)
+    assert (size >= 1).all() and (size <= max_len).all()
+    for u, n in enumerate(lengths.tolist()):
+        mine = (history == u).nonzero().flatten()
+        covered = sorted(p for w in mine.tolist() for p in range(start[w], start[w] + size[w]))
+        assert covered == list(range(max(n - 1, 0)))  # input positions 0..n-2, each once
+        if len(mine):
+            newest = mine[0]
+            assert start[newest] + size[newest] == n - 1
+            assert size[newest] == min(max_len, n - 1)
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tiny_data):
+    """ml-tiny with windows of 7: most users are longer than one window."""
+    from recbole.data import create_dataset, data_preparation
+
+    from recbole_ssm import compat
+
+    config, _ = build_config("Mamba2Rec", "ml-tiny", None, {**TINY, "data_path": tiny_data,
+                                                             "MAX_ITEM_LIST_LENGTH": 7, "train_targets": "all"})
+    with compat.quiet_recbole():
+        train, _valid, test = data_preparation(config, create_dataset(config))
+    return config, train._dataset, test._dataset
+
+
+def test_training_histories_are_the_users_sequences_without_valid_and_test(tiny_dataset, tiny_data):
+    from recbole.data import create_dataset, data_preparation
+
+    from recbole_ssm import compat
+
+    _config, train, _test = tiny_dataset
+    items, offsets, users = training_histories(train)
+    # reference: with windows longer than any history, each test sample holds the whole
+    # history before the test item; dropping its last (the validation target) leaves training
+    long_cfg, _ = build_config("Mamba2Rec", "ml-tiny", None, {**TINY, "data_path": tiny_data,
+                                                               "MAX_ITEM_LIST_LENGTH": 1000})
+    with compat.quiet_recbole():
+        test_long = data_preparation(long_cfg, create_dataset(long_cfg))[2]._dataset.inter_feat
+    expected = {int(u): s[: n - 1].tolist() for u, s, n in
+                zip(test_long["user_id"], test_long["item_id_list"], test_long["item_length"])}
+    got = {int(u): items[offsets[i]: offsets[i + 1]].tolist() for i, u in enumerate(users)}
+    assert got == expected
+    assert any(len(h) > 20 for h in got.values())  # users longer than the window are covered
+
+
+def test_all_loader_trains_exactly_the_prefix_targets(tiny_dataset):
+    config, train, _test = tiny_dataset
+    loader = AllPositionsDataLoader(config, train, shuffle=True)
+    items, offsets, users = training_histories(train)
+    history = {int(u): items[offsets[i]: offsets[i + 1]] for i, u in enumerate(users)}
+    seen = collections.Counter()
+    for batch in loader:
+        seq, n, tgt = batch["item_id_list"], batch["item_length"], batch[TARGETS]
+        assert seq.size(1) <= 7 and seq.size(1) == int(n.max())
+        for row in range(len(n)):
+            k = int(n[row])
+            assert (seq[row, k:] == 0).all() and (tgt[row, k:] == 0).all()  # padding: no input, no target
+            assert (tgt[row, : k - 1] == seq[row, 1:k]).all()  # the target at t is the input at t + 1
+            h = history[int(batch["user_id"][row])]
+            # the window is a contiguous piece of the history and its targets follow it
+            starts = [s for s in range(len(h) - k) if torch.equal(h[s: s + k], seq[row, :k])]
+            assert any(torch.equal(h[s + 1: s + k + 1], tgt[row, :k]) for s in starts)
+            seen.update((int(batch["user_id"][row]), int(t)) for t in tgt[row, :k])
+    prefix = collections.Counter(zip(train.inter_feat["user_id"].tolist(), train.inter_feat["item_id"].tolist()))
+    assert seen == prefix  # every prefix target once per epoch, nothing else
+    assert loader.n_targets == len(train)
+
+
+def test_all_loader_samples_bpr_negatives_that_are_not_the_target(tiny_dataset):
+    config, train, _test = tiny_dataset
+    config["loss_type"] = "BPR"
+    try:
+        batch = next(iter(AllPositionsDataLoader(config, train)))
+    finally:
+        config["loss_type"] = "CE"
+    real = batch[TARGETS] > 0
+    neg = batch[NEG_TARGETS]
+    assert (neg[real] != batch[TARGETS][real]).all() and (neg[real] >= 1).all() and (neg[~real] == 0).all()
+
+
+# ---------------------------------------------------------------------------------------
+# the loss under `all` equals the prefix regime's over the same targets
+
+
+def make_model(name, dataset, tiny_data, **over):
+    config, cls = build_config(name, "ml-tiny", None, {**TINY, **SMALL, **NO_DROPOUT, "data_path": tiny_data,
+                                                        "MAX_ITEM_LIST_LENGTH": 12, **over})
+    torch.manual_seed(3)
+    return cls(config, dataset).double().train()
+
+
+def random_histories(n_items, lengths, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(1, n_items, (n,), generator=g) for n in lengths]
+
+
+def window_batch(histories, width, neg_of=None, junk_padding=False, n_items=None):
+    """One window per history (each no longer than width + 1 items), as AllPositionsDataLoader builds it."""
+    from recbole.data.interaction import Interaction
+
+    b = len(histories)
+    seq = torch.zeros(b, width, dtype=torch.long)
+    tgt = torch.zeros(b, width, dtype=torch.long)
+    for r, h in enumerate(histories):
+        seq[r, : len(h) - 1], tgt[r, : len(h) - 1] = h[:-1], h[1:]
+    lens = torch.tensor([len(h) - 1 for h in histories])
+    if junk_padding:  # causal outputs at real positions must not read what follows them
+        pad = torch.arange(width).unsqueeze(0) >= lens.unsqueeze(1)
+        seq[pad] = torch.randint(1, n_items, (int(pad.sum()),), generator=torch.Generator().manual_seed(9))
+    batch = {"item_id_list": seq, "item_length": lens, TARGETS: tgt}
+    if neg_of is not None:
+        batch[NEG_TARGETS] = torch.where(tgt > 0, neg_of(tgt), 0)
+    return Interaction(batch)
+
+
+def prefix_batch(histories, width, neg_of=None):
+    """Every prefix of every history as its own right-padded sample: RecBole's augmentation."""
+    from recbole.data.interaction import Interaction
+
+    rows, lens, pos = [], [], []
+    for h in histories:
+        for k in range(1, len(h)):
+            row = torch.zeros(width, dtype=torch.long)
+            row[:k] = h[:k]
+            rows.append(row)
+            lens.append(k)
+            pos.append(int(h[k]))
+    batch = {"item_id_list": torch.stack(rows), "item_length": torch.tensor(lens), "item_id": torch.tensor(pos)}
+    if neg_of is not None:
+        batch["neg_item_id"] = neg_of(batch["item_id"])
+    return Interaction(batch)
+
+
+def loss_and_grads(model, batch, scale):
+    model.zero_grad()
+    loss = model.calculate_loss(batch) * scale
+    loss.backward()
+    return loss.detach(), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("name", CAUSAL)
+@pytest.mark.parametrize("loss_type", ["CE", "BPR"])
+def test_all_positions_loss_equals_prefix_loss_with_gradients(name, loss_type, tiny_dataset, tiny_data):
+    _config, train, _test = tiny_dataset
+    model = make_model(name, train, tiny_data, loss_type=loss_type,
+                       **({"train_neg_sample_args": {"distribution": "uniform", "sample_num": 1}}
+                          if loss_type == "BPR" else {}))
+    histories = random_histories(model.n_items, [13, 2, 7, 10, 5], seed=21)  # odd lengths, one at L + 1
+    neg_of = (lambda t: (t * 7 + 3) % (model.n_items - 1) + 1) if loss_type == "BPR" else None
+    windows = window_batch(histories, 12, neg_of)
+    prefixes = prefix_batch(histories, 12, neg_of)
+    n = len(prefixes)  # both losses are means over the same n targets
+    loss_all, grads_all = loss_and_grads(model, windows, n)
+    loss_last, grads_last = loss_and_grads(model, prefixes, n)
+    torch.testing.assert_close(loss_all, loss_last, rtol=1e-10, atol=1e-10)
+    assert grads_all.keys() == grads_last.keys() and grads_all
+    for key in grads_all:
+        torch.testing.assert_close(grads_all[key], grads_last[key], rtol=1e-8, atol=1e-10, msg=key)
+
+
+@pytest.mark.parametrize("name", CAUSAL)
+def test_padding_of_a_window_carries_no_loss_and_no_gradient(name, tiny_dataset, tiny_data):
+    _config, train, _test = tiny_dataset
+    model = make_model(name, train, tiny_data, trim_padding=False)
+    histories = random_histories(model.n_items, [4, 9, 3], seed=22)
+    clean = loss_and_grads(model, window_batch(histories, 12), 1.0)
+    junk = loss_and_grads(model, window_batch(histories, 12, junk_padding=True, n_items=model.n_items), 1.0)
+    torch.testing.assert_close(junk[0], clean[0], rtol=1e-12, atol=1e-12)
+    for key in clean[1]:
+        if key.endswith("item_embedding.weight"):  # junk items get no gradient row, real ones the same
+            continue
+        torch.testing.assert_close(junk[1][key], clean[1][key], rtol=1e-10, atol=1e-12, msg=key)
+
+
+# ---------------------------------------------------------------------------------------
+# the baselines are RecBole's models under `last`
+
+
+@pytest.mark.parametrize("name", ["SASRec", "GRU4Rec"])
+def test_baselines_behave_exactly_as_recboles_under_last(name, tiny_dataset, tiny_data):
+    import recbole.model.sequential_recommender as rs
+
+    _config, train, _test = tiny_dataset
+    ours = make_model(name, train, tiny_data).float().eval()
+    config, _ = build_config(name, "ml-tiny", None, {**TINY, **SMALL, "data_path": tiny_data,
+                                                      "MAX_ITEM_LIST_LENGTH": 12})
+    theirs = getattr(rs, name)(config, train).eval()
+    assert type(ours).__mro__[2] is type(theirs)  # ours is a subclass, not a copy
+    theirs.load_state_dict(ours.state_dict())
+    histories = random_histories(ours.n_items, [9, 3, 12, 6], seed=23)
+    batch = prefix_batch(histories, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.calculate_loss(batch), theirs.calculate_loss(batch), rtol=0, atol=0)
+        torch.testing.assert_close(ours.full_sort_predict(batch), theirs.full_sort_predict(batch), rtol=0, atol=0)
+        # encode read at the last position is forward
+        enc = ours.encode(batch["item_id_list"], batch["item_length"])
+        read = enc[torch.arange(len(batch)), batch["item_length"] - 1]
+        torch.testing.assert_close(read, theirs.forward(batch["item_id_list"], batch["item_length"]))
+
+
+# ---------------------------------------------------------------------------------------
+# configuration and a whole run
+
+
+def test_bidirectional_hydra_refuses_all_with_a_config_error(tiny_data):
+    with pytest.raises(ConfigError, match="bidirectional"):
+        build_config("Hydra4Rec", "ml-tiny", None, {**TINY, "data_path": tiny_data, "train_targets": "all"})
+
+
+@pytest.mark.parametrize("over,match", [
+    ({"model": "BERT4Rec", "train_targets": "all"}, "models that support it: GRU4Rec, Mamba2Rec"),
+    ({"train_targets": "every"}, "invalid train_targets='every'"),
+    ({"train_targets": "all", "train_window_batch_size": 0}, "invalid train_window_batch_size=0"),
+])
+def test_bad_train_targets_settings_are_one_line_errors(over, match, tiny_data, capsys):
+    args = [f"--model={over.pop('model', 'Mamba2Rec')}", "--dataset=ml-tiny", f"--data_path={tiny_data}"]
+    args += [f"--{k}={v}" for k, v in over.items()]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and match in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_a_run_under_all_trains_on_windows_and_scores_like_last(tiny_config):
+    from recbole_ssm.quick_start import run
+
+    out = run("Mamba2Rec", "ml-tiny", None, {**tiny_config, **SMALL, "train_targets": "all", "epochs": 2},
+              saved=False)
+    assert out.config["train_targets"] == "all"
+    assert set(out.result["test_result"]) == {"hit@10", "ndcg@10", "mrr@10"}
+    assert out.result["best_valid_result"]["hit@10"] > 0

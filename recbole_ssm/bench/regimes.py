@@ -139,8 +139,9 @@ def _rows(specs, records) -> tuple[list[str], list[list], list[str], list[list]]
                 csv_rows.append([spec.label, regime] + [""] * 9)
                 continue
             est = "~" if r["extrapolated"] else ""
+            epoch = f"{r['epoch_s']:.0f}" if r["epoch_s"] >= 100 else f"{r['epoch_s']:.1f}"
             md_rows.append([spec.label, regime, r["samples_per_epoch"], r["targets_per_epoch"], r["steps_per_epoch"],
-                            f"{r['step_s']:.3f}", f"{est}{r['epoch_s']:.0f}", f"{r['peak_mib']:.0f}",
+                            f"{r['step_s']:.3f}", est + epoch, f"{r['peak_mib']:.0f}",
                             f"{ratio:.1f}x" if ratio and regime == "all" else ""])
             csv_rows.append([spec.label, regime, r["samples_per_epoch"], r["targets_per_epoch"], r["steps_per_epoch"],
                              r["steps_timed"], f"{r['step_s']:.6g}", f"{r['epoch_s']:.6g}", r["extrapolated"],

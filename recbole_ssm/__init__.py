@@ -1,6 +1,10 @@
 """recbole-ssm: state space model sequential recommenders (Mamba, Mamba2, Hydra) for RecBole."""
 
+from recbole_ssm import compat
+
 __version__ = "0.1.0"
+
+compat.restore_numpy_aliases()  # RecBole's metrics need them in every process (see compat.py)
 
 
 def get_model(name):

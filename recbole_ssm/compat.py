@@ -14,8 +14,6 @@ import types
 import warnings
 from typing import Iterator
 
-import torch
-
 
 # RecBole's Config parses sys.argv by itself; the API must not pick up the host program's
 # arguments (pytest's, a Ray worker's), so Config is always built with an empty argv.
@@ -27,6 +25,28 @@ def isolated_argv() -> Iterator[None]:
         yield
     finally:
         sys.argv = saved
+
+
+# RecBole calls numpy aliases that numpy removed (np.float in its NDCG and MAP metrics, np.long
+# in its feature embedding layers) and puts them back in Config.compatibility_settings, which runs
+# when a Config is built but not when one is unpickled from a checkpoint; under numpy 2 that
+# method itself fails (np.float_, np.complex_, np.unicode_ are gone). Importing recbole_ssm
+# defines each missing alias once, as RecBole would.
+NUMPY_ALIASES = {
+    "bool": "bool_", "int": "int_", "float": "float64", "complex": "complex128", "object": "object_",
+    "str": "str_", "long": "int_", "unicode": "str_", "float_": "float64", "complex_": "complex128",
+    "unicode_": "str_",
+}
+
+
+def restore_numpy_aliases() -> list[str]:
+    """Define the numpy aliases RecBole uses where this numpy lacks them; returns the names defined."""
+    import numpy as np
+
+    missing = [alias for alias in NUMPY_ALIASES if alias not in vars(np)]  # hasattr would warn on numpy 1.2x
+    for alias in missing:
+        setattr(np, alias, getattr(np, NUMPY_ALIASES[alias]))
+    return missing
 
 
 # RecBole pickles its checkpoints with protocol 4, which torch's weights_only loader cannot
@@ -50,6 +70,8 @@ _CHECKPOINT_GLOBALS = {
 
 class _CheckpointUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
+        import torch
+
         allowed = (
             (module, name) in _CHECKPOINT_GLOBALS
             or module == "recbole.utils.enum_type"
@@ -74,6 +96,8 @@ _checkpoint_pickle.load = pickle.load  # type: ignore[attr-defined]
 
 def load_checkpoint(path: str, map_location="cpu") -> dict:
     """Read a RecBole checkpoint written anywhere, without letting it run code."""
+    import torch
+
     return torch.load(path, map_location=map_location, weights_only=False, pickle_module=_checkpoint_pickle)
 
 
@@ -82,6 +106,8 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
 @contextlib.contextmanager
 def recbole_checkpoint_loading() -> Iterator[None]:
     """Within the block, a plain ``torch.load(f)`` reads checkpoints with the restricted unpickler."""
+    import torch
+
     original = torch.load
 
     def load(f, *args, **kwargs):

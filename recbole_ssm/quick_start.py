@@ -176,8 +176,11 @@ def load_data_and_model(model_file: str):
     from recbole.data import create_dataset
     from recbole.utils import init_logger, init_seed
 
+    if not os.path.isfile(model_file):
+        raise UsageError(f"checkpoint not found: {model_file}")
     checkpoint = compat.load_checkpoint(model_file)
     config = checkpoint["config"]
+    _runtime_of_this_process(config)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     with compat.quiet_recbole():
@@ -188,6 +191,25 @@ def load_data_and_model(model_file: str):
     net.load_state_dict(checkpoint["state_dict"])
     net.load_other_parameter(checkpoint.get("other_parameter"))
     return config, net, data, train_data, valid_data, test_data
+
+
+def _runtime_of_this_process(config) -> None:
+    """What RecBole's Config sets up when it is built, for a Config read from a checkpoint.
+
+    The device is the one this process has: a checkpoint trained on a GPU is evaluated on the
+    CPU where there is none (RecBole would call ``.to("cuda")`` and fail). The data set must be
+    where the training run read it.
+    """
+    import torch
+
+    device = torch.device(config["device"])
+    if device.type == "cuda" and not torch.cuda.is_available():
+        config["device"] = torch.device("cpu")
+        config["use_gpu"] = False
+    folder = config["data_path"]
+    if not os.path.isdir(folder):
+        raise UsageError(f"the checkpoint's data set folder {folder} does not exist here: run from the folder the "
+                         "model was trained in, or put the data set there")
 
 
 def evaluate_checkpoint(model_file: str, split: str = "test") -> dict:

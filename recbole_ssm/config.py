@@ -3,11 +3,12 @@
 Precedence, lowest to highest (each level overrides the ones before it):
 
 1. RecBole's own defaults (``recbole/properties``),
-2. ``properties/overall.yaml``,
-3. ``properties/model/<Model>.yaml``,
-4. ``properties/dataset/<dataset>.yaml``,
-5. the user's ``--config_files`` (in the order given),
-6. ``config_dict`` / command-line ``--KEY=VALUE``.
+2. ``recbole_ssm/properties/overall.yaml``,
+3. ``recbole_ssm/properties/model/<Model>.yaml``,
+4. ``recbole_ssm/properties/dataset/<dataset>.yaml``,
+5. ``<data_path>/<dataset>/<dataset>.yaml``, beside the atomic files (``prepare`` writes it),
+6. the user's ``--config_files`` (in the order given),
+7. ``config_dict`` / command-line ``--KEY=VALUE``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import shutil
 import tempfile
 import urllib.request
 import zipfile
+from importlib import resources
 from typing import Any, Iterable
 
 import yaml
@@ -25,9 +27,9 @@ import yaml
 from recbole_ssm.errors import UsageError
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
-PROPERTIES_DIR = os.environ.get(
-    "RECBOLE_SSM_PROPERTIES", os.path.join(os.path.dirname(PACKAGE_DIR), "properties")
-)
+# The yaml defaults ship inside the package (an installed recbole-ssm reads them from
+# site-packages); RECBOLE_SSM_PROPERTIES names another folder of the same layout instead.
+PROPERTIES_DIR = os.environ.get("RECBOLE_SSM_PROPERTIES") or str(resources.files("recbole_ssm") / "properties")
 DEFAULT_DATASET = "ml-100k"
 EMBEDDED_DATASETS = ("ml-100k",)  # shipped inside RecBole's wheel
 
@@ -74,13 +76,17 @@ def read_yaml(path: str) -> dict:
     return data
 
 
-def property_files(model_name: str, dataset: str) -> list[str]:
-    """The plugin's property files that apply to this model and dataset, lowest first."""
+def property_files(model_name: str, dataset: str, data_path: str | None = None) -> list[str]:
+    """The property files that apply to this model and dataset, lowest first: the package's, then
+    the data set's own yaml beside its atomic files (``data_path`` None: RecBole's ``dataset/``)."""
     files = [os.path.join(PROPERTIES_DIR, "overall.yaml")]
     for sub, name in (("model", model_name), ("dataset", dataset)):
         path = os.path.join(PROPERTIES_DIR, sub, f"{name}.yaml")
         if os.path.isfile(path):
             files.append(path)
+    beside = os.path.join(data_path or "dataset/", dataset, f"{dataset}.yaml")
+    if os.path.isfile(beside):
+        files.append(beside)
     return files
 
 

@@ -36,11 +36,11 @@ def build_config(
     dataset = dataset or user.get("dataset") or DEFAULT_DATASET
     model_class = get_model(model)
     name = model_class.__name__ if not isinstance(model, str) else canonical_name(model)
-    files = property_files(name, dataset)
     data_path = user.get("data_path")
     if data_path is None:
-        for path in files:
+        for path in property_files(name, dataset):
             data_path = read_yaml(path).get("data_path", data_path)
+    files = property_files(name, dataset, data_path)
     resolve_dataset(dataset, data_path)
     with compat.isolated_argv():
         try:

@@ -49,6 +49,23 @@ def test_each_level_wins_where_it_should(props, tiny_data, tmp_path):
     assert config["n_heads"] == 2
 
 
+def test_the_yaml_beside_the_atomic_files_sits_between_the_package_and_the_user(props, tiny_data, tmp_path):
+    beside = os.path.join(tiny_data, "ml-tiny", "ml-tiny.yaml")
+    write(beside, {"key_c": "beside", "key_d": "beside", "key_e": "beside"})
+    try:
+        user_file = write(str(tmp_path / "user.yaml"), {"key_d": "file", "data_path": tiny_data})
+        config, _ = build_config("SASRec", "ml-tiny", [user_file], {"key_e": "cmd"})
+    finally:
+        os.unlink(beside)
+    assert (config["key_b"], config["key_c"], config["key_d"], config["key_e"]) == ("model", "beside", "file", "cmd")
+
+
+def test_the_package_ships_its_properties():
+    assert os.path.commonpath([cfg.PROPERTIES_DIR, cfg.PACKAGE_DIR]) == cfg.PACKAGE_DIR
+    for sub in ("overall.yaml", "model/Mamba4Rec.yaml", "dataset/ml-100k.yaml", "hyper/Hydra4Rec.yaml"):
+        assert os.path.isfile(os.path.join(cfg.PROPERTIES_DIR, sub)), sub
+
+
 def test_later_config_files_override_earlier_ones(props, tiny_data, tmp_path):
     a = write(str(tmp_path / "a.yaml"), {"key_d": "a", "data_path": tiny_data})
     b = write(str(tmp_path / "b.yaml"), {"key_d": "b"})

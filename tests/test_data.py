@@ -459,3 +459,23 @@ def test_truncated_gzip_and_argument_errors(tmp_path):
     with pytest.raises(DataFormatError, match="no interactions left"):
         run(tmp_path, "seqtext", seq, "t-empty")
     assert not (tmp_path / "data" / "t-empty").exists()
+
+
+def test_prepare_writes_only_its_output_folder_and_runs_read_the_yaml_there(tmp_path):
+    from recbole_ssm.config import PROPERTIES_DIR
+    from recbole_ssm.quick_start import build_config
+
+    seq = tmp_path / "in" / "s.txt"
+    seq.parent.mkdir()
+    seq.write_text("\n".join(SEQ_LINES) + "\n")
+
+    def snapshot(root):
+        return sorted(os.path.join(d, f) for d, _dirs, files in os.walk(root) for f in files)
+
+    package_before = snapshot(PROPERTIES_DIR)
+    out = tmp_path / "elsewhere" / "t-own"
+    summary = prepare("seqtext", str(seq), output=str(out), kcore=0, max_item_list_length=7, verbose=False)
+    assert snapshot(PROPERTIES_DIR) == package_before  # nothing written into the package
+    assert snapshot(tmp_path) == sorted([str(seq)] + [str(out / f) for f in summary["files"]])
+    config, _ = build_config("SASRec", "t-own", None, {"data_path": str(out.parent)})
+    assert config["MAX_ITEM_LIST_LENGTH"] == 7  # from out/t-own.yaml

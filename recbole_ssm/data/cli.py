@@ -12,7 +12,7 @@ from recbole_ssm.errors import UsageError
 
 DESCRIPTION = """\
 Convert raw data to RecBole atomic files (DATA_PATH/NAME/NAME.inter, .item/.user, NAME.yaml,
-summary.txt) and write properties/dataset/NAME.yaml. Rows are ordered by (user, timestamp,
+summary.txt); runs of the data set read its NAME.yaml. Rows are ordered by (user, timestamp,
 file position); exact duplicates are dropped; users and items are k-core filtered.
 Sources:
   movielens   ml-1m.zip, its folder or ratings.dat (UserID::MovieID::Rating::Timestamp),
@@ -42,7 +42,8 @@ def build_parser(prog: str = "python -m recbole_ssm.data prepare") -> argparse.A
     p.add_argument("--max-item-list-length", type=int,
                    help="MAX_ITEM_LIST_LENGTH in the yaml (default 200 movielens, 50 otherwise)")
     p.add_argument("--properties-dir",
-                   help="properties folder that gets dataset/NAME.yaml (default: recbole-ssm's properties/)")
+                   help="also write dataset/NAME.yaml into this properties folder (default: only OUTPUT/NAME.yaml, "
+                        "which every run of the data set reads)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder and dataset yaml")
     p.add_argument("--quiet", action="store_true", help="do not print the summary")
     return p

@@ -445,7 +445,7 @@ def sequence_stats(table: Interactions, order: np.ndarray) -> dict:
 
 def dataset_yaml(name: str, source: str, has_rating: bool, kcore: int, max_len: int,
                  data_path: str | None, extra_load_col: dict | None = None) -> str:
-    """The ``properties/dataset/<name>.yaml`` text for a prepared data set."""
+    """The ``<name>.yaml`` text written beside a prepared data set's atomic files."""
     inter = ["user_id", "item_id"] + (["rating"] if has_rating else []) + ["timestamp"]
     interval = f"[{kcore},inf)" if kcore > 1 else "[0,inf)"
     body: dict = {}
@@ -492,8 +492,9 @@ def format_summary(summary: dict) -> str:
     for side in s.get("side_files", []):
         out.append(f"  {side}")
     out.append(f"  files: {', '.join(s['files'])}")
+    out.append(f"  dataset config: {os.path.join(s['output'], s['name'] + '.yaml')} (read by every run of {s['name']})")
     if s.get("properties_yaml"):
-        out.append(f"  dataset config: {s['properties_yaml']}")
+        out.append(f"  also written: {s['properties_yaml']}")
     return "\n".join(out) + "\n"
 
 

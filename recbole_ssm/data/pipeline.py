@@ -54,8 +54,9 @@ def prepare(
     """Convert one raw data set to RecBole atomic files; returns the summary dict.
 
     Writes ``<output>/<name>.inter`` (plus ``.item`` / ``.user`` where the source has them),
-    ``<output>/<name>.yaml``, ``summary.txt`` and ``summary.json`` through a temp folder
-    renamed into place, then ``<properties_dir>/dataset/<name>.yaml``. Raises
+    ``<output>/<name>.yaml`` (read by every run of the data set, see ``config.property_files``),
+    ``summary.txt`` and ``summary.json`` through a temp folder renamed into place; with
+    ``properties_dir``, also ``<properties_dir>/dataset/<name>.yaml``. Nothing else is written. Raises
     :class:`~recbole_ssm.errors.UsageError` (nothing written) on bad arguments, the wrong
     source for the file, or more malformed lines than ``max_bad`` allows.
     """
@@ -83,10 +84,6 @@ def prepare(
     if os.path.basename(os.path.normpath(output)) != name:
         raise UsageError(f"--output folder {output} must be named like the dataset {name!r} "
                          f"(RecBole reads DATA_PATH/{name}/{name}.inter): use --output .../{name}")
-    if properties_dir is None:
-        from recbole_ssm.config import PROPERTIES_DIR
-
-        properties_dir = PROPERTIES_DIR
     yaml_path = os.path.join(properties_dir, "dataset", f"{name}.yaml") if properties_dir else None
     check_targets(output, yaml_path, force)
 

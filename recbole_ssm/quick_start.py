@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +56,8 @@ def build_config(
             reason = " ".join(str(exc).split()) or type(exc).__name__
             raise UsageError(f"invalid configuration: {reason}") from None
     check_train_targets(config, model_class)
+    if "show_progress" not in user:  # progress bars for a person at a terminal, not in logs or CI
+        config["show_progress"] = sys.stderr.isatty()
     return config, model_class
 
 

@@ -123,3 +123,15 @@ def test_recbole_rejecting_a_setting_is_a_one_line_usage_error(tiny_data):
         build_config("SASRec", "ml-tiny", None, {"data_path": tiny_data, "loss_type": "CE",
                                                   "train_neg_sample_args": {"distribution": "uniform"}})
     assert "\n" not in str(info.value)
+
+
+def test_progress_bars_follow_the_terminal_unless_set(tiny_data, monkeypatch):
+    import sys
+
+    config, _ = build_config("SASRec", "ml-tiny", None, {"data_path": tiny_data})
+    assert config["show_progress"] is False  # stderr is not a terminal under pytest
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    config, _ = build_config("SASRec", "ml-tiny", None, {"data_path": tiny_data})
+    assert config["show_progress"] is True
+    config, _ = build_config("SASRec", "ml-tiny", None, {"data_path": tiny_data, "show_progress": False})
+    assert config["show_progress"] is False

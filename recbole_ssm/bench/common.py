@@ -416,3 +416,66 @@ def progress(iterable, total: int, desc: str, enabled: bool = True):
 
     return tqdm(iterable, total=total, desc=desc, disable=not enabled, file=sys.stderr, dynamic_ncols=True,
                 leave=True)
+
+
+# ---------------------------------------------------------------------------------------
+# the measuring loop every bench command runs
+
+
+@dataclass
+class Point:
+    """One measurement: its key in the records, its record file, and the worker's spec."""
+
+    key: tuple
+    path: str
+    fingerprint: str
+    work: dict
+    labels: dict  # written into the record beside the results (e.g. model, seed)
+    log: str
+    desc: str  # the point in progress and failure lines, e.g. "SASRec L=200"
+
+
+def reuse_or_schedule(points: list[Point], overwrite: bool, keep: tuple = ("ok",),
+                      schedule: bool = True) -> tuple[dict, list[Point]]:
+    """Finished records of ``points`` (status in ``keep``, same fingerprint) and the points to measure.
+
+    A record measured with other settings stops the command (one line) unless ``overwrite``;
+    ``schedule=False`` only collects what is finished.
+    """
+    records: dict = {}
+    todo: list[Point] = []
+    for p in points:
+        rec = read_record(p.path)
+        if rec is not None and rec.get("fingerprint") != p.fingerprint and not overwrite:
+            raise UsageError(f"{p.path} was measured with other settings; use another --output or add --overwrite")
+        if rec is not None and rec.get("fingerprint") == p.fingerprint and rec.get("status") in keep:
+            records[p.key] = rec
+        elif schedule:
+            todo.append(p)
+    return records, todo
+
+
+def measure_points(todo: list[Point], module: str, name: str, records: dict, show: bool,
+                   timeout_s: float | None, memory_limit_gb: float | None = None) -> None:
+    """Run each point's worker (``python -m module --worker``), one at a time, writing its record."""
+    import datetime
+
+    bar = progress(todo, len(todo), name, show)
+    for p in bar:
+        bar.set_postfix_str(p.desc)
+        rec = run_worker(module, p.work, timeout_s, memory_limit_gb, log_path=os.path.abspath(p.log))
+        rec.update({"fingerprint": p.fingerprint, **p.labels,
+                    "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+        write_record(p.path, rec)
+        records[p.key] = rec
+        if rec["status"] != "ok":
+            bar.write(f"{name}: {p.desc}: {rec['status']}: {rec.get('error', '')} (log: {p.log})")
+
+
+def worker_main(argv: list[str], work, command: str) -> int:
+    """A bench module's ``__main__``: run as a worker, or say which command runs it (exit 2)."""
+    code = worker_entry(argv, work)
+    if code == -1:
+        print(f"error: this module is run by `run_recbole_ssm.py bench {command}`", file=sys.stderr)
+        code = 2
+    return code

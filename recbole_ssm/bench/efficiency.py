@@ -27,23 +27,22 @@ from typing import Any
 from recbole_ssm.bench.common import (
     CpuPeakMemory,
     ModelSpec,
+    Point,
     as_number,
     csv_text,
     exit_on_sigterm,
     fingerprint,
     machine_line,
     markdown_table,
+    measure_points,
     median,
     parse_int_list,
     parse_model_specs,
-    progress,
-    read_record,
     record_name,
-    run_worker,
+    reuse_or_schedule,
     settings_files_digest,
     split_bench_args,
-    worker_entry,
-    write_record,
+    worker_main,
 )
 from recbole_ssm.errors import UsageError
 from recbole_ssm.utils import atomic_write_text
@@ -389,8 +388,7 @@ def main(argv: list[str]) -> int:
             "seed": seed, "overrides": {**overrides, **spec.overrides}}))
 
     points_dir = os.path.join(output, "points")
-    records: dict = {}
-    todo = []
+    points = []
     for length in lengths:  # all models at one length, then the next: close in time, like for like
         for spec in specs:
             work = {"model": spec.name, "length": length, "batch": batch, "infer_batch": infer_batch,
@@ -398,30 +396,14 @@ def main(argv: list[str]) -> int:
                     "repeats": repeats, "time_budget": budget, "overrides": {**overrides, **spec.overrides},
                     "n_items": n_items, "timeout": timeout, "memory_limit_gb": mem_limit,
                     "files": settings_files_digest(spec.name, SYNTH)}
-            fp = fingerprint(work)
-            path = os.path.join(points_dir, record_name(spec.label, "L", length))
-            rec = read_record(path)
-            if rec is not None and rec.get("fingerprint") != fp and not own["overwrite"]:
-                raise UsageError(f"{path} was measured with other settings; use another --output or add --overwrite")
-            if rec is not None and rec.get("fingerprint") == fp and rec.get("status") in ("ok", "OOM", "timeout"):
-                records[(spec.label, length)] = rec
-            else:
-                todo.append((spec, length, work, fp, path))
-    if len(todo) < len(specs) * len(lengths):
-        print(f"bench efficiency: {len(specs) * len(lengths) - len(todo)} finished point(s) reused from "
-              f"{points_dir}", file=sys.stderr)
-
-    bar = progress(todo, len(todo), "bench efficiency", show)
-    for spec, length, work, fp, path in bar:
-        bar.set_postfix_str(f"{spec.label} L={length}")
-        log = os.path.abspath(os.path.join(output, "logs", record_name(spec.label, "L", length)[:-5] + ".log"))
-        rec = run_worker("recbole_ssm.bench.efficiency", {**work, "data_path": data_root}, timeout, mem_limit, log)
-        rec.update({"fingerprint": fp, "model": spec.label, "length": length,
-                    "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
-        write_record(path, rec)
-        records[(spec.label, length)] = rec
-        if rec["status"] != "ok":
-            bar.write(f"bench efficiency: {spec.label} L={length}: {rec['status']}: {rec.get('error', '')}")
+            name = record_name(spec.label, "L", length)
+            points.append(Point((spec.label, length), os.path.join(points_dir, name), fingerprint(work),
+                                {**work, "data_path": data_root}, {"model": spec.label, "length": length},
+                                os.path.join(output, "logs", name[:-5] + ".log"), f"{spec.label} L={length}"))
+    records, todo = reuse_or_schedule(points, own["overwrite"], keep=("ok", "OOM", "timeout"))
+    if records:
+        print(f"bench efficiency: {len(records)} finished point(s) reused from {points_dir}", file=sys.stderr)
+    measure_points(todo, "recbole_ssm.bench.efficiency", "bench efficiency", records, show, timeout, mem_limit)
 
     rows = compute_rows(specs, lengths, records, baseline)
     summary = summary_table(rows, baseline)
@@ -446,8 +428,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    code = worker_entry(sys.argv[1:], _work)
-    if code == -1:
-        print("error: this module is run by `run_recbole_ssm.py bench efficiency`", file=sys.stderr)
-        code = 2
-    sys.exit(code)
+    sys.exit(worker_main(sys.argv[1:], _work, "efficiency"))

@@ -11,7 +11,6 @@ in ``OUTPUT/runs/`` and reused by a later call with the same settings.
 
 from __future__ import annotations
 
-import datetime
 import os
 import sys
 import time
@@ -19,21 +18,20 @@ from typing import Any
 
 from recbole_ssm.bench.common import (
     CpuPeakMemory,
+    Point,
     as_number,
     csv_text,
     exit_on_sigterm,
     fingerprint,
     machine_line,
     markdown_table,
+    measure_points,
     parse_model_specs,
-    progress,
-    read_record,
     record_name,
-    run_worker,
+    reuse_or_schedule,
     settings_files_digest,
     split_bench_args,
-    worker_entry,
-    write_record,
+    worker_main,
 )
 from recbole_ssm.errors import UsageError
 from recbole_ssm.utils import atomic_write_text
@@ -172,34 +170,20 @@ def main(argv: list[str]) -> int:
         for regime in REGIMES:
             build_config(spec.name, dataset, [], {**overrides, **spec.overrides, "train_targets": regime})
 
-    records: dict[tuple[str, str], dict] = {}
-    todo = []
+    points = []
     for spec in specs:
         for regime in REGIMES:
+            work = {"model": spec.name, "dataset": dataset, "overrides": {**overrides, **spec.overrides},
+                    "regime": regime, "batches": batches, "threads": threads}
             fp = fingerprint({"dataset": dataset, "model": spec.name, "spec": spec.overrides, "regime": regime,
                               "overrides": overrides, "batches": batches, "threads": threads,
                               "files": settings_files_digest(spec.name, dataset)})
-            path = os.path.join(output, "runs", record_name(spec.label, regime))
-            rec = read_record(path)
-            if rec is not None and rec.get("fingerprint") != fp and not own["overwrite"]:
-                raise UsageError(f"{path} was measured with other settings; use another --output or add --overwrite")
-            if rec is not None and rec.get("status") == "ok" and rec.get("fingerprint") == fp:
-                records[(spec.label, regime)] = rec
-            else:
-                todo.append((spec, regime, path, fp))
-    bar = progress(todo, len(todo), "bench regimes", show)
-    for spec, regime, path, fp in bar:
-        bar.set_postfix_str(f"{spec.label} {regime}")
-        work = {"model": spec.name, "dataset": dataset, "overrides": {**overrides, **spec.overrides},
-                "regime": regime, "batches": batches, "threads": threads}
-        log = os.path.join(output, "logs", record_name(spec.label, regime)[:-5] + ".log")
-        rec = run_worker("recbole_ssm.bench.regimes", work, timeout, log_path=os.path.abspath(log))
-        rec.update({"fingerprint": fp, "model": spec.label, "regime": regime,
-                    "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
-        write_record(path, rec)
-        records[(spec.label, regime)] = rec
-        if rec["status"] != "ok":
-            bar.write(f"bench regimes: {spec.label} {regime}: {rec['status']}: {rec.get('error', '')} (log: {log})")
+            name = record_name(spec.label, regime)
+            log = os.path.join(output, "logs", name[:-5] + ".log")
+            points.append(Point((spec.label, regime), os.path.join(output, "runs", name), fp, work,
+                                {"model": spec.label, "regime": regime}, log, f"{spec.label} {regime}"))
+    records, todo = reuse_or_schedule(points, own["overwrite"])
+    measure_points(todo, "recbole_ssm.bench.regimes", "bench regimes", records, show, timeout)
 
     md_header, md_rows, csv_header, csv_rows = _rows(specs, records)
     table = markdown_table(md_header, md_rows)
@@ -220,8 +204,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    code = worker_entry(sys.argv[1:], _work)
-    if code == -1:
-        print("error: this module is run by `run_recbole_ssm.py bench regimes`", file=sys.stderr)
-        code = 2
-    sys.exit(code)
+    sys.exit(worker_main(sys.argv[1:], _work, "regimes"))

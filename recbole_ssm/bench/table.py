@@ -22,6 +22,7 @@ from typing import Any
 from recbole_ssm.bench.common import (
     CpuPeakMemory,
     ModelSpec,
+    Point,
     as_number,
     csv_text,
     exit_on_sigterm,
@@ -29,17 +30,15 @@ from recbole_ssm.bench.common import (
     machine_line,
     markdown_table,
     mean_std,
+    measure_points,
     median,
     parse_model_specs,
     process_peak_rss_mib,
-    progress,
-    read_record,
     record_name,
-    run_worker,
+    reuse_or_schedule,
     settings_files_digest,
     split_bench_args,
-    worker_entry,
-    write_record,
+    worker_main,
 )
 from recbole_ssm.errors import UsageError
 from recbole_ssm.utils import atomic_write_text
@@ -318,44 +317,25 @@ def main(argv: list[str]) -> int:
         build_config(spec.name, dataset, files, {**overrides, **spec.overrides})
 
     runs_dir = os.path.join(output, "runs")
-    records: dict[tuple[str, int], dict] = {}
-    todo: list[tuple[ModelSpec, int, str, str]] = []
+    points = []
     for seed in seeds:  # every model's first seed before any model's second: partial tables stay even
         for spec in specs:
             settings = {"threads": threads, "dataset": dataset, "model": spec.name, "spec": spec.overrides,
                         "overrides": overrides, "files": settings_files_digest(spec.name, dataset, files)}
-            fp = fingerprint(settings)
-            path = os.path.join(runs_dir, record_name(spec.label, "seed", seed))
-            rec = read_record(path)
-            if rec is not None and rec.get("fingerprint") != fp and not own["overwrite"]:
-                raise UsageError(
-                    f"{path} was measured with other settings; use another --output or add --overwrite"
-                )
-            if rec is not None and rec.get("fingerprint") == fp and rec.get("status") == "ok":
-                records[(spec.label, seed)] = rec
-            elif not own["report_only"]:
-                todo.append((spec, seed, path, fp))
-
-    skipped = len(records)
-    if skipped:
-        print(f"bench table: {skipped} finished run(s) reused from {runs_dir}", file=sys.stderr)
-    bar = progress(todo, len(todo), "bench table", show)
-    for spec, seed, path, fp in bar:
-        bar.set_postfix_str(f"{spec.label} seed={seed}")
-        work = {
-            "model": spec.name, "dataset": dataset, "config_files": files,
-            "overrides": {**overrides, **spec.overrides}, "seed": seed,
-            "checkpoint_dir": os.path.abspath(os.path.join(output, "saved")),
-            "latency_repeats": lat_repeats, "latency_batch": lat_batch, "threads": threads,
-        }
-        log = os.path.join(output, "logs", record_name(spec.label, "seed", seed)[:-5] + ".log")
-        rec = run_worker("recbole_ssm.bench.table", work, timeout, log_path=os.path.abspath(log))
-        rec.update({"fingerprint": fp, "model": spec.label, "seed": seed,
-                    "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
-        write_record(path, rec)
-        records[(spec.label, seed)] = rec
-        if rec["status"] != "ok":
-            bar.write(f"bench table: {spec.label} seed={seed}: {rec['status']}: {rec.get('error', '')} (log: {log})")
+            work = {
+                "model": spec.name, "dataset": dataset, "config_files": files,
+                "overrides": {**overrides, **spec.overrides}, "seed": seed,
+                "checkpoint_dir": os.path.abspath(os.path.join(output, "saved")),
+                "latency_repeats": lat_repeats, "latency_batch": lat_batch, "threads": threads,
+            }
+            name = record_name(spec.label, "seed", seed)
+            points.append(Point((spec.label, seed), os.path.join(runs_dir, name), fingerprint(settings), work,
+                                {"model": spec.label, "seed": seed}, os.path.join(output, "logs", name[:-5] + ".log"),
+                                f"{spec.label} seed={seed}"))
+    records, todo = reuse_or_schedule(points, own["overwrite"], schedule=not own["report_only"])
+    if records:
+        print(f"bench table: {len(records)} finished run(s) reused from {runs_dir}", file=sys.stderr)
+    measure_points(todo, "recbole_ssm.bench.table", "bench table", records, show, timeout)
 
     md_header, md_rows, csv_header, csv_rows = build_rows(specs, records, seeds, lat_batch)
     table = markdown_table(md_header, md_rows)
@@ -379,8 +359,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    code = worker_entry(sys.argv[1:], _work)
-    if code == -1:
-        print("error: this module is run by `run_recbole_ssm.py bench table`", file=sys.stderr)
-        code = 2
-    sys.exit(code)
+    sys.exit(worker_main(sys.argv[1:], _work, "table"))

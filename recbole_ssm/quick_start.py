@@ -18,6 +18,7 @@ from recbole_ssm.config import DEFAULT_DATASET, merged_user_config, property_fil
 from recbole_ssm.errors import UsageError
 from recbole_ssm.regime import check_train_targets, prepare_data
 from recbole_ssm.registry import canonical_name, get_model
+from recbole_ssm.trainer import get_trainer
 from recbole_ssm.utils import count_parameters
 
 
@@ -72,6 +73,7 @@ class RunOutput:
     saved_model_file: str | None
     params: tuple
     timings: dict = field(default_factory=dict)
+    test_data: Any = None  # the test split's dataloader
 
 
 def run(
@@ -81,10 +83,13 @@ def run(
     config_dict: dict | None = None,
     saved: bool = True,
     callbacks: list | None = None,
+    fit_memory=None,
 ) -> RunOutput:
-    """Train and test one model; ``callbacks`` are called as ``cb(epoch, valid_score, valid_result)``."""
+    """Train and test one model; ``callbacks`` are called as ``cb(epoch, valid_score, valid_result)``
+    after each validation; ``fit_memory`` (a context-manager factory such as
+    ``bench.common.CpuPeakMemory``) measures the peak memory of training (``trainer.fit_peak_mib``)."""
     from recbole.data import create_dataset
-    from recbole.utils import get_trainer, init_logger, init_seed, set_color
+    from recbole.utils import init_logger, init_seed, set_color
 
     config, model_class = build_config(model, dataset, config_file_list, config_dict)
     init_seed(config["seed"], config["reproducibility"])
@@ -106,8 +111,8 @@ def run(
     logger.info(set_color("parameters", "blue") + f": {params[0]} total, {params[1]} without embeddings")
 
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
-    if callbacks:
-        _attach_callbacks(trainer, callbacks)
+    trainer.valid_callbacks.extend(callbacks or [])
+    trainer.fit_memory = fit_memory
     t1 = time.perf_counter()
     with compat.quiet_recbole():
         best_valid_score, best_valid_result = trainer.fit(
@@ -134,22 +139,8 @@ def run(
         saved_model_file=os.path.abspath(trainer.saved_model_file) if saved else None,
         params=params,
         timings={"data_s": t_data, "fit_s": t_fit},
+        test_data=test_data,
     )
-
-
-def _attach_callbacks(trainer, callbacks) -> None:
-    """Report each validation to ``callbacks`` through the trainer's own validation step."""
-    original = trainer._valid_epoch
-    epoch = {"n": -1}
-
-    def valid_epoch(valid_data, show_progress=False):
-        epoch["n"] += 1
-        score, result = original(valid_data, show_progress=show_progress)
-        for cb in callbacks:
-            cb(epoch["n"], score, result)
-        return score, result
-
-    trainer._valid_epoch = valid_epoch
 
 
 def run_recbole_ssm(
@@ -217,8 +208,6 @@ def _runtime_of_this_process(config) -> None:
 
 def evaluate_checkpoint(model_file: str, split: str = "test") -> dict:
     """Metrics of a saved model on its own data split, as RecBole's trainer computes them."""
-    from recbole.utils import get_trainer
-
     config, net, _data, _train, valid, test = load_data_and_model(model_file)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
     with compat.quiet_recbole():

@@ -60,3 +60,15 @@ def test_baselines_are_recboles_models_with_encode():
 def test_get_model_unknown_name_lists_sequential_models():
     with pytest.raises(UsageError, match=r"unknown model 'Nope'; available sequential models: .*SASRec"):
         get_model("Nope")
+
+
+def test_trainer_hooks_time_epochs_and_report_each_validation(tiny_config):
+    import recbole.trainer
+
+    seen = []
+    out = run("SASRec", "ml-tiny", None, {**tiny_config, "epochs": 2}, saved=False,
+              callbacks=[lambda i, score, result: seen.append((i, score, result["ndcg@10"]))])
+    assert [i for i, _s, _r in seen] == [0, 1] and all(s == r for _i, s, r in seen)
+    assert len(out.trainer.epoch_times) == 2 and min(out.trainer.epoch_times) > 0
+    assert isinstance(out.trainer, recbole.trainer.Trainer)  # RecBole's trainer, subclassed, not patched
+    assert recbole.trainer.Trainer._train_epoch.__module__.startswith("recbole.")

@@ -132,57 +132,21 @@ def measure_latency(model, rows, batch: int, repeats: int, device, warmup: int =
 
 def _work(spec: dict) -> dict:
     """Train, test and time one (model, seed) in this process; return its record."""
-    import recbole.data
     import torch
-    from recbole.trainer import Trainer
 
     from recbole_ssm.quick_start import run
 
-    epoch_times: list[float] = []
-    fit_mem: dict = {}
-    captured: dict = {}
-
-    original_epoch = Trainer._train_epoch
-    original_fit = Trainer.fit
-    original_prep = recbole.data.data_preparation
-
-    def timed_epoch(self, *args, **kwargs):
-        t0 = time.perf_counter()
-        out = original_epoch(self, *args, **kwargs)
-        epoch_times.append(time.perf_counter() - t0)
-        return out
-
-    def measured_fit(self, *args, **kwargs):
-        cuda = torch.device(self.device).type == "cuda"
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-        with CpuPeakMemory() as mem:
-            out = original_fit(self, *args, **kwargs)
-        fit_mem["rss_mib"] = mem.mib
-        fit_mem["method"] = mem.method
-        if cuda:
-            fit_mem["cuda_mib"] = (torch.cuda.max_memory_allocated() - base) / 2**20
-        return out
-
-    def capturing_prep(config, dataset):
-        out = original_prep(config, dataset)
-        captured["test"] = out[2]
-        return out
-
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
-    Trainer._train_epoch = timed_epoch
-    Trainer.fit = measured_fit
-    recbole.data.data_preparation = capturing_prep
-
     config_dict = {**spec["overrides"], "seed": spec["seed"], "checkpoint_dir": spec["checkpoint_dir"]}
-    out = run(spec["model"], spec["dataset"], spec["config_files"], config_dict, saved=True)
+    out = run(spec["model"], spec["dataset"], spec["config_files"], config_dict, saved=True,
+              fit_memory=CpuPeakMemory)
+    epoch_times = out.trainer.epoch_times
     test = {k.lower(): float(v) for k, v in (out.result["test_result"] or {}).items()}
     valid = {k.lower(): float(v) for k, v in (out.result["best_valid_result"] or {}).items()}
 
     device = out.config["device"]
-    rows = _first_rows(captured["test"], max(spec["latency_batch"], spec["latency_repeats"]))
+    rows = _first_rows(out.test_data, max(spec["latency_batch"], spec["latency_repeats"]))
     lat1, _ = measure_latency(out.model, rows, 1, spec["latency_repeats"], device)
     latb, used = measure_latency(out.model, rows, spec["latency_batch"], max(3, spec["latency_repeats"] // 5), device)
     return {
@@ -196,8 +160,8 @@ def _work(spec: dict) -> dict:
         "epoch_times": epoch_times,
         "fit_s": out.timings.get("fit_s"),
         "data_s": out.timings.get("data_s"),
-        "fit_peak_mib": fit_mem.get("cuda_mib", fit_mem.get("rss_mib")),
-        "fit_peak_kind": "cuda max_memory_allocated" if "cuda_mib" in fit_mem else f"RSS ({fit_mem.get('method')})",
+        "fit_peak_mib": out.trainer.fit_peak_mib,
+        "fit_peak_kind": out.trainer.fit_peak_kind,
         "process_peak_rss_mib": process_peak_rss_mib(),
         "latency_b1_ms": lat1,
         "latency_bn_ms": latb,

@@ -1,7 +1,8 @@
 """Command line: ``python run_recbole_ssm.py [SUBCOMMAND] --model=NAME --dataset=NAME [--KEY=VALUE ...]``.
 
 Without a sub-command it trains and tests one model (RecBole's ``run_recbole`` conventions).
-Sub-commands: ``prepare`` (raw data -> atomic files), ``bench`` (tables, efficiency curves),
+Sub-commands: ``prepare`` (raw data -> atomic files), ``bench`` (tables, efficiency curves,
+training regimes, kernels),
 ``tune`` (Ray Tune sweeps). Misuse prints one ``error:`` line and exits with code 2.
 """
 
@@ -15,14 +16,15 @@ from recbole_ssm.errors import UsageError
 USAGE = """\
 usage: run_recbole_ssm.py [--model=NAME] [--dataset=NAME] [--config_files="a.yaml b.yaml"] [--KEY=VALUE ...]
        run_recbole_ssm.py prepare SOURCE --input PATH [...]      raw data -> RecBole atomic files
-       run_recbole_ssm.py bench {table,efficiency} [...]         paper tables, efficiency curves
+       run_recbole_ssm.py bench {table,efficiency,regimes,ops} [...]   tables, efficiency, training regimes, kernels
        run_recbole_ssm.py tune --model=NAME [...]                Ray Tune sweep
 
 Trains and tests one model through RecBole's pipeline and prints valid/test metrics.
-  --model         a recbole-ssm model (Mamba4Rec, Mamba2Rec / 2Mamba4Rec, Hydra4Rec, RecMamba)
-                  or any RecBole model (SASRec, BERT4Rec, GRU4Rec, ...)
+  --model         a recbole-ssm model (Mamba4Rec, Mamba2Rec / 2Mamba4Rec, Hydra4Rec, RecMamba, SeqPop;
+                  SASRec and GRU4Rec with all-position training) or any RecBole model (BERT4Rec, ...)
+  --train_targets last (RecBole's one sample per prefix) or all (every position; causal models)
   --dataset       default ml-100k (shipped with RecBole); others from dataset/<name>/<name>.inter
-  --config_files  space-separated yaml files, applied after properties/, before --KEY=VALUE
+  --config_files  space-separated yaml files, applied after the property files, before --KEY=VALUE
   --KEY=VALUE     any RecBole or model setting, e.g. --epochs=3 --learning_rate=1e-3
 """
 

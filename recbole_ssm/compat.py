@@ -58,6 +58,7 @@ _CHECKPOINT_GLOBALS = {
     ("builtins", "frozenset"),
     ("numpy", "dtype"),
     ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),  # the same, as numpy 2 pickles it
     ("recbole.config.configurator", "Config"),
     ("torch", "device"),
     ("torch", "Size"),

@@ -109,3 +109,15 @@ def test_recbole_trainer_load_fails_on_new_torch_unless_inside_checkpoint_loadin
     with compat.recbole_checkpoint_loading(), pytest.raises(pickle.UnpicklingError):
         torch.load(str(evil))  # still no code from the file
     assert torch.load is plain_load  # restored after the block
+
+
+def test_checkpoint_unpickler_reads_numpy_scalars_as_numpy_1_and_2_pickle_them():
+    import io
+
+    import numpy as np
+
+    data = pickle.dumps({"ndcg@10": np.float64(0.5)}, protocol=3)  # GLOBAL opcodes: module names can be swapped
+    written = b"numpy._core.multiarray" if b"numpy._core.multiarray" in data else b"numpy.core.multiarray"
+    for module in (b"numpy.core.multiarray", b"numpy._core.multiarray"):
+        state = compat._CheckpointUnpickler(io.BytesIO(data.replace(written, module))).load()
+        assert state == {"ndcg@10": 0.5}

@@ -90,13 +90,11 @@ def training_histories(dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     last_input = lists[inner, lengths[inner] - 1]
     if not np.array_equal(last_input, targets[inner - 1]):
         raise ValueError("training samples do not chain in time order: cannot rebuild histories")
-    head = [lists[r, : lengths[r]] for r in first]  # the item list of each user's first sample
     run_ends = np.r_[first[1:], n]
     parts = []
-    for h, start, end in zip(head, first, run_ends):
-        parts.append(h)
-        parts.append(targets[start:end])
-    sizes = np.array([len(h) + (e - s) for h, s, e in zip(head, first, run_ends)], dtype=np.int64)
+    for start, end in zip(first, run_ends):  # the first sample's item list, then the run's targets
+        parts += [lists[start, : lengths[start]], targets[start:end]]
+    sizes = (lengths[first] + run_ends - first).astype(np.int64)  # (U,)
     items = torch.from_numpy(np.concatenate(parts).astype(np.int64))
     offsets = torch.from_numpy(np.r_[0, np.cumsum(sizes)])
     return items, offsets, torch.from_numpy(users[first].astype(np.int64))

@@ -56,7 +56,7 @@ class SSMRecommender(CausalLoss, SequentialRecommender):
         self.LayerNorm = nn.LayerNorm(self.hidden_size, eps=1e-12)
         self.dropout = nn.Dropout(self.dropout_prob)
         self.layers = nn.ModuleList(self.make_layer(config) for _ in range(self.num_layers))
-        self.loss_fct = nn.CrossEntropyLoss() if self.loss_type == "CE" else BPRLoss()
+        self.loss_fct = BPRLoss() if self.loss_type == "BPR" else None  # CE: CausalLoss.target_loss
         self.apply(self._init_weights)
 
     def make_mixer(self, config) -> nn.Module:

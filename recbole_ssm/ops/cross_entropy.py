@@ -51,7 +51,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 if dweight is not None:
                     dweight.addmm_(dlogits.t(), h)  # (n, d)
         ctx.save_for_backward(dhidden, dweight)
-        return total.to(hidden.dtype)
+        return total  # hidden's dtype
 
     @staticmethod
     def backward(ctx, dloss):

@@ -1,10 +1,9 @@
-# recbole-ssm: every target creates .venv on first use (torch pinned first, then the package
-# with constraints.txt so nothing pulls another torch build).
-PYTHON ?= python3
+# recbole-ssm: every target creates .venv on first use (tools/make-venv.sh: a Python 3.10-3.13,
+# torch pinned first, then the package; PYTHON=python3.12 picks the interpreter).
+PYTHON ?=
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
-STAMP := $(VENV)/.installed-stamp
 MODEL ?= Hydra4Rec
 DATASET ?= ml-100k
 # A fixed epoch budget keeps the quick start to minutes on 2 CPU cores; drop it for the
@@ -13,14 +12,8 @@ ARGS ?= --epochs=3
 
 .PHONY: venv run test lint bench clean
 
-venv: $(STAMP)
-
-$(STAMP): setup.cfg pyproject.toml constraints.txt
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q "torch==$(TORCH_VERSION)"
-	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
-	$(PY) -m pip check
-	touch $(STAMP)
+venv:
+	@VENV="$(VENV)" PYTHON="$(PYTHON)" TORCH_VERSION="$(TORCH_VERSION)" bash tools/make-venv.sh
 
 ## run: train and test the main model on the embedded default data set (ml-100k)
 run: venv

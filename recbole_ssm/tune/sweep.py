@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import tempfile
+import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -127,7 +128,9 @@ def _package_root() -> str:
 def worker_env(run_dir: str | None) -> dict:
     """Environment of the trial workers: they import the same recbole_ssm as this driver; on this
     machine (``run_dir`` given) torch's compile cache, created on first use, is in the run folder."""
-    env = {"RAY_USAGE_STATS_ENABLED": "0"}
+    from recbole_ssm.tune.rayapi import worker_env_vars
+
+    env = {"RAY_USAGE_STATS_ENABLED": "0", **worker_env_vars()}
     if run_dir:
         env["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(run_dir, "torchinductor")
     root = _package_root()
@@ -203,6 +206,10 @@ def init_ray(address: str | None, temp_dir: str | None, run_dir: str) -> None:
                 "'ray start --head', or leave out --address to run on this machine"
             ) from None
     else:
+        # Current Ray protects a new local cluster with a token it would save in ~/.ray; a token
+        # of this run's own, in the environment the cluster's processes inherit, keeps it there.
+        if "RAY_AUTH_MODE" not in os.environ and "RAY_AUTH_TOKEN" not in os.environ:
+            os.environ["RAY_AUTH_TOKEN"] = uuid.uuid4().hex
         ray.init(include_dashboard=False, _temp_dir=temp_dir, **kwargs)
 
 
@@ -250,9 +257,10 @@ def make_scheduler(settings: SweepSettings, info: RunInfo):
 def run_tuner(settings: SweepSettings, info: RunInfo, trial_fixed: dict, storage: str, name: str,
               resume: bool):
     """Run (or resume) the sweep; returns Ray Tune's ResultGrid."""
-    from ray import air, tune
+    from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
+    from recbole_ssm.tune import rayapi
     from recbole_ssm.tune.space import parse_space, to_param_space
 
     trainable = make_trainable(settings, info, trial_fixed)
@@ -271,14 +279,9 @@ def run_tuner(settings: SweepSettings, info: RunInfo, trial_fixed: dict, storage
                 search_alg=BasicVariantGenerator(random_state=info.seed),
                 max_concurrent_trials=settings.max_concurrent,
                 reuse_actors=False,  # a fresh worker per trial: no state leaks between trials
-                chdir_to_trial_dir=True,
+                **rayapi.tune_config_chdir(),
             ),
-            run_config=air.RunConfig(
-                name=name,
-                storage_path=storage,
-                failure_config=air.FailureConfig(max_failures=0),
-                verbose=1,
-            ),
+            run_config=rayapi.run_config(name=name, storage_path=storage, max_failures=0, verbose=1),
         )
     return tuner.fit()
 

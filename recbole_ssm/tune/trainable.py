@@ -62,12 +62,12 @@ def run_trial(
 ) -> None:
     """Tune function trainable: train ``model`` with ``sampled`` settings, reporting each epoch."""
     import torch
-    from ray.air import session
 
     from recbole_ssm.quick_start import run
+    from recbole_ssm.tune import rayapi
 
     torch.set_num_threads(max(1, int(cpus_per_trial)))
-    config = trial_config(sampled, fixed, gpus_per_trial, session.get_trial_dir())
+    config = trial_config(sampled, fixed, gpus_per_trial, rayapi.trial_dir())
     eval_step = int(config.get("eval_step", 1) or 1)
     best: dict[str, Any] = {"score": None, "epochs": 0}
 
@@ -80,7 +80,7 @@ def run_trial(
             best["score"] = score
         best["epochs"] = (validation + 1) * eval_step
         metrics = {f"valid/{k}": float(v) for k, v in (result or {}).items()}
-        session.report({
+        rayapi.report({
             VALID_SCORE: score,
             BEST_VALID: best["score"] if best["score"] is not None else score,
             EPOCH: best["epochs"],
@@ -98,4 +98,4 @@ def run_trial(
         **{f"valid/{k}": float(v) for k, v in (result["best_valid_result"] or {}).items()},
         **{f"test/{k}": float(v) for k, v in (result["test_result"] or {}).items()},
     }
-    session.report(final)
+    rayapi.report(final)

@@ -5,6 +5,7 @@ from recbole_ssm import compat
 __version__ = "0.1.0"
 
 compat.restore_numpy_aliases()  # RecBole's metrics need them in every process (see compat.py)
+compat.silence_recbole_syntax_warnings()  # Python 3.12+ (see compat.py)
 
 
 def get_model(name):

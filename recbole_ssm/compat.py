@@ -39,6 +39,18 @@ NUMPY_ALIASES = {
 }
 
 
+# RecBole's dien.py has docstrings with invalid escape sequences ("\\p"); Python 3.12+ warns
+# about them with a SyntaxWarning on stderr when the file is first compiled, which happens on
+# importing recbole.model.sequential_recommender (for SASRec and GRU4Rec): only those, only
+# from RecBole's own files, are silenced.
+RECBOLE_SOURCE_WARNINGS = r".*[/\\]recbole[/\\]"
+
+
+def silence_recbole_syntax_warnings() -> None:
+    warnings.filterwarnings("ignore", message="invalid escape sequence", category=SyntaxWarning,
+                            module=RECBOLE_SOURCE_WARNINGS)
+
+
 def restore_numpy_aliases() -> list[str]:
     """Define the numpy aliases RecBole uses where this numpy lacks them; returns the names defined."""
     import numpy as np

@@ -121,3 +121,22 @@ def test_checkpoint_unpickler_reads_numpy_scalars_as_numpy_1_and_2_pickle_them()
     for module in (b"numpy.core.multiarray", b"numpy._core.multiarray"):
         state = compat._CheckpointUnpickler(io.BytesIO(data.replace(written, module))).load()
         assert state == {"ndcg@10": 0.5}
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="Python 3.12+ reports invalid escapes as SyntaxWarning")
+def test_recbole_syntax_warnings_are_silenced_for_recboles_files_only():
+    import recbole.model.sequential_recommender.dien as dien
+
+    with open(dien.__file__, encoding="utf-8") as f:
+        source = f.read()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        compile(source, dien.__file__, "exec")
+    assert any(issubclass(w.category, SyntaxWarning) for w in seen)  # needed
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        compat.silence_recbole_syntax_warnings()
+        compile(source, dien.__file__, "exec")
+        compile(source, os.path.join("elsewhere", "mine.py"), "exec")
+    files = {w.filename for w in seen if issubclass(w.category, SyntaxWarning)}
+    assert files == {os.path.join("elsewhere", "mine.py")}  # effective, and only for RecBole's files

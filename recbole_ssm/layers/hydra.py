@@ -51,6 +51,32 @@ class HydraMixer(nn.Module):
         self.norm = RMSNormGated(self.d_inner, eps=1e-5, norm_before_gate=True)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
 
+    @staticmethod
+    def reads_last_real(mask: Optional[torch.Tensor], index: torch.Tensor, seqlen: int) -> bool:
+        """Whether ``index`` is each row's last real position (the last position, without a mask)."""
+        last = mask.sum(1) - 1 if mask is not None else torch.full_like(index, seqlen - 1)
+        return bool(torch.equal(index, last))
+
+    def _both_directions(self, x, bc, dt, A, bsz: int, seqlen: int, gn: int, index):
+        """Both scans as one batch of 2B sequences, the second read backwards; each shifted by one
+        step. Returns the mixed sequence (B, L, D) and x, or both at ``index`` (B, D)."""
+        x2 = torch.cat([x, x.flip(1)], dim=0).reshape(2 * bsz, seqlen, self.nheads, self.headdim)
+        bc2 = torch.cat([bc[..., : 2 * gn], bc[..., 2 * gn:].flip(1)], dim=0)  # (2B, L, 2*G*N)
+        b2, c2 = bc2.reshape(2 * bsz, seqlen, 2, self.ngroups, self.d_state).unbind(2)  # (2B, L, G, N)
+        dt2 = torch.cat([dt[..., : self.nheads], dt[..., self.nheads:].flip(1)], dim=0)  # (2B, L, H)
+        y2 = mamba_chunk_scan_combined(
+            x2, dt2, A, b2, c2, self.chunk_size, dt_bias=self.dt_bias.float(), dt_softplus=True,
+        ).reshape(2 * bsz, seqlen, self.d_inner)
+        if index is not None:
+            # shifted right: position t reads the forward scan at t-1 and the backward one at t+1,
+            # i.e. row L-2-t of the reversed sequence; 0 beyond either end
+            fwd = take(y2[:bsz], (index - 1).clamp_min(0)) * (index > 0).unsqueeze(-1)
+            back = seqlen - 2 - index
+            bwd = take(y2[bsz:], back.clamp_min(0)) * (back >= 0).unsqueeze(-1)
+            return fwd + bwd, take(x, index)
+        y2 = _shift_right(y2)  # strictly causal in each direction
+        return y2[:bsz] + y2[bsz:].flip(1), x  # (B, L, D)
+
     def forward(
         self, hidden: torch.Tensor, mask: Optional[torch.Tensor] = None, index: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
@@ -67,26 +93,20 @@ class HydraMixer(nn.Module):
             xbc = xbc * keep  # conv bias makes padding non-zero; the backward scan must start empty
         gn = self.ngroups * self.d_state
         x, bc = torch.split(xbc, [self.d_inner, 4 * gn], dim=-1)
-        # the two directions as one batch of 2B sequences; the second one read backwards
-        x2 = torch.cat([x, x.flip(1)], dim=0).reshape(2 * bsz, seqlen, self.nheads, self.headdim)
-        bc2 = torch.cat([bc[..., : 2 * gn], bc[..., 2 * gn:].flip(1)], dim=0)  # (2B, L, 2*G*N)
-        b2, c2 = bc2.reshape(2 * bsz, seqlen, 2, self.ngroups, self.d_state).unbind(2)  # (2B, L, G, N)
-        dt2 = torch.cat([dt[..., : self.nheads], dt[..., self.nheads:].flip(1)], dim=0)  # (2B, L, H)
-        y2 = mamba_chunk_scan_combined(
-            x2, dt2, -torch.exp(self.A_log.float()), b2, c2, self.chunk_size,
-            dt_bias=self.dt_bias.float(), dt_softplus=True,
-        ).reshape(2 * bsz, seqlen, self.d_inner)
-        if index is not None:
-            # shifted right: position t reads the forward scan at t-1 and the backward one at t+1,
-            # i.e. row L-2-t of the reversed sequence; 0 beyond either end
-            fwd = take(y2[:bsz], (index - 1).clamp_min(0)) * (index > 0).unsqueeze(-1)
-            back = seqlen - 2 - index
-            bwd = take(y2[bsz:], back.clamp_min(0)) * (back >= 0).unsqueeze(-1)
+        A = -torch.exp(self.A_log.float())
+        if index is not None and self.reads_last_real(mask, index, seqlen):
+            # The backward scan at index + 1 sees only masked (zero) inputs, so its contribution
+            # at the read position is exactly 0: only the forward scan is computed.
+            y = mamba_chunk_scan_combined(
+                x.reshape(bsz, seqlen, self.nheads, self.headdim), dt[..., : self.nheads], A,
+                bc[..., :gn].reshape(bsz, seqlen, self.ngroups, self.d_state),
+                bc[..., gn: 2 * gn].reshape(bsz, seqlen, self.ngroups, self.d_state),
+                self.chunk_size, dt_bias=self.dt_bias.float(), dt_softplus=True,
+            ).reshape(bsz, seqlen, self.d_inner)
+            y = take(y, (index - 1).clamp_min(0)) * (index > 0).unsqueeze(-1)  # shifted: reads t-1
             x = take(x, index)  # (B, D)
-            y = fwd + bwd
         else:
-            y2 = _shift_right(y2)  # strictly causal in each direction
-            y = y2[:bsz] + y2[bsz:].flip(1)  # (B, L, D)
+            y, x = self._both_directions(x, bc, dt, A, bsz, seqlen, gn, index)
         diag = F.linear(x, self.fc_D.weight, self.D)  # (B, [L,] H)
         y = y + x * diag.repeat_interleave(self.headdim, dim=-1)
         return self.out_proj(self.norm(y, z))  # (B, L, d_model) or (B, d_model)

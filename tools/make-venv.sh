@@ -20,7 +20,12 @@ pick_python() {
             echo "error: PYTHON=$PYTHON not found; give a Python 3.10-3.13 interpreter, e.g. make PYTHON=python3.12" >&2
             exit 2
         fi
-        local v; v=$(version_of "$PYTHON") || v="?"
+        local v
+        if ! v=$(version_of "$PYTHON"); then
+            echo "error: PYTHON=$PYTHON does not run here (a pyenv shim of a version not selected?);" \
+                 "give its full path, e.g. make PYTHON=\$(pyenv root)/versions/3.12.1/bin/python3.12" >&2
+            exit 2
+        fi
         if ! supported "$v"; then
             echo "error: PYTHON=$PYTHON is Python $v; recbole-ssm needs Python 3.10-3.13" >&2
             exit 2

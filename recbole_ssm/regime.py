@@ -27,6 +27,7 @@ from recbole.data.dataloader.abstract_dataloader import AbstractDataLoader
 from recbole.data.interaction import Interaction
 
 from recbole_ssm.errors import ConfigError
+from recbole_ssm.validate import positive_int, require
 
 TRAIN_TARGETS = ("last", "all")
 # Interaction fields of an ``all`` batch besides RecBole's item list and its length:
@@ -58,9 +59,7 @@ def check_train_targets(config, model_class) -> str:
             + ", ".join(models_supporting("all"))
         )
     if value == "all":
-        size = config["train_window_batch_size"]
-        if not (isinstance(size, int) and not isinstance(size, bool) and size > 0):
-            raise ConfigError(f"invalid train_window_batch_size={size!r}: a positive integer (windows per batch)")
+        require(config, "train_window_batch_size", positive_int, "a positive integer (windows per batch)")
     return value
 
 

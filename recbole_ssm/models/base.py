@@ -7,28 +7,10 @@ import torch.nn as nn
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.loss import BPRLoss
 
-from recbole_ssm.errors import ConfigError
 from recbole_ssm.layers import SSMLayer
 from recbole_ssm.models.causal import CausalLoss
 from recbole_ssm.regime import TARGETS
-
-
-def require(config, key: str, ok, rule: str):
-    """Read ``config[key]`` and check it, or raise a ConfigError naming the key and the rule."""
-    value = config[key]  # RecBole's Config gives None for a missing key
-    if value is None:
-        raise ConfigError(f"{key} is not set: {rule}")
-    try:
-        good = ok(value)
-    except TypeError:
-        good = False
-    if not good:
-        raise ConfigError(f"invalid {key}={value!r}: {rule}")
-    return value
-
-
-def positive_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+from recbole_ssm.validate import positive_int, require
 
 
 class SSMRecommender(CausalLoss, SequentialRecommender):

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from recbole_ssm.errors import ConfigError
 from recbole_ssm.ops.cross_entropy import linear_cross_entropy
 from recbole_ssm.regime import NEG_TARGETS, TARGETS
+from recbole_ssm.validate import positive_number, require
 
 CE_CHUNK_MIB = 128.0  # logits of one chunk of positions (see ops.cross_entropy), unless ce_chunk_mib is set
 
@@ -28,11 +28,8 @@ class CausalLoss:
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        budget = config["ce_chunk_mib"]
-        number = isinstance(budget, (int, float)) and not isinstance(budget, bool)
-        if budget is not None and not (number and budget > 0):
-            raise ConfigError(f"invalid ce_chunk_mib={budget!r}: a positive number of MiB")
-        self.ce_chunk_mib = float(budget or CE_CHUNK_MIB)
+        self.ce_chunk_mib = float(require(config, "ce_chunk_mib", positive_number, "a positive number of MiB",
+                                          default=CE_CHUNK_MIB))
 
     def target_loss(self, hidden: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor | None = None) -> torch.Tensor:
         """Mean loss of hidden states (P, d) against their next items (P,): CE over all items, or BPR."""

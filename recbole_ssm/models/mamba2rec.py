@@ -2,7 +2,8 @@
 
 from recbole_ssm.errors import ConfigError
 from recbole_ssm.layers import Mamba2Mixer
-from recbole_ssm.models.base import SSMRecommender, positive_int, require
+from recbole_ssm.models.base import SSMRecommender
+from recbole_ssm.validate import positive_int, require
 
 
 def ssd_settings(model, config, odd_conv: bool = False) -> dict:

@@ -2,7 +2,8 @@
 Selective State Space Models". Mamba1 layers + PFFN, no positional embedding."""
 
 from recbole_ssm.layers import MambaMixer
-from recbole_ssm.models.base import SSMRecommender, positive_int, require
+from recbole_ssm.models.base import SSMRecommender
+from recbole_ssm.validate import positive_int, require
 
 
 class Mamba4Rec(SSMRecommender):

@@ -15,6 +15,20 @@ def take(t: torch.Tensor, index: torch.Tensor, dim: int = 1) -> torch.Tensor:
     return t[rows, index] if dim == 1 else t.movedim(dim, 1)[rows, index]
 
 
+def conv_window(x: torch.Tensor, lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """The causal convolution's cache after each row's last real position: inputs
+    ``lengths[b] - width .. lengths[b] - 1`` of row b, oldest first, 0 before the start.
+    x: (B, C, L) -> (B, C, width)."""
+    pos = lengths.unsqueeze(1) - width + torch.arange(width, device=x.device)  # (B, W)
+    got = x.gather(2, pos.clamp_min(0).unsqueeze(1).expand(-1, x.size(1), -1))  # (B, C, W)
+    return got * (pos >= 0).unsqueeze(1).to(x.dtype)
+
+
+def real_positions(lengths: torch.Tensor, seqlen: int) -> torch.Tensor:
+    """(B,) lengths -> (B, L) bool, True at each row's real (non-padding) positions."""
+    return torch.arange(seqlen, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
+
+
 def gated_projection(
     proj: nn.Linear, hidden: torch.Tensor, gate_size: int, gate_first: bool, index: Optional[torch.Tensor] = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,3 +90,18 @@ class SSMLayer(nn.Module):
             h = h + (x if index is None else take(x, index))
         h = self.LayerNorm(h)
         return self.ffn(h)
+
+    def _after_mixer(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        h = self.dropout(h)
+        if self.residual:
+            h = h + x
+        return self.ffn(self.LayerNorm(h))
+
+    def step(self, x: torch.Tensor, state) -> torch.Tensor:
+        """One position: x (B, d) -> (B, d); the mixer's ``state`` is advanced in place (causal mixers)."""
+        return self._after_mixer(self.mixer.step(x, state), x)
+
+    def prefill(self, x: torch.Tensor, lengths: torch.Tensor):
+        """The whole sequence (B, L, d) -> (output (B, L, d), the mixer's state after each row's last real item)."""
+        h, state = self.mixer.prefill(x, lengths)
+        return self._after_mixer(h, x), state

@@ -9,9 +9,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from recbole_ssm.layers.block import gated_projection, take
+from recbole_ssm.layers.block import conv_window, gated_projection, real_positions, take
 from recbole_ssm.layers.init import dt_bias_init
-from recbole_ssm.ops import causal_conv1d_fn, selective_scan_fn
+from recbole_ssm.ops import causal_conv1d_fn, causal_conv1d_update, selective_scan_fn, selective_state_update
 
 
 class MambaMixer(nn.Module):
@@ -67,3 +67,39 @@ class MambaMixer(nn.Module):
         if index is not None:
             return self.out_proj(take(y, index, dim=2) * F.silu(z))  # (B, d_model)
         return self.out_proj(y.transpose(1, 2))  # (B, L, d_model)
+
+    # Step-wise inference: state = (conv cache (B, D, d_conv), SSM state (B, D, N) in float32)
+
+    def new_state(self, batch: int, device=None, dtype=torch.float32):
+        conv = torch.zeros(batch, self.d_inner, self.d_conv, device=device, dtype=dtype)
+        return conv, torch.zeros(batch, self.d_inner, self.d_state, device=device, dtype=torch.float32)
+
+    def step(self, hidden: torch.Tensor, state) -> torch.Tensor:
+        """One new position per row: hidden (B, d_model) -> (B, d_model); ``state`` advanced in place."""
+        conv_state, ssm_state = state
+        x, z = torch.split(self.in_proj(hidden), [self.d_inner, self.d_inner], dim=-1)  # (B, D) each
+        x = causal_conv1d_update(x, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu")
+        dt, b, c = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        y = selective_state_update(
+            ssm_state, x, F.linear(dt, self.dt_proj.weight), -torch.exp(self.A_log.float()), b, c,
+            D=self.D.float(), z=z, dt_bias=self.dt_proj.bias.float(), dt_softplus=True,
+        )  # (B, D)
+        return self.out_proj(y)
+
+    def prefill(self, hidden: torch.Tensor, lengths: torch.Tensor):
+        """hidden (B, L, d_model), right-padded rows of ``lengths`` real positions -> (output (B, L,
+        d_model), state after each row's last real position). The step size is 0 on padding, so
+        the SSM state passes through it unchanged."""
+        z, x = gated_projection(self.in_proj, hidden, self.d_inner, gate_first=False)
+        x = x.transpose(1, 2)  # (B, D, L)
+        conv_state = conv_window(x, lengths, self.d_conv)
+        x = causal_conv1d_fn(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu")
+        dt, b, c = torch.split(self.x_proj(x.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.softplus(F.linear(dt, self.dt_proj.weight).float() + self.dt_proj.bias.float()).transpose(1, 2)
+        dt = dt * real_positions(lengths, x.size(2)).unsqueeze(1)  # (B, D, L), 0 on padding
+        y, ssm_state = selective_scan_fn(
+            x, dt.to(x.dtype), -torch.exp(self.A_log.float()),
+            b.transpose(1, 2).contiguous(), c.transpose(1, 2).contiguous(),
+            D=self.D.float(), z=z.transpose(1, 2), return_last_state=True,
+        )
+        return self.out_proj(y.transpose(1, 2)), (conv_state, ssm_state.float())

@@ -6,11 +6,12 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from recbole_ssm.layers.block import gated_projection, take
+from recbole_ssm.layers.block import conv_window, gated_projection, real_positions, take
 from recbole_ssm.layers.init import dt_bias_init
 from recbole_ssm.layers.norm import RMSNormGated
-from recbole_ssm.ops import causal_conv1d_fn, mamba_chunk_scan_combined
+from recbole_ssm.ops import causal_conv1d_fn, causal_conv1d_update, mamba_chunk_scan_combined, ssd_state_update
 
 
 class Mamba2Mixer(nn.Module):
@@ -58,3 +59,47 @@ class Mamba2Mixer(nn.Module):
         if index is not None:
             y = take(y, index)  # (B, D)
         return self.out_proj(self.norm(y, z))  # (B, L, d_model) or (B, d_model)
+
+    # Step-wise inference: state = (conv cache (B, conv_dim, d_conv), SSD state (B, H, P, N) in float32)
+
+    def new_state(self, batch: int, device=None, dtype=torch.float32):
+        conv = torch.zeros(batch, self.conv_dim, self.conv1d.kernel_size[0], device=device, dtype=dtype)
+        ssm = torch.zeros(batch, self.nheads, self.headdim, self.d_state, device=device, dtype=torch.float32)
+        return conv, ssm
+
+    def step(self, hidden: torch.Tensor, state) -> torch.Tensor:
+        """One new position per row: hidden (B, d_model) -> (B, d_model); ``state`` advanced in place."""
+        conv_state, ssm_state = state
+        bsz = hidden.size(0)
+        z, xbc, dt = torch.split(self.in_proj(hidden), [self.d_inner, self.conv_dim, self.nheads], dim=-1)
+        xbc = causal_conv1d_update(xbc, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias,
+                                   activation="silu")
+        gn = self.ngroups * self.d_state
+        x, b, c = torch.split(xbc, [self.d_inner, gn, gn], dim=-1)
+        y = ssd_state_update(
+            ssm_state, x.reshape(bsz, self.nheads, self.headdim), dt, -torch.exp(self.A_log.float()),
+            b.reshape(bsz, self.ngroups, self.d_state), c.reshape(bsz, self.ngroups, self.d_state),
+            D=self.D.float(), dt_bias=self.dt_bias.float(), dt_softplus=True,
+        ).reshape(bsz, self.d_inner)
+        return self.out_proj(self.norm(y, z))
+
+    def prefill(self, hidden: torch.Tensor, lengths: torch.Tensor):
+        """hidden (B, L, d_model), right-padded rows of ``lengths`` real positions -> (output (B, L,
+        d_model), state after each row's last real position). The step size is 0 on padding, so
+        the SSD state passes through it unchanged."""
+        bsz, seqlen, _ = hidden.shape
+        z, rest = gated_projection(self.in_proj, hidden, self.d_inner, gate_first=True)
+        xbc, dt = torch.split(rest, [self.conv_dim, self.nheads], dim=-1)
+        xbc = xbc.transpose(1, 2)  # (B, conv_dim, L)
+        conv_state = conv_window(xbc, lengths, self.conv1d.kernel_size[0])
+        xbc = causal_conv1d_fn(xbc, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu").transpose(1, 2)
+        gn = self.ngroups * self.d_state
+        x, b, c = torch.split(xbc, [self.d_inner, gn, gn], dim=-1)
+        dt = F.softplus(dt.float() + self.dt_bias.float()) * real_positions(lengths, seqlen).unsqueeze(-1)
+        y, ssm_state = mamba_chunk_scan_combined(
+            x.reshape(bsz, seqlen, self.nheads, self.headdim), dt, -torch.exp(self.A_log.float()),
+            b.reshape(bsz, seqlen, self.ngroups, self.d_state), c.reshape(bsz, seqlen, self.ngroups, self.d_state),
+            self.chunk_size, D=self.D.float(), return_final_states=True,
+        )
+        y = y.reshape(bsz, seqlen, self.d_inner)
+        return self.out_proj(self.norm(y, z)), (conv_state, ssm_state.float())

@@ -2,15 +2,37 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.loss import BPRLoss
 
 from recbole_ssm.layers import SSMLayer
+from recbole_ssm.layers.block import take
 from recbole_ssm.models.causal import CausalLoss
 from recbole_ssm.regime import TARGETS
 from recbole_ssm.validate import positive_int, require
+
+
+@dataclass
+class StepState:
+    """Users' recurrent state for step-wise inference: each layer's mixer state, the output at the
+    last item consumed (B, d) and the number of items consumed (B,). Its size does not depend on
+    how many items were consumed."""
+
+    layers: list
+    hidden: torch.Tensor
+    length: torch.Tensor
+
+    def nbytes(self) -> int:
+        tensors = [t for layer in self.layers for t in layer] + [self.hidden, self.length]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def layer_mixer(layer: nn.Module) -> nn.Module:
+    return layer.mixer
 
 
 class SSMRecommender(CausalLoss, SequentialRecommender):
@@ -89,6 +111,50 @@ class SSMRecommender(CausalLoss, SequentialRecommender):
             x = layer(x, mask)
         # the loss and the scores read one position per row: the last layer computes only that one
         return self.layers[-1](x, mask, item_seq_len - 1)  # (B, d)
+
+    # Step-wise inference (causal models): O(1) work per new item, whatever the history's length.
+    # Call in eval mode; the scores equal full_sort_predict on the same history.
+
+    def _check_stepwise(self) -> None:
+        if self.bidirectional:
+            raise NotImplementedError(
+                f"{type(self).__name__} is bidirectional: a new item changes every position's output, so "
+                "there is no step-wise update; score the whole history with full_sort_predict"
+            )
+
+    def embed_step(self, item_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """(B,) item ids at positions (B,) -> (B, d) layer input (what ``embed`` gives there)."""
+        return self.dropout(self.LayerNorm(self.item_embedding(item_ids)))
+
+    def init_state(self, batch_size: int) -> StepState:
+        """The state of ``batch_size`` users with no history yet."""
+        self._check_stepwise()
+        weight = self.item_embedding.weight
+        layers = [layer_mixer(layer).new_state(batch_size, weight.device, weight.dtype) for layer in self.layers]
+        return StepState(layers, weight.new_zeros(batch_size, self.hidden_size),
+                         torch.zeros(batch_size, dtype=torch.long, device=weight.device))
+
+    def step(self, state: StepState, item_ids: torch.Tensor) -> StepState:
+        """Consume one more item per user (``item_ids`` (B,)); ``state`` is updated in place and returned."""
+        x = self.embed_step(item_ids, state.length)
+        for layer, layer_state in zip(self.layers, state.layers):
+            x = layer.step(x, layer_state)
+        state.hidden, state.length = x, state.length + 1
+        return state
+
+    def state_from(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> StepState:
+        """The state after whole histories (B, L) right-padded, of lengths (B,) >= 1, in one chunked pass."""
+        self._check_stepwise()
+        x = self.embed(item_seq[:, : int(item_seq_len.max())])
+        layers = []
+        for layer in self.layers:
+            x, layer_state = layer.prefill(x, item_seq_len)
+            layers.append(layer_state)
+        return StepState(layers, take(x, item_seq_len - 1), item_seq_len.clone())
+
+    def score(self, state: StepState) -> torch.Tensor:
+        """Scores of every item for each user's next interaction, (B, n_items)."""
+        return state.hidden @ self.item_embedding.weight.t()
 
     def calculate_loss(self, interaction) -> torch.Tensor:
         if TARGETS in interaction:

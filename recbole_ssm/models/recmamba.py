@@ -28,6 +28,14 @@ class _ResidualMixer(nn.Module):
             return h
         return h + (x if index is None else take(x, index))
 
+    def step(self, x, state):
+        h = self.mixer.step(x, state)
+        return h + x if self.residual else h
+
+    def prefill(self, x, lengths):
+        h, state = self.mixer.prefill(x, lengths)
+        return (h + x if self.residual else h), state
+
 
 class RecMamba(Mamba4Rec):
     """Mamba blocks over long histories; defaults in ``properties/model/RecMamba.yaml``.
@@ -47,3 +55,12 @@ class RecMamba(Mamba4Rec):
         positions = torch.arange(item_seq.size(1), device=item_seq.device)  # (L,)
         x = self.item_embedding(item_seq) * math.sqrt(self.hidden_size) + self.position_embedding(positions)
         return self.dropout(x)  # (B, L, d)
+
+    def embed_step(self, item_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        if int(positions.max()) >= self.max_seq_length:
+            raise ValueError(
+                f"RecMamba's learned positions end at MAX_ITEM_LIST_LENGTH={self.max_seq_length}: a history "
+                "cannot be stepped past it; keep its last MAX_ITEM_LIST_LENGTH items and use state_from"
+            )
+        x = self.item_embedding(item_ids) * math.sqrt(self.hidden_size) + self.position_embedding(positions)
+        return self.dropout(x)  # (B, d)

@@ -1,0 +1,78 @@
+"""Step-wise inference of the causal SSM recommenders: a user's state updated one item at a time
+gives the same scores as encoding the whole history (full_sort_predict)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from recbole.data.interaction import Interaction
+
+from tests.test_models import dataset, make, random_batch  # noqa: F401  (dataset is a fixture)
+
+CAUSAL = ["Mamba4Rec", "Mamba2Rec", "RecMamba"]
+
+
+def full_scores(model, seq: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+    return model.full_sort_predict(Interaction({model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: lens}))
+
+
+def stepwise_model(name, dataset, tiny_data, seed):  # noqa: F811
+    model = make(name, dataset, tiny_data, num_layers=2)
+    with torch.no_grad():  # weights away from the near-zero initialisation, so that errors show
+        g = torch.Generator().manual_seed(seed)
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return model.eval()
+
+
+def assert_scores_close(got, want):
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+
+
+@pytest.mark.parametrize("name", CAUSAL)
+@pytest.mark.parametrize("seed", [41, 42])
+def test_stepping_item_by_item_scores_like_the_whole_history(dataset, tiny_data, name, seed):  # noqa: F811
+    model = stepwise_model(name, dataset, tiny_data, seed)
+    seq, lens = random_batch(dataset.item_num, [13, 13, 13], 20, seed)
+    with torch.no_grad():
+        state = model.init_state(3)
+        for t in range(13):
+            model.step(state, seq[:, t])
+            if t + 1 in (1, 6, 13):
+                prefix = seq.clone()
+                prefix[:, t + 1:] = 0
+                assert_scores_close(model.score(state), full_scores(model, prefix, torch.full((3,), t + 1)))
+    assert state.length.tolist() == [13, 13, 13]
+
+
+@pytest.mark.parametrize("name", CAUSAL)
+def test_state_from_mixed_lengths_then_steps_scores_like_the_whole_history(dataset, tiny_data, name):  # noqa: F811
+    model = stepwise_model(name, dataset, tiny_data, 43)
+    lengths = [13, 1, 7, 17, 4]
+    seq, lens = random_batch(dataset.item_num, lengths, 20, 44)
+    new = torch.randint(1, dataset.item_num, (5, 3), generator=torch.Generator().manual_seed(45))
+    with torch.no_grad():
+        state = model.state_from(seq, lens)
+        assert_scores_close(model.score(state), full_scores(model, seq, lens))
+        size = state.nbytes()
+        longer = seq.clone()
+        for k in range(3):
+            model.step(state, new[:, k])
+            longer[torch.arange(5), lens + k] = new[:, k]
+        assert_scores_close(model.score(state), full_scores(model, longer, lens + 3))
+    assert state.nbytes() == size  # constant-size state
+
+
+def test_a_bidirectional_model_has_no_stepwise_update(dataset, tiny_data):  # noqa: F811
+    model = make("Hydra4Rec", dataset, tiny_data)
+    with pytest.raises(NotImplementedError, match="Hydra4Rec is bidirectional"):
+        model.init_state(2)
+
+
+def test_recmamba_cannot_step_past_its_learned_positions(dataset, tiny_data):  # noqa: F811
+    model = make("RecMamba", dataset, tiny_data)
+    seq, lens = random_batch(dataset.item_num, [20], 20, 46)
+    with torch.no_grad():
+        state = model.state_from(seq, lens)
+        with pytest.raises(ValueError, match="MAX_ITEM_LIST_LENGTH=20"):
+            model.step(state, torch.tensor([5]))

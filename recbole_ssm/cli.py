@@ -3,7 +3,8 @@
 Without a sub-command it trains and tests one model (RecBole's ``run_recbole`` conventions).
 Sub-commands: ``prepare`` (raw data -> atomic files), ``bench`` (tables, efficiency curves,
 training regimes, kernels),
-``tune`` (Ray Tune sweeps). Misuse prints one ``error:`` line and exits with code 2.
+``tune`` (Ray Tune sweeps),
+``recommend`` (top-k items from a checkpoint). Misuse prints one ``error:`` line and exits with code 2.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ usage: run_recbole_ssm.py [--model=NAME] [--dataset=NAME] [--config_files="a.yam
        run_recbole_ssm.py prepare SOURCE --input PATH [...]      raw data -> RecBole atomic files
        run_recbole_ssm.py bench {table,efficiency,regimes,ops} [...]   tables, efficiency, training regimes, kernels
        run_recbole_ssm.py tune --model=NAME [...]                Ray Tune sweep
+       run_recbole_ssm.py recommend --checkpoint=PATH --users=U1,U2 [...]   top-k items from a saved model
 
 Trains and tests one model through RecBole's pipeline and prints valid/test metrics.
   --model         a recbole-ssm model (Mamba4Rec, Mamba2Rec / 2Mamba4Rec, Hydra4Rec, RecMamba, SeqPop;
@@ -32,6 +34,7 @@ SUBCOMMANDS = {
     "prepare": "recbole_ssm.data.cli",
     "bench": "recbole_ssm.bench.cli",
     "tune": "recbole_ssm.tune.cli",
+    "recommend": "recbole_ssm.recommend",
 }
 
 

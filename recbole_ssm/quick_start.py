@@ -172,7 +172,14 @@ def load_data_and_model(model_file: str):
 
     if not os.path.isfile(model_file):
         raise UsageError(f"checkpoint not found: {model_file}")
-    checkpoint = compat.load_checkpoint(model_file)
+    try:
+        checkpoint = compat.load_checkpoint(model_file)
+    except Exception as exc:  # a truncated, foreign or non-checkpoint file: pickle's many errors
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UsageError(f"{model_file} is not a checkpoint of a training run ({type(exc).__name__}: {first}); "
+                         "give a .pth file that a run wrote into its checkpoint_dir") from None
+    if not isinstance(checkpoint, dict) or not {"config", "state_dict"} <= set(checkpoint):
+        raise UsageError(f"{model_file} is not a checkpoint of a training run (no config and state_dict in it)")
     config = checkpoint["config"]
     _runtime_of_this_process(config)
     init_seed(config["seed"], config["reproducibility"])

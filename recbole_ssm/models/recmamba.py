@@ -43,6 +43,8 @@ class RecMamba(Mamba4Rec):
     The mixer is Mamba4Rec's; the embedding and the layer around the mixer differ.
     """
 
+    bounded_positions = True  # learned position embeddings: a history cannot be stepped past L
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.position_embedding = nn.Embedding(self.max_seq_length, self.hidden_size)

@@ -1,0 +1,188 @@
+"""Recommendations from a trained model: per-user recurrent states in a bounded cache.
+
+A causal SSM model (Mamba4Rec, Mamba2Rec, RecMamba) keeps a constant-size state per user
+(:class:`recbole_ssm.models.base.StepState`): a new interaction costs one ``step``, whatever the
+length of the history before it. :class:`StateCache` holds those states, least recently used
+first out when a byte budget is exceeded. :class:`Recommender` answers ``recommend(user,
+new_items, k)``: it steps a cached state through the new items only, or builds the state from
+the user's last ``MAX_ITEM_LIST_LENGTH`` items in one chunked pass (``state_from``) on a miss.
+
+Models without a step-wise update (the bidirectional Hydra4Rec, RecBole's SASRec and GRU4Rec)
+re-encode the user's last ``MAX_ITEM_LIST_LENGTH`` items on every call, which costs a full pass
+over them (for SASRec, quadratic in that length).
+
+Thread safety: one lock serialises ``recommend`` calls on a Recommender (a state is updated in
+place while it is stepped, and torch modules are not documented as safe to call concurrently);
+concurrent callers are safe, not parallel.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from recbole_ssm.errors import UsageError
+from recbole_ssm.models.base import StepState
+
+
+def stepwise(model) -> bool:
+    """Whether ``model`` updates a user's state one item at a time."""
+    return callable(getattr(model, "init_state", None)) and not getattr(model, "bidirectional", False)
+
+
+class StateCache:
+    """Users' states, each a one-row :class:`StepState`, within ``max_bytes`` (LRU eviction)."""
+
+    def __init__(self, max_bytes: int):
+        if max_bytes <= 0:
+            raise ValueError(f"max_bytes must be positive, got {max_bytes}")
+        self.max_bytes = int(max_bytes)
+        self._states: OrderedDict[int, StepState] = OrderedDict()
+        self.nbytes = 0
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def __contains__(self, user: int) -> bool:
+        return user in self._states
+
+    def get(self, user: int) -> StepState | None:
+        state = self._states.get(user)
+        if state is not None:
+            self._states.move_to_end(user)
+        return state
+
+    def put(self, user: int, state: StepState) -> None:
+        size = state.nbytes()
+        if size > self.max_bytes:
+            raise ValueError(f"one user's state takes {size} bytes, more than the cache's {self.max_bytes}")
+        old = self._states.pop(user, None)
+        if old is not None:
+            self.nbytes -= old.nbytes()
+        self._states[user] = state
+        self.nbytes += size
+        while self.nbytes > self.max_bytes:
+            _, evicted = self._states.popitem(last=False)
+            self.nbytes -= evicted.nbytes()
+            self.evictions += 1
+
+
+@dataclass
+class Recommendation:
+    item: str  # external item token
+    score: float
+
+
+class Recommender:
+    """Top-k items for users of a data set, from a trained model (see the module docstring).
+
+    ``histories`` maps internal user ids to their item ids in time order (internal ids), e.g.
+    :func:`user_histories` of the data set the model was trained on. Tokens are translated
+    with ``dataset`` (RecBole's ``field2id_token``).
+    """
+
+    def __init__(self, model, dataset, histories: dict[int, np.ndarray], max_bytes: int = 256 << 20):
+        self.model = model.eval()
+        self.dataset = dataset
+        self.histories = histories
+        self.cache = StateCache(max_bytes) if stepwise(model) else None
+        self.max_length = int(model.max_seq_length)
+        self._lock = threading.Lock()
+        self._device = next(model.parameters()).device
+
+    # -- tokens
+    def user_id(self, token: str) -> int:
+        return self._internal(self.dataset.uid_field, token, "user")
+
+    def item_id(self, token: str) -> int:
+        return self._internal(self.dataset.iid_field, token, "item")
+
+    def _internal(self, field: str, token: str, what: str) -> int:
+        mapping = self.dataset.field2token_id[field]
+        if str(token) not in mapping or mapping[str(token)] == 0:
+            raise UsageError(f"unknown {what} token {token!r}: not in the data set the model was trained on")
+        return int(mapping[str(token)])
+
+    # -- recommending
+    def recommend(self, user: str | None, new_items: Sequence[str] = (), k: int = 10,
+                  exclude_seen: bool = False) -> list[Recommendation]:
+        """Top ``k`` items after ``user``'s history (None: an empty history) and ``new_items``
+        (tokens, oldest first; they extend the cached state and are remembered)."""
+        if k < 1:
+            raise UsageError(f"k must be a whole number >= 1, got {k}")
+        uid = self.user_id(user) if user is not None else None
+        new = [self.item_id(t) for t in new_items]
+        with self._lock, torch.no_grad():
+            past = self.histories.get(uid, np.zeros(0, dtype=np.int64)) if uid is not None else np.zeros(0, np.int64)
+            history = np.concatenate([past, np.asarray(new, dtype=np.int64)])
+            if len(history) == 0:
+                raise UsageError("an empty history: give new items for a user with none")
+            scores = self._scores(uid, past, new, history)
+            if uid is not None:
+                self.histories[uid] = history
+        scores[0] = -torch.inf  # the padding item
+        if exclude_seen:
+            scores[torch.as_tensor(history)] = -torch.inf
+        k = min(k, int(torch.isfinite(scores).sum()))
+        top = torch.topk(scores, k)
+        tokens = self.dataset.field2id_token[self.dataset.iid_field]
+        return [Recommendation(str(tokens[i]), float(s)) for s, i in zip(top.values.tolist(), top.indices.tolist())]
+
+    def _scores(self, uid, past: np.ndarray, new: list[int], history: np.ndarray) -> torch.Tensor:
+        model = self.model
+        if self.cache is None:
+            return self._encode(history)
+        state = self.cache.get(uid) if uid is not None else None
+        if state is None:
+            state = self._state_from(past) if len(past) else model.init_state(1)
+        fits = int(state.length[0]) + len(new) <= self.max_length or not getattr(model, "bounded_positions", False)
+        if fits:
+            for item in new:
+                model.step(state, torch.tensor([item], device=self._device))
+        else:
+            state = self._state_from(history)  # learned positions end at L: the last L items afresh
+        if uid is not None:
+            self.cache.put(uid, state)
+        return model.score(state)[0]
+
+    def _last(self, history: np.ndarray):
+        last = torch.as_tensor(history[-self.max_length:], device=self._device).unsqueeze(0)
+        return last, torch.tensor([last.size(1)], device=self._device)
+
+    def _state_from(self, history: np.ndarray) -> StepState:
+        return self.model.state_from(*self._last(history))
+
+    def _encode(self, history: np.ndarray) -> torch.Tensor:
+        seq, length = self._last(history)
+        from recbole.data.interaction import Interaction
+
+        batch = Interaction({self.model.ITEM_SEQ: seq, self.model.ITEM_SEQ_LEN: length})
+        return self.model.full_sort_predict(batch)[0]
+
+
+def user_histories(dataset) -> dict[int, np.ndarray]:
+    """Every user's items (internal ids) in time order, over all of the data set's interactions."""
+    inter = dataset.inter_feat
+    users = inter[dataset.uid_field].numpy()
+    items = inter[dataset.iid_field].numpy()
+    keys: list[np.ndarray] = [users]
+    if dataset.time_field and dataset.time_field in inter:
+        keys.insert(0, inter[dataset.time_field].numpy())
+    order = np.lexsort(keys)  # by user, then time; stable
+    users, items = users[order], items[order]
+    cuts = np.flatnonzero(np.diff(users)) + 1
+    return {int(u[0]): i for u, i in zip(np.split(users, cuts), np.split(items, cuts)) if len(u)}
+
+
+def from_checkpoint(path: str, max_bytes: int = 256 << 20) -> Recommender:
+    """A Recommender for a checkpoint written by a recbole-ssm run, with its data set's histories."""
+    from recbole_ssm.quick_start import load_data_and_model
+
+    _, model, dataset, _, _, _ = load_data_and_model(path)
+    return Recommender(model, dataset, user_histories(dataset), max_bytes=max_bytes)

@@ -287,3 +287,17 @@ def test_regimes_end_to_end_and_resume(tiny_data, tmp_path, capsys):
     assert cli_main(["bench", "regimes", "--models=Hydra4Rec", "--dataset=ml-tiny", f"--data_path={tiny_data}",
                      f"--output={out}"]) == 2  # Hydra4Rec cannot train under `all`: refused up front
     assert "bidirectional" in capsys.readouterr().err
+
+
+def test_bench_stream_writes_latencies_and_state_sizes(tmp_path):
+    out = tmp_path / "stream"
+    argv = ["stream", "--models=Mamba2Rec,SASRec", "--lengths=8,24", "--repeats=2", "--hidden_size=16",
+            "--n_items=60", "--headdim=8", "--d_state=8", f"--output={out}"]
+    assert bench_main(argv) == 0
+    rows = list(csv.DictReader(open(out / "stream.csv", encoding="utf-8")))
+    assert [(r["Model"], r["History n"]) for r in rows] == [("Mamba2Rec", "8"), ("Mamba2Rec", "24"),
+                                                            ("SASRec", "8"), ("SASRec", "24")]
+    ssm, sasrec = rows[0], rows[2]
+    assert float(ssm["Step (ms/event)"]) > 0 and ssm["State (bytes/user)"] == rows[1]["State (bytes/user)"]
+    assert sasrec["Step (ms/event)"] == "-" and sasrec["Re-encode / baseline re-encode"] == "1.00"
+    assert "slowest step / fastest step" in (out / "stream.md").read_text()

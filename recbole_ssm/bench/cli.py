@@ -1,4 +1,4 @@
-"""``run_recbole_ssm.py bench {table,efficiency,ops}`` / ``python -m recbole_ssm.bench ...``."""
+"""``run_recbole_ssm.py bench {table,efficiency,regimes,stream,ops}`` / ``python -m recbole_ssm.bench ...``."""
 
 from __future__ import annotations
 
@@ -10,13 +10,16 @@ USAGE = """\
 usage: run_recbole_ssm.py bench table --models=A,B --dataset=NAME [--seeds=3] [--output=DIR] [...]
        run_recbole_ssm.py bench efficiency --models=A,B --lengths=50,200 [--batch=16] [--device=cpu] [...]
        run_recbole_ssm.py bench regimes --models=A,B --dataset=NAME [--batches=5] [...]
+       run_recbole_ssm.py bench stream [--models=A,B] [--lengths=100,2000] [...]
        run_recbole_ssm.py bench ops [...]       kernel micro-benchmarks (when installed)
 
   table       train and test each model per seed; mean +- std table (table.md, table.csv)
   efficiency  training-step time, inference time and peak memory against sequence length on
               synthetic sequences (efficiency.csv, PNG plots), with ratios to SASRec
   regimes     training epoch time and memory under train_targets=last against all, on real data
-Run `bench table --help`, `bench efficiency --help` or `bench regimes --help` for the options.
+  stream      per-event recommendation latency against history length: stepping a cached SSM
+              state against re-encoding the history (SASRec)
+Run `bench COMMAND --help` for a command's options.
 """
 
 COMMANDS = {
@@ -24,6 +27,7 @@ COMMANDS = {
     "efficiency": "recbole_ssm.bench.efficiency",
     "ops": "recbole_ssm.bench.ops",
     "regimes": "recbole_ssm.bench.regimes",
+    "stream": "recbole_ssm.bench.stream",
 }
 
 

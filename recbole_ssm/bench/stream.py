@@ -1,0 +1,170 @@
+"""``bench stream``: the cost of one more recommendation after one new event, against history length.
+
+For each history length n, in one process: a causal SSM model steps its cached user state
+through the new item and scores all items (``step`` + ``score`` + top-k, O(1) in n), while a
+model without a step-wise update (SASRec, or the SSM itself as a reference) re-encodes the
+last n items with the new one (``full_sort_predict``). Models are untrained (timing only) and
+built on synthetic data; all points of a length are measured one after the other, so the
+ratios to the baseline are like for like.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+import time
+
+from recbole_ssm.bench.common import (
+    as_number,
+    csv_text,
+    machine_line,
+    markdown_table,
+    median,
+    parse_int_list,
+    parse_model_specs,
+    split_bench_args,
+)
+from recbole_ssm.bench.efficiency import SYNTH, synthetic_config, write_synthetic_dataset
+from recbole_ssm.errors import UsageError
+from recbole_ssm.utils import atomic_write_text
+
+USAGE = """\
+usage: run_recbole_ssm.py bench stream [--models=Mamba4Rec,Mamba2Rec,SASRec] [--lengths=100,500,1000,2000,4000]
+                                       [--baseline=SASRec] [--repeats=30] [--k=10] [--threads=1]
+                                       [--hidden_size=64] [--n_items=3416] [--output=DIR]
+
+Per-event latency of a recommendation (one new item, top-k over all items) against the length of
+the history before it: causal SSMs step a cached state ("step"), every model also re-encodes the
+last n items ("re-encode"). Writes DIR/stream.md and DIR/stream.csv (default results/stream) with
+each latency's ratio to the baseline's re-encoding at the same length, and the bytes of one
+user's cached state.
+"""
+
+DEFAULTS = {"models": "Mamba4Rec,Mamba2Rec,SASRec", "lengths": "100,500,1000,2000,4000", "baseline": "SASRec",
+            "repeats": "30", "k": "10", "threads": "1", "hidden_size": "64", "n_items": "3416", "seed": "2020",
+            "output": ""}
+
+
+def build(name: str, data_root: str, length: int, hidden: int, seed: int, overrides: dict):
+    import torch
+    from recbole.data import create_dataset
+    from recbole.utils import init_seed
+
+    from recbole_ssm import compat
+    from recbole_ssm.quick_start import build_config
+
+    spec = {"data_path": data_root, "length": length, "hidden_size": hidden, "device": "cpu", "seed": seed,
+            "overrides": overrides}
+    config, cls = build_config(name, SYNTH, [], synthetic_config(spec))
+    init_seed(seed, True)
+    with compat.quiet_recbole():
+        dataset = create_dataset(config)
+    return cls(config, dataset).eval(), dataset.num(config["ITEM_ID_FIELD"]), torch
+
+
+def timed(fn, repeats: int) -> float:
+    """Median seconds of ``fn()`` over ``repeats`` calls, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return median(times)
+
+
+def measure(model, n_items: int, torch, n: int, repeats: int, k: int, seed: int) -> dict:
+    from recbole.data.interaction import Interaction
+
+    from recbole_ssm.serve import stepwise
+
+    gen = torch.Generator().manual_seed(seed + n)
+    history = torch.randint(1, n_items, (1, n + 1), generator=gen)
+    new = torch.randint(1, n_items, (repeats + 1,), generator=gen).tolist()
+    out: dict = {}
+    with torch.no_grad():
+        batch = Interaction({model.ITEM_SEQ: history, model.ITEM_SEQ_LEN: torch.tensor([n + 1])})
+        out["reencode_ms"] = 1000 * timed(lambda: torch.topk(model.full_sort_predict(batch), k), repeats)
+        if stepwise(model):
+            state = model.state_from(history[:, :n], torch.tensor([n]))
+            items = iter(new)
+
+            def one_event():
+                model.step(state, torch.tensor([next(items)]))
+                return torch.topk(model.score(state), k)
+
+            out["step_ms"] = 1000 * timed(one_event, repeats)
+            out["state_bytes"] = state.nbytes()
+    return out
+
+
+def main(argv: list[str]) -> int:
+    if any(a in ("-h", "--help", "help") for a in argv[:1]):
+        print(USAGE, end="")
+        return 0
+    own, overrides = split_bench_args(argv, DEFAULTS)
+    specs = parse_model_specs(own["models"])
+    lengths = parse_int_list(own["lengths"], "--lengths")
+    repeats = as_number(own["repeats"], "repeats", int, 1)
+    k = as_number(own["k"], "k", int, 1)
+    threads = as_number(own["threads"], "threads", int, 0)
+    hidden = as_number(own["hidden_size"], "hidden_size", int, 1)
+    n_items = as_number(own["n_items"], "n_items", int, 2)
+    seed = as_number(own["seed"], "seed", int, 0)
+    labels = [s.label for s in specs]
+    baseline = own["baseline"]
+    if baseline not in labels:
+        raise UsageError(f"--baseline={baseline} is not one of --models ({', '.join(labels)})")
+    output = own["output"] or os.path.join("results", "stream")
+    data_root = os.path.abspath(os.path.join(output, "synthetic", f"items{n_items}"))
+    if not os.path.isfile(os.path.join(data_root, SYNTH, f"{SYNTH}.inter")):
+        write_synthetic_dataset(data_root, n_items)
+
+    import logging
+
+    models = {}
+    logging.disable(logging.WARNING)  # RecBole's data set and model logging
+    try:
+        for spec in specs:  # one model per name, long enough for the longest history (SASRec's positions)
+            model, items, torch = build(spec.name, data_root, max(lengths) + 1, hidden, seed,
+                                        {**overrides, **spec.overrides})
+            models[spec.label] = (model, items)
+    finally:
+        logging.disable(logging.NOTSET)
+    if threads:
+        torch.set_num_threads(threads)
+    results: dict = {}
+    for n in lengths:
+        for label, (model, items) in models.items():
+            print(f"bench stream: {label} n={n}", file=sys.stderr, flush=True)
+            results[label, n] = measure(model, items, torch, n, repeats, k, seed)
+
+    header = ["Model", "History n", "Step (ms/event)", "Re-encode (ms/event)", f"{baseline} re-encode / step",
+              "Re-encode / baseline re-encode", "State (bytes/user)"]
+    rows = []
+    for label in labels:
+        for n in lengths:
+            r, base = results[label, n], results[baseline, n]["reencode_ms"]
+            step = r.get("step_ms")
+            rows.append([label, n, f"{step:.3f}" if step else "-", f"{r['reencode_ms']:.3f}",
+                         f"{base / step:.1f}x" if step else "-", f"{r['reencode_ms'] / base:.2f}",
+                         r.get("state_bytes", "-")])
+    flat = []
+    for label in labels:
+        steps = [results[label, n].get("step_ms") for n in lengths]
+        if all(steps):
+            flat.append(f"{label}: slowest step / fastest step over n = {max(steps) / min(steps):.2f}")
+    command = "python run_recbole_ssm.py bench stream " + " ".join(argv)
+    text = (
+        f"# Per-event recommendation latency against history length (top-{k} of {n_items} items)\n\n"
+        f"Command: `{command}`\n\nMachine: {machine_line()}; {torch.get_num_threads()} torch thread(s), "
+        f"hidden size {hidden}, median of {repeats} events after one warm-up.\n\n"
+        f"Written {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}.\n\n"
+        + markdown_table(header, rows) + "\n\n" + "\n".join(f"- {line}" for line in flat) + "\n"
+    )
+    os.makedirs(output, exist_ok=True)
+    atomic_write_text(os.path.join(output, "stream.md"), text)
+    atomic_write_text(os.path.join(output, "stream.csv"), csv_text(header, rows))
+    print(text)
+    return 0

@@ -146,6 +146,31 @@ def test_seqtext_iterative_kcore_needs_several_passes(tmp_path):
     assert "w0" not in uc and "q" not in ic
 
 
+@pytest.mark.parametrize("last", [1, 3, 7])
+def test_last_keeps_each_users_newest_interactions_in_order(tmp_path, last):
+    import random
+
+    rng = random.Random(last)
+    histories = {f"u{n}": [f"i{rng.randrange(30)}" for _ in range(rng.randrange(1, 12))] for n in range(25)}
+    path = tmp_path / "long.txt"
+    path.write_text("".join(f"{u} {' '.join(items)}\n" for u, items in histories.items()))
+    s = run(tmp_path, "seqtext", path, "t-last", kcore=0, last=last)
+    _, rows = read_inter(tmp_path, "t-last")
+    got: dict = {}
+    for user, item, *_ in rows:
+        got.setdefault(user, []).append(item)
+    assert got == {u: items[-last:] for u, items in histories.items()}
+    assert s["steps"]["last"] == {"n": last, "rows": sum(max(0, len(h) - last) for h in histories.values())}
+    assert s["last"] == last
+
+
+def test_last_must_be_positive(tmp_path):
+    path = tmp_path / "x.txt"
+    path.write_text("u i1 i2\n")
+    with pytest.raises(UsageError, match="--last must be 1 or more"):
+        run(tmp_path, "seqtext", path, "t-bad", kcore=0, last=0)
+
+
 def test_beauty_statistics_when_shared_data_present(tmp_path):
     if not os.path.isfile(BEAUTY):
         pytest.skip("shared Amazon Beauty 2014 data not present")

@@ -44,6 +44,8 @@ def build_parser(prog: str = "python -m recbole_ssm.data prepare") -> argparse.A
     p.add_argument("--properties-dir",
                    help="also write dataset/NAME.yaml into this properties folder (default: only OUTPUT/NAME.yaml, "
                         "which every run of the data set reads)")
+    p.add_argument("--last", type=int, metavar="N",
+                   help="keep each user's last N interactions (after k-core; lifelong histories)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder and dataset yaml")
     p.add_argument("--quiet", action="store_true", help="do not print the summary")
     return p
@@ -70,5 +72,6 @@ def main(argv: list[str] | None = None, prog: str = "run_recbole_ssm.py prepare"
         meta=args.meta,
         max_item_list_length=args.max_item_list_length,
         verbose=not args.quiet,
+        last=args.last,
     )
     return 0

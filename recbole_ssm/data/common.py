@@ -308,8 +308,9 @@ class Filtered:
     steps: dict
 
 
-def filter_rows(table: Interactions, kcore: int, min_rating: float | None) -> Filtered:
-    """Min-rating filter, exact-duplicate removal, iterative k-core, then stable ordering.
+def filter_rows(table: Interactions, kcore: int, min_rating: float | None, last: int | None = None) -> Filtered:
+    """Min-rating filter, exact-duplicate removal, iterative k-core, then stable ordering; with
+    ``last``, each user's last ``last`` rows only (after the k-core filter, as for lifelong data).
 
     Output order is (user in order of first appearance, timestamp, original position).
     A duplicate is a row equal to an earlier one in user, item, rating and timestamp; the
@@ -359,6 +360,13 @@ def filter_rows(table: Interactions, kcore: int, min_rating: float | None) -> Fi
 
     idx = np.flatnonzero(keep)
     order = idx[np.lexsort((t[idx], u[idx]))]  # lexsort is stable: ties keep file order
+    if last is not None:
+        users = u[order]  # each user's rows are one run, oldest first
+        ends = np.append(np.flatnonzero(np.diff(users)) + 1, len(users))  # end (exclusive) of each run
+        run_end = np.repeat(ends, np.diff(np.concatenate([[0], ends])))
+        newest = run_end - np.arange(len(users)) <= last
+        steps["last"] = {"n": last, "rows": int((~newest).sum())}
+        order = order[newest]
     steps["rows_out"] = int(len(order))
     return Filtered(order=order, steps=steps)
 

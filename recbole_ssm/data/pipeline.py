@@ -50,6 +50,7 @@ def prepare(
     meta: str | None = None,
     max_item_list_length: int | None = None,
     verbose: bool = True,
+    last: int | None = None,
 ) -> dict:
     """Convert one raw data set to RecBole atomic files; returns the summary dict.
 
@@ -66,6 +67,8 @@ def prepare(
         raise UsageError(f"--kcore must be 0 or more, got {kcore}")
     if not 0 <= max_bad <= 1:
         raise UsageError(f"--max-bad is a fraction of lines between 0 and 1, got {max_bad:g}")
+    if last is not None and last < 1:
+        raise UsageError(f"--last must be 1 or more (interactions kept per user), got {last}")
     if max_item_list_length is not None and max_item_list_length < 1:
         raise UsageError(f"--max-item-list-length must be 1 or more, got {max_item_list_length}")
     if min_rating is not None and source == "seqtext":
@@ -99,7 +102,7 @@ def prepare(
         data = seqtext.read(input, table)
     for reader in data.readers:
         reader.check(max_bad)
-    filtered = filter_rows(table, kcore, min_rating)
+    filtered = filter_rows(table, kcore, min_rating, last)
     if filtered.steps["rows_out"] == 0:
         raise DataFormatError(f"no interactions left after filtering ({filtered.steps['rows_in']} read): "
                               f"lower --kcore (now {kcore}) or --min-rating")
@@ -126,6 +129,7 @@ def prepare(
             "inputs": [r.as_dict() for r in data.readers + (side.readers if side else [])],
             "kcore": kcore,
             "min_rating": min_rating,
+            "last": last,
             "max_bad": max_bad,
             "steps": filtered.steps,
             "stats": sequence_stats(table, filtered.order),

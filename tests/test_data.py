@@ -10,6 +10,7 @@ import sys
 import zipfile
 from collections import Counter, defaultdict
 
+import numpy as np
 import pytest
 
 from recbole_ssm.data.common import DataFormatError
@@ -504,3 +505,27 @@ def test_prepare_writes_only_its_output_folder_and_runs_read_the_yaml_there(tmp_
     assert snapshot(tmp_path) == sorted([str(seq)] + [str(out / f) for f in summary["files"]])
     config, _ = build_config("SASRec", "t-own", None, {"data_path": str(out.parent)})
     assert config["MAX_ITEM_LIST_LENGTH"] == 7  # from out/t-own.yaml
+
+
+def test_lifelong_generator_is_deterministic_with_personal_topics_recurring_and_last(tmp_path):
+    from recbole_ssm.data.lifelong import generate, write
+
+    a, own = generate(30, 400, 500, 50, 3, 0.05, seed=1)
+    b, _ = generate(30, 400, 500, 50, 3, 0.05, seed=1)
+    c, _ = generate(30, 400, 500, 50, 3, 0.05, seed=2)
+    assert all((x == y).all() for x, y in zip(a, b)) and not all((x == y).all() for x, y in zip(a, c))
+    size = 500 // 50
+    shares = []
+    for seq, topics in zip(a, own):
+        assert seq.min() >= 1 and seq.max() <= 500 and len(seq) == 400
+        topic = (seq - 1) // size
+        assert set(topic[-2:].tolist()) <= set(topics.tolist())  # the two targets are personal
+        shares.append(np.isin(topic[:-2], topics).mean())
+    # personal with probability rate, plus noise that lands on a personal topic by chance
+    assert abs(np.mean(shares) - (0.05 + 0.95 * 3 / 50)) < 0.01
+    summary = write(str(tmp_path / "data" / "t-life"), users=4, length=60, items=100, topics=10, seed=3,
+                    verbose=False)
+    _, rows = read_inter(tmp_path, "t-life")
+    assert len(rows) == 4 * 60 and summary["MAX_ITEM_LIST_LENGTH"] == 60
+    first, _ = generate(4, 60, 100, 10, 3, 0.02, seed=3)
+    assert [r[1] for r in rows[:60]] == [f"i{i}" for i in first[0].tolist()]

@@ -9,7 +9,7 @@ from recbole.data.interaction import Interaction
 
 from tests.test_models import dataset, make, random_batch  # noqa: F401  (dataset is a fixture)
 
-CAUSAL = ["Mamba4Rec", "Mamba2Rec", "RecMamba"]
+CAUSAL = ["Mamba4Rec", "Mamba2Rec", "RecMamba", "GRU4Rec"]
 
 
 def full_scores(model, seq: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:

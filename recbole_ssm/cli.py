@@ -28,6 +28,7 @@ Trains and tests one model through RecBole's pipeline and prints valid/test metr
   --dataset       default ml-100k (shipped with RecBole); others from dataset/<name>/<name>.inter
   --config_files  space-separated yaml files, applied after the property files, before --KEY=VALUE
   --KEY=VALUE     any RecBole or model setting, e.g. --epochs=3 --learning_rate=1e-3
+  --resume=PATH   continue an interrupted run from its <checkpoint>-resume.pth (its own settings)
 """
 
 SUBCOMMANDS = {
@@ -58,7 +59,10 @@ def run_main(argv: list[str]) -> int:
     from recbole_ssm.quick_start import format_result, run
 
     model, dataset, files, overrides = split_run_args(argv)
-    out = run(model, dataset, files, overrides, saved=True)
+    resume = overrides.pop("resume", None)
+    if resume is not None and (model or dataset or files or overrides or not isinstance(resume, str)):
+        raise UsageError("--resume=PATH continues a run with that run's own settings: give it alone")
+    out = run(model, dataset, files, overrides, saved=True, resume=resume)
     print(format_result(out), flush=True)
     return 0
 

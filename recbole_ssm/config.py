@@ -91,11 +91,20 @@ def property_files(model_name: str, dataset: str, data_path: str | None = None) 
 
 
 def merged_user_config(config_file_list: list[str] | None, config_dict: dict | None) -> dict:
+    return user_settings(config_file_list, config_dict)[0]
+
+
+def user_settings(config_file_list: list[str] | None, config_dict: dict | None) -> tuple[dict, dict]:
+    """The user's settings, files then ``config_dict`` (later wins), and where each came from."""
     merged: dict = {}
+    sources: dict = {}
     for path in config_file_list or []:
-        merged.update(read_yaml(path))
+        data = read_yaml(path)
+        merged.update(data)
+        sources.update({k: f"in {path}" for k in data})
     merged.update(config_dict or {})
-    return merged
+    sources.update({k: f"--{k}" for k in config_dict or {}})
+    return merged, sources
 
 
 # ---------------------------------------------------------------------------------------

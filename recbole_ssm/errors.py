@@ -13,3 +13,9 @@ class UsageError(Exception):
 
 class ConfigError(UsageError, ValueError):
     """A configuration value is invalid (e.g. an even ``d_conv`` for Hydra4Rec)."""
+
+
+class Interrupted(UsageError):
+    """Training stopped by SIGINT / SIGTERM; the message names the command that resumes it."""
+
+    exit_code = 130

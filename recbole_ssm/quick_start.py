@@ -6,6 +6,7 @@ model registry, property files and dataset resolution.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -14,10 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from recbole_ssm import compat
-from recbole_ssm.config import DEFAULT_DATASET, merged_user_config, property_files, read_yaml, resolve_dataset
-from recbole_ssm.errors import UsageError
+from recbole_ssm.config import DEFAULT_DATASET, property_files, read_yaml, resolve_dataset, user_settings
+from recbole_ssm.errors import Interrupted, UsageError
 from recbole_ssm.regime import check_train_targets, prepare_data
 from recbole_ssm.registry import canonical_name, get_model
+from recbole_ssm.settings_check import check_user_settings
 from recbole_ssm.trainer import get_trainer
 from recbole_ssm.utils import count_parameters
 
@@ -31,7 +33,7 @@ def build_config(
     """Return ``(recbole Config, model class)`` with recbole-ssm's precedence (see config.py)."""
     from recbole.config import Config
 
-    user = merged_user_config(config_file_list, config_dict)
+    user, sources = user_settings(config_file_list, config_dict)
     model = model if model is not None else user.get("model")
     if model is None:
         raise UsageError("no model given: pass --model=NAME (e.g. --model=Hydra4Rec or --model=SASRec)")
@@ -42,6 +44,8 @@ def build_config(
     if data_path is None:
         for path in property_files(name, dataset):
             data_path = read_yaml(path).get("data_path", data_path)
+    for warning in check_user_settings(user, sources, name):
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     files = property_files(name, dataset, data_path)
     resolve_dataset(dataset, data_path)
     with compat.isolated_argv():
@@ -84,14 +88,25 @@ def run(
     saved: bool = True,
     callbacks: list | None = None,
     fit_memory=None,
+    resume: str | None = None,
 ) -> RunOutput:
     """Train and test one model; ``callbacks`` are called as ``cb(epoch, valid_score, valid_result)``
     after each validation; ``fit_memory`` (a context-manager factory such as
-    ``bench.common.CpuPeakMemory``) measures the peak memory of training (``trainer.fit_peak_mib``)."""
+    ``bench.common.CpuPeakMemory``) measures the peak memory of training (``trainer.fit_peak_mib``).
+
+    With ``saved`` and ``resume_state`` (the default), the training state is saved before every
+    epoch to ``<checkpoint>-resume.pth`` (removed when the run ends); ``resume`` continues the run
+    that wrote such a file, with that run's settings, and ends as it would have ended."""
     from recbole.data import create_dataset
     from recbole.utils import init_logger, init_seed, set_color
 
-    config, model_class = build_config(model, dataset, config_file_list, config_dict)
+    state = read_resume_state(resume) if resume else None
+    if state is not None:
+        config = state["config"]
+        _runtime_of_this_process(config)
+        model_class = get_model(config["model"])
+    else:
+        config, model_class = build_config(model, dataset, config_file_list, config_dict)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = logging.getLogger()
@@ -113,8 +128,14 @@ def run(
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
     trainer.valid_callbacks.extend(callbacks or [])
     trainer.fit_memory = fit_memory
+    if state is not None:
+        trainer.load_resume_state(state, train_data)
+        trainer.resume_file = os.path.abspath(resume)
+        logger.info(f"resumed from {resume}: epoch {state['epoch']}")
+    elif saved and config["resume_state"] is not False:
+        trainer.resume_file = os.path.splitext(os.path.abspath(trainer.saved_model_file))[0] + "-resume.pth"
     t1 = time.perf_counter()
-    with compat.quiet_recbole():
+    with compat.quiet_recbole(), _interrupts_become_errors(trainer):
         best_valid_score, best_valid_result = trainer.fit(
             train_data, valid_data, saved=saved, show_progress=config["show_progress"]
         )
@@ -123,6 +144,8 @@ def run(
             test_result = trainer.evaluate(
                 test_data, load_best_model=saved, show_progress=config["show_progress"]
             )
+    if trainer.resume_file and os.path.exists(trainer.resume_file):
+        os.remove(trainer.resume_file)  # the run is complete: nothing left to resume
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
     logger.info(set_color("test result", "yellow") + f": {test_result}")
     result = {
@@ -141,6 +164,45 @@ def run(
         timings={"data_s": t_data, "fit_s": t_fit},
         test_data=test_data,
     )
+
+
+def read_resume_state(path: str) -> dict:
+    """A resume state written by a training run (``<checkpoint>-resume.pth``), or a one-line error."""
+    if not os.path.isfile(path):
+        raise UsageError(f"resume state not found: {path} (a run writes <checkpoint_dir>/<run>-resume.pth)")
+    try:
+        state = compat.load_checkpoint(path)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UsageError(f"{path} is not a resume state ({type(exc).__name__}: {first})") from None
+    if not isinstance(state, dict) or state.get("format") != "recbole-ssm resume 1":
+        raise UsageError(f"{path} is not a resume state of a recbole-ssm run (a best-model checkpoint? "
+                         "resume from the -resume.pth file beside it)")
+    return state
+
+
+@contextlib.contextmanager
+def _interrupts_become_errors(trainer):
+    """SIGTERM is handled like Ctrl-C while training; either ends the run with the command that
+    resumes it (from the state saved before the current epoch)."""
+    import signal
+    import threading
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_term) if main_thread else None
+    try:
+        yield
+    except KeyboardInterrupt:
+        path = trainer.resume_file
+        if path and os.path.exists(path):
+            raise Interrupted(f"training interrupted; resume with: python run_recbole_ssm.py --resume={path}") from None
+        raise Interrupted("training interrupted before its first epoch started; nothing to resume") from None
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def run_recbole_ssm(

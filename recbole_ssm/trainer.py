@@ -2,14 +2,19 @@
 
 :func:`get_trainer` returns the trainer class RecBole would use for a model (``Trainer``, or a
 model's own such as ``NCLTrainer``) with :class:`TrainerHooks` in front of it: per-epoch
-training times, a callback after each validation, and the peak memory of ``fit``. Nothing is
-patched on RecBole's classes or on an instance.
+training times, a callback after each validation, the peak memory of ``fit``, and a resume
+state saved before every epoch. Nothing is patched on RecBole's classes or on an instance.
 """
 
 from __future__ import annotations
 
+import os
+import random
 import time
 from typing import Callable
+
+import numpy as np
+import torch
 
 ValidCallback = Callable[[int, float, dict], None]  # (validation index from 0, score, result)
 
@@ -30,9 +35,69 @@ class TrainerHooks:
         self.fit_peak_kind: str | None = None
         self._validations = 0
 
-    def _train_epoch(self, *args, **kwargs):
+    # -- resume state: everything the rest of ``fit`` depends on, as it is before an epoch
+
+    resume_file: str | None = None  # set to save the state there before every epoch
+
+    def _state(self, epoch: int, train_data) -> dict:
+        generator = getattr(train_data, "generator", None)
+        numpy_state = np.random.get_state()
+        return {
+            "format": "recbole-ssm resume 1",
+            "config": self.config,
+            "epoch": epoch,  # the next epoch to train
+            "cur_step": self.cur_step,
+            "best_valid_score": self.best_valid_score,
+            "best_valid_result": self.best_valid_result,
+            "train_loss_dict": dict(self.train_loss_dict),
+            "saved_model_file": self.saved_model_file,
+            "state_dict": self.model.state_dict(),
+            "other_parameter": self.model.other_parameter(),
+            "optimizer": self.optimizer.state_dict(),
+            "validations": self._validations,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "numpy": (numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]),
+                "python": random.getstate(),
+                "loader": generator.get_state() if generator is not None else None,
+            },
+        }
+
+    def save_resume_state(self, epoch: int, train_data) -> None:
+        """Write the state before ``epoch`` to ``resume_file``, whole or not at all."""
+        tmp = f"{self.resume_file}.tmp"
+        torch.save(self._state(epoch, train_data), tmp, pickle_protocol=4)
+        os.replace(tmp, self.resume_file)
+
+    def load_resume_state(self, state: dict, train_data) -> None:
+        """Continue from a state written by :meth:`save_resume_state` (the data and model rebuilt as then)."""
+        self.start_epoch = state["epoch"]
+        self.cur_step = state["cur_step"]
+        self.best_valid_score = state["best_valid_score"]
+        self.best_valid_result = state["best_valid_result"]
+        self.train_loss_dict = dict(state["train_loss_dict"])
+        self.saved_model_file = state["saved_model_file"]
+        self._validations = state["validations"]
+        self.model.load_state_dict(state["state_dict"])
+        self.model.load_other_parameter(state.get("other_parameter"))
+        self.optimizer.load_state_dict(state["optimizer"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        name, keys, *rest = rng["numpy"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+        random.setstate(rng["python"])
+        generator = getattr(train_data, "generator", None)
+        if generator is not None and rng["loader"] is not None:
+            generator.set_state(rng["loader"])
+
+    def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
+        if self.resume_file:
+            self.save_resume_state(epoch_idx, train_data)
         t0 = time.perf_counter()
-        out = super()._train_epoch(*args, **kwargs)
+        out = super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
         self.epoch_times.append(time.perf_counter() - t0)
         return out
 

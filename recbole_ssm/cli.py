@@ -9,9 +9,9 @@ training regimes, kernels),
 
 from __future__ import annotations
 
-import importlib
 import sys
 
+from recbole_ssm.entry import guarded, load_command  # noqa: F401  (re-exported)
 from recbole_ssm.errors import UsageError
 
 USAGE = """\
@@ -67,18 +67,6 @@ def run_main(argv: list[str]) -> int:
     return 0
 
 
-def guarded(fn, *args) -> int:
-    """Run ``fn(*args)``; a UsageError becomes one ``error:`` line and its exit code (2)."""
-    try:
-        return int(fn(*args) or 0)
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv[:1]) or (argv and argv[0] == "help"):
@@ -94,16 +82,6 @@ def _dispatch(argv: list[str]) -> int:
     if module is None:
         raise UsageError(f"unknown sub-command {argv[0]!r}: use one of {', '.join(SUBCOMMANDS)} or --model=NAME")
     return int(load_command(module, f"sub-command {argv[0]!r}").main(argv[1:]) or 0)
-
-
-def load_command(module: str, label: str):
-    """Import a sub-command's module; one missing from this install is a UsageError naming ``label``."""
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name != module:
-            raise
-        raise UsageError(f"{label} is not available in this version") from None
 
 
 if __name__ == "__main__":

@@ -41,13 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     module = COMMANDS.get(name)
     if module is None:
         raise UsageError(f"unknown bench command {name!r}: use one of {', '.join(COMMANDS)}")
-    from recbole_ssm.cli import load_command
+    from recbole_ssm.entry import load_command
 
     return int(load_command(module, f"bench {name!r}").main(rest) or 0)
 
 
 def console_main(argv: list[str] | None = None) -> int:
     """``python -m recbole_ssm.bench``: like ``run_recbole_ssm.py bench`` with one-line errors."""
-    from recbole_ssm.cli import guarded
+    from recbole_ssm.entry import guarded
 
     return guarded(main, argv)

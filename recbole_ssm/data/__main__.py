@@ -19,7 +19,7 @@ def _main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE + "run `python -m recbole_ssm.data prepare --help` for the options", flush=True)
         return 0 if argv else 2
-    from recbole_ssm.cli import guarded
+    from recbole_ssm.entry import guarded
 
     return guarded(_prepare, argv)
 

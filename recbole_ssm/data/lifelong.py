@@ -68,7 +68,7 @@ def write(output: str, users: int = 500, length: int = 2000, items: int = 4000, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from recbole_ssm.cli import guarded
+    from recbole_ssm.entry import guarded
 
     p = argparse.ArgumentParser(prog="python -m recbole_ssm.data.lifelong", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -19,7 +19,7 @@ from recbole_ssm.quick_start import run
 from tests.conftest import TINY
 from tests.test_cli import SCRIPT, assert_one_line_error, cli_args
 
-SETTINGS = {**TINY, "epochs": 3, "stopping_step": 10}
+SETTINGS = {**TINY, "epochs": 3, "stopping_step": 10, "train_targets": "all"}  # all: 19 steps an epoch
 
 
 def test_interrupted_run_resumes_to_the_same_metrics(tiny_data, tmp_path):
@@ -44,14 +44,14 @@ def test_interrupted_run_resumes_to_the_same_metrics(tiny_data, tmp_path):
 
 def test_sigterm_mid_run_then_resume_through_the_cli(tiny_data, tmp_path):
     args = ["--model=GRU4Rec", "--dataset=ml-tiny",
-            *cli_args({**SETTINGS, "data_path": tiny_data, "epochs": 6, "checkpoint_dir": str(tmp_path / "ck")})]
+            *cli_args({**SETTINGS, "data_path": tiny_data, "epochs": 5, "checkpoint_dir": str(tmp_path / "ck")})]
     env = {**os.environ, "RECBOLE_SSM_OFFLINE": "1"}
-    whole = subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, env=env, timeout=300)
+    whole = subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, env=env, timeout=600)
     assert whole.returncode == 0, whole.stderr[-2000:]
     proc = subprocess.Popen([sys.executable, SCRIPT, *args, f"--checkpoint_dir={tmp_path / 'ck2'}"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:  # wait until epoch 2 of 6 has started
+    deadline = time.time() + 480
+    while time.time() < deadline and proc.poll() is None:  # wait until epoch 2 of 5 has started
         found = glob.glob(str(tmp_path / "ck2" / "*-resume.pth"))
         try:
             if found and torch.load(found[0], weights_only=False)["epoch"] >= 2:
@@ -65,7 +65,7 @@ def test_sigterm_mid_run_then_resume_through_the_cli(tiny_data, tmp_path):
     assert_one_line_error(err.strip().splitlines()[-1], "training interrupted", "--resume=")
     path = err.strip().splitlines()[-1].split("--resume=")[1]
     resumed = subprocess.run([sys.executable, SCRIPT, f"--resume={path}"], capture_output=True, text=True,
-                             env=env, timeout=300)
+                             env=env, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     metrics = lambda text: [line for line in text.splitlines() if line.startswith(("valid", "test"))]  # noqa: E731
     assert metrics(resumed.stdout) == metrics(whole.stdout) and len(metrics(whole.stdout)) == 2

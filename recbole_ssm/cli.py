@@ -17,7 +17,7 @@ from recbole_ssm.errors import UsageError
 USAGE = """\
 usage: run_recbole_ssm.py [--model=NAME] [--dataset=NAME] [--config_files="a.yaml b.yaml"] [--KEY=VALUE ...]
        run_recbole_ssm.py prepare SOURCE --input PATH [...]      raw data -> RecBole atomic files
-       run_recbole_ssm.py bench {table,efficiency,regimes,ops} [...]   tables, efficiency, training regimes, kernels
+       run_recbole_ssm.py bench {table,efficiency,regimes,stream,ops} [...]  tables, curves, regimes, ...
        run_recbole_ssm.py tune --model=NAME [...]                Ray Tune sweep
        run_recbole_ssm.py recommend --checkpoint=PATH --users=U1,U2 [...]   top-k items from a saved model
 

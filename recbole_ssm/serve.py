@@ -119,7 +119,7 @@ class Recommender:
         uid = self.user_id(user) if user is not None else None
         new = [self.item_id(t) for t in new_items]
         with self._lock, torch.no_grad():
-            past = self.histories.get(uid, np.zeros(0, dtype=np.int64)) if uid is not None else np.zeros(0, np.int64)
+            past = self.histories.get(uid, np.zeros(0, dtype=np.int64))  # uid None: no history
             history = np.concatenate([past, np.asarray(new, dtype=np.int64)])
             if len(history) == 0:
                 raise UsageError("an empty history: give new items for a user with none")

@@ -23,6 +23,7 @@ from typing import Any, Callable
 import yaml
 
 from recbole_ssm.errors import ConfigError
+from recbole_ssm.validate import number, positive_int, positive_number, whole
 
 _DECLARED = re.compile(r"^([A-Za-z_][\w]*)\s*:(.*?)#\s*\(([^)]*)\)")
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool, "dict": dict, "list": list}
@@ -109,20 +110,12 @@ def known_keys() -> frozenset:
 # ranges and choices
 
 
-def _int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
 def _at_least(low) -> Callable[[Any], bool]:
-    return lambda v: _num(v) and v >= low
+    return lambda v: number(v) and v >= low
 
 
 def _probability(v) -> bool:
-    return _num(v) and 0 <= v < 1
+    return number(v) and 0 <= v < 1
 
 
 def _split(v) -> str | None:
@@ -130,7 +123,7 @@ def _split(v) -> str | None:
         return "split takes {'RS': [train, valid, test]} or {'LS': valid_and_test}"
     (kind, arg), = v.items()
     if kind == "RS":
-        if not (isinstance(arg, list) and len(arg) == 3 and all(_num(x) and x >= 0 for x in arg) and sum(arg) > 0):
+        if not (isinstance(arg, list) and len(arg) == 3 and all(number(x) and x >= 0 for x in arg) and sum(arg) > 0):
             return "split.RS takes three non-negative ratios, e.g. [0.8, 0.1, 0.1]"
     elif kind == "LS":
         if arg not in ("valid_and_test", "valid_only", "test_only"):
@@ -166,15 +159,15 @@ def _eval_args(v) -> str | None:
 
 _POSITIVE = "a whole number >= 1"
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    **{k: (lambda v: _int(v) and v >= 1, _POSITIVE) for k in (
+    **{k: (positive_int, _POSITIVE) for k in (
         "epochs", "train_batch_size", "eval_batch_size", "eval_step", "stopping_step", "MAX_ITEM_LIST_LENGTH",
         "n_layers", "n_heads", "num_layers", "hidden_size", "inner_size", "embedding_size",
         "train_window_batch_size", "d_state", "d_conv", "expand", "headdim", "chunk_size")},
-    **{k: (lambda v: _int(v) and v >= 0, "a whole number >= 0") for k in (
+    **{k: (lambda v: whole(v) and v >= 0, "a whole number >= 0") for k in (
         "worker", "metric_decimal_place", "loss_decimal_place", "seed")},
-    "learning_rate": (lambda v: _num(v) and v > 0, "a number > 0"),
+    "learning_rate": (positive_number, "a number > 0"),
     "weight_decay": (_at_least(0), "a number >= 0"),
-    "ce_chunk_mib": (lambda v: _num(v) and v > 0, "a number of MiB > 0"),
+    "ce_chunk_mib": (positive_number, "a number of MiB > 0"),
     **{k: (_probability, "a probability in [0, 1)") for k in (
         "dropout_prob", "hidden_dropout_prob", "attn_dropout_prob", "mask_ratio")},
     "loss_type": (lambda v: v in ("CE", "BPR"), "CE or BPR"),
@@ -184,10 +177,10 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
                 "adam, adamw, sgd, adagrad, rmsprop or sparse_adam"),
     "state": (lambda v: isinstance(v, str) and v.upper() in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
               "DEBUG, INFO, WARNING, ERROR or CRITICAL"),
-    "gpu_id": (lambda v: v is None or (_int(v) and v >= 0) or (isinstance(v, str) and re.fullmatch(r"(\d+(,\d+)*)?", v)
+    "gpu_id": (lambda v: v is None or (whole(v) and v >= 0) or (isinstance(v, str) and re.fullmatch(r"(\d+(,\d+)*)?", v)
                                                                is not None),
                "a GPU number or a comma-separated list of them, e.g. 0 or 0,1"),
-    "topk": (lambda v: (_int(v) and v >= 1) or (isinstance(v, list) and v and all(_int(x) and x >= 1 for x in v)),
+    "topk": (lambda v: positive_int(v) or (isinstance(v, list) and v and all(positive_int(x) for x in v)),
              "a whole number >= 1 or a list of them"),
 }
 
@@ -197,9 +190,9 @@ def _type_ok(value: Any, names: frozenset) -> bool:
         return "None" in names
     for name in names - {"None"}:
         kind = _TYPES[name]
-        if kind is float and _num(value):
+        if kind is float and number(value):
             return True
-        if kind is int and _int(value):
+        if kind is int and whole(value):
             return True
         if kind in (str, bool, dict, list) and type(value) is kind:
             return True

@@ -28,9 +28,19 @@ def require(config, key: str, ok: Callable[[Any], bool], rule: str, default: Any
     return value
 
 
+def whole(v) -> bool:
+    """An int, and not a bool (YAML and the CLI give True/False as bools, which are ints to Python)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def number(v) -> bool:
+    """An int or a float, and not a bool."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def positive_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+    return whole(v) and v > 0
 
 
 def positive_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+    return number(v) and v > 0

@@ -84,8 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-item-list-length", type=int, help="MAX_ITEM_LIST_LENGTH in NAME.yaml (default --length)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    return guarded(lambda: write(args.output, args.users, args.length, args.items, args.topics, args.personal,
-                                 args.rate, args.seed, args.max_item_list_length, args.force) and 0)
+    def generate_and_write() -> int:
+        write(args.output, args.users, args.length, args.items, args.topics, args.personal, args.rate, args.seed,
+              args.max_item_list_length, args.force)
+        return 0
+
+    return guarded(generate_and_write)
 
 
 if __name__ == "__main__":

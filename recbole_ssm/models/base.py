@@ -31,10 +31,6 @@ class StepState:
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def layer_mixer(layer: nn.Module) -> nn.Module:
-    return layer.mixer
-
-
 class SSMRecommender(CausalLoss, SequentialRecommender):
     """Item embedding -> dropout -> LayerNorm -> N x SSMLayer -> state at the last real position.
 
@@ -130,7 +126,7 @@ class SSMRecommender(CausalLoss, SequentialRecommender):
         """The state of ``batch_size`` users with no history yet."""
         self._check_stepwise()
         weight = self.item_embedding.weight
-        layers = [layer_mixer(layer).new_state(batch_size, weight.device, weight.dtype) for layer in self.layers]
+        layers = [layer.mixer.new_state(batch_size, weight.device, weight.dtype) for layer in self.layers]
         return StepState(layers, weight.new_zeros(batch_size, self.hidden_size),
                          torch.zeros(batch_size, dtype=torch.long, device=weight.device))
 

@@ -21,7 +21,7 @@ run: venv
 
 ## test: the test suite (CPU; GPU tests skip without CUDA)
 test: venv
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	PYTHONUNBUFFERED=1 $(PY) -m pytest -q -p no:cacheprovider --durations=10 tests
 
 ## bench: efficiency curves against SASRec on synthetic sequences (see docs/benchmarks.md)
 BENCH ?= efficiency --models=SASRec,Mamba4Rec,2Mamba4Rec,Hydra4Rec --lengths=50,200,1000,2000

@@ -42,7 +42,7 @@ def build_directory(name: str) -> str:
     if os.environ.get("TORCH_EXTENSIONS_DIR"):
         return os.path.join(os.environ["TORCH_EXTENSIONS_DIR"], name)
     cuda = torch.version.cuda
-    tag = "py%d%d_" % sys.version_info[:2] + ("cu" + cuda.replace(".", "") if cuda else "cpu")
+    tag = f"py{sys.version_info[0]}{sys.version_info[1]}_" + ("cu" + cuda.replace(".", "") if cuda else "cpu")
     return os.path.join(cpp_extension.get_default_build_root(), tag, name)
 
 

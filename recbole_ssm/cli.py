@@ -9,6 +9,7 @@ training regimes, kernels),
 
 from __future__ import annotations
 
+import os
 import sys
 
 from recbole_ssm.entry import guarded, load_command  # noqa: F401  (re-exported)
@@ -63,7 +64,8 @@ def run_main(argv: list[str]) -> int:
     if resume is not None and (model or dataset or files or overrides or not isinstance(resume, str)):
         raise UsageError("--resume=PATH continues a run with that run's own settings: give it alone")
     out = run(model, dataset, files, overrides, saved=True, resume=resume)
-    print(format_result(out), flush=True)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, every rank has the result: one prints it
+        print(format_result(out), flush=True)
     return 0
 
 

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from recbole_ssm import compat
+from recbole_ssm import compat, distributed
 from recbole_ssm.config import DEFAULT_DATASET, property_files, read_yaml, resolve_dataset, user_settings
 from recbole_ssm.errors import Interrupted, UsageError
 from recbole_ssm.regime import check_train_targets, prepare_data
@@ -107,6 +107,11 @@ def run(
         model_class = get_model(config["model"])
     else:
         config, model_class = build_config(model, dataset, config_file_list, config_dict)
+    distributed.check(config, resume)
+    if (config["nproc"] or 1) > 1 and distributed.env_world_size() == 1:  # start the ranks, return rank 0's
+        args = (model, dataset, config_file_list, config_dict, saved, callbacks, fit_memory)
+        return distributed.launch(config["nproc"], _run_rank, args)
+    world = distributed.setup(config) if distributed.requested(config) else None
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = logging.getLogger()
@@ -117,9 +122,12 @@ def run(
         data = create_dataset(config)
         logger.info(data)
         train_data, valid_data, test_data = prepare_data(config, data)
+        if world is not None:
+            train_data = distributed.shard_train_loader(train_data, config, world)
+            config["local_rank"] = world.local_rank
     t_data = time.perf_counter() - t0
 
-    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    init_seed(config["seed"] + (world.rank if world else config["local_rank"]), config["reproducibility"])
     net = model_class(config, train_data._dataset).to(config["device"])
     logger.info(net)
     params = count_parameters(net)
@@ -128,6 +136,8 @@ def run(
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
     trainer.valid_callbacks.extend(callbacks or [])
     trainer.fit_memory = fit_memory
+    if world is not None:
+        trainer.distribute(world)
     if state is not None:
         trainer.load_resume_state(state, train_data)
         trainer.resume_file = os.path.abspath(resume)
@@ -140,10 +150,14 @@ def run(
             train_data, valid_data, saved=saved, show_progress=config["show_progress"]
         )
         t_fit = time.perf_counter() - t1
-        with compat.recbole_checkpoint_loading():
-            test_result = trainer.evaluate(
-                test_data, load_best_model=saved, show_progress=config["show_progress"]
-            )
+        test_result = None
+        if world is None or world.main:  # evaluated once, on the whole test split
+            with compat.recbole_checkpoint_loading():
+                test_result = trainer.evaluate(
+                    test_data, load_best_model=saved, show_progress=config["show_progress"]
+                )
+        test_result = distributed.broadcast(test_result, world)
+    distributed.teardown(world)
     if trainer.resume_file and os.path.exists(trainer.resume_file):
         os.remove(trainer.resume_file)  # the run is complete: nothing left to resume
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
@@ -164,6 +178,15 @@ def run(
         timings={"data_s": t_data, "fit_s": t_fit},
         test_data=test_data,
     )
+
+
+def _run_rank(model, dataset, config_file_list, config_dict, saved, callbacks, fit_memory) -> RunOutput:
+    """One rank of ``run(..., nproc=N)``: what rank 0 returns travels back to the caller by pickle,
+    so the model, trainer and loaders stay behind (the model is in ``saved_model_file``)."""
+    out = run(model, dataset, config_file_list, config_dict, saved, callbacks, fit_memory)
+    timings = {**out.timings, "epoch_times": list(out.trainer.epoch_times)}
+    return RunOutput(result=out.result, config=out.config, model=None, trainer=None,
+                     saved_model_file=out.saved_model_file, params=out.params, timings=timings)
 
 
 def read_resume_state(path: str) -> dict:

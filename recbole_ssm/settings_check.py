@@ -162,7 +162,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     **{k: (positive_int, _POSITIVE) for k in (
         "epochs", "train_batch_size", "eval_batch_size", "eval_step", "stopping_step", "MAX_ITEM_LIST_LENGTH",
         "n_layers", "n_heads", "num_layers", "hidden_size", "inner_size", "embedding_size",
-        "train_window_batch_size", "d_state", "d_conv", "expand", "headdim", "chunk_size")},
+        "train_window_batch_size", "nproc", "d_state", "d_conv", "expand", "headdim", "chunk_size")},
     **{k: (lambda v: whole(v) and v >= 0, "a whole number >= 0") for k in (
         "worker", "metric_decimal_place", "loss_decimal_place", "seed")},
     "learning_rate": (positive_number, "a number > 0"),

@@ -34,6 +34,24 @@ class TrainerHooks:
         self.fit_peak_mib: float | None = None
         self.fit_peak_kind: str | None = None
         self._validations = 0
+        self.world = None  # a distributed.World once distribute() is called
+        self._ddp = None
+
+    # -- data-parallel training (recbole_ssm.distributed): RecBole's own DDP path stays off
+
+    def distribute(self, world) -> None:
+        """Average gradients across ``world`` with DistributedDataParallel around the model's loss;
+        evaluate on rank 0 only (its result broadcast); save checkpoints on rank 0 only."""
+        import torch
+        from torch.nn.parallel import DistributedDataParallel
+
+        self.world = world
+        cuda = torch.device(self.device).type == "cuda"
+        # a model that may leave parameters out of a step's graph says so (Hydra4Rec); DDP then
+        # looks for them every step instead of waiting for their gradients forever
+        unused = bool(getattr(self.model, "may_leave_parameters_unused", False))
+        self._ddp = DistributedDataParallel(_Loss(self.model), device_ids=[world.local_rank] if cuda else None,
+                                            find_unused_parameters=unused)
 
     # -- resume state: everything the rest of ``fit`` depends on, as it is before an epoch
 
@@ -94,6 +112,10 @@ class TrainerHooks:
             generator.set_state(rng["loader"])
 
     def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
+        if self._ddp is not None:
+            train_data.sampler.set_epoch(epoch_idx)  # a new shuffle, the same on every rank
+            if not args:
+                kwargs.setdefault("loss_func", self._ddp)
         if self.resume_file:
             self.save_resume_state(epoch_idx, train_data)
         t0 = time.perf_counter()
@@ -102,11 +124,22 @@ class TrainerHooks:
         return out
 
     def _valid_epoch(self, valid_data, show_progress=False):
-        score, result = super()._valid_epoch(valid_data, show_progress=show_progress)
+        if self.world is None:
+            score, result = super()._valid_epoch(valid_data, show_progress=show_progress)
+        else:
+            from recbole_ssm.distributed import broadcast
+
+            pair = super()._valid_epoch(valid_data, show_progress=show_progress) if self.world.main else None
+            score, result = broadcast(pair, self.world)
         for callback in self.valid_callbacks:
             callback(self._validations, score, result)
         self._validations += 1
         return score, result
+
+    def _save_checkpoint(self, *args, **kwargs):
+        if self.world is not None and not self.world.main:
+            return None
+        return super()._save_checkpoint(*args, **kwargs)
 
     def fit(self, *args, **kwargs):
         if self.fit_memory is None:
@@ -125,6 +158,17 @@ class TrainerHooks:
         else:
             self.fit_peak_mib, self.fit_peak_kind = mem.mib, f"RSS ({mem.method})"
         return out
+
+
+class _Loss(torch.nn.Module):
+    """The model's training loss as a module's forward, for DistributedDataParallel to wrap."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, interaction):
+        return self.model.calculate_loss(interaction)
 
 
 _HOOKED: dict = {}

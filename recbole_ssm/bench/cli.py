@@ -1,4 +1,4 @@
-"""``run_recbole_ssm.py bench {table,efficiency,regimes,stream,ops}`` / ``python -m recbole_ssm.bench ...``."""
+"""``run_recbole_ssm.py bench {table,efficiency,regimes,stream,ddp,ops}`` / ``python -m recbole_ssm.bench ...``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ usage: run_recbole_ssm.py bench table --models=A,B --dataset=NAME [--seeds=3] [-
        run_recbole_ssm.py bench efficiency --models=A,B --lengths=50,200 [--batch=16] [--device=cpu] [...]
        run_recbole_ssm.py bench regimes --models=A,B --dataset=NAME [--batches=5] [...]
        run_recbole_ssm.py bench stream [--models=A,B] [--lengths=100,2000] [...]
+       run_recbole_ssm.py bench ddp [--model=A] [--nprocs=1,2] [...]
        run_recbole_ssm.py bench ops [...]       kernel micro-benchmarks (when installed)
 
   table       train and test each model per seed; mean +- std table (table.md, table.csv)
@@ -19,6 +20,7 @@ usage: run_recbole_ssm.py bench table --models=A,B --dataset=NAME [--seeds=3] [-
   regimes     training epoch time and memory under train_targets=last against all, on real data
   stream      per-event recommendation latency against history length: stepping a cached SSM
               state against re-encoding the history (SASRec)
+  ddp         training epoch time with 1, 2, ... data-parallel processes (--nproc)
 Run `bench COMMAND --help` for a command's options.
 """
 
@@ -28,6 +30,7 @@ COMMANDS = {
     "ops": "recbole_ssm.bench.ops",
     "regimes": "recbole_ssm.bench.regimes",
     "stream": "recbole_ssm.bench.stream",
+    "ddp": "recbole_ssm.bench.ddp",
 }
 
 

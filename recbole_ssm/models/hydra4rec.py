@@ -14,6 +14,9 @@ class Hydra4Rec(SSMRecommender):
 
     bidirectional = True
     TRAIN_TARGETS = ("last",)  # every position would see its own target under ``all``
+    # read at the last real position, the last layer skips its backward scan: its parameters get no
+    # gradient in that step (distributed training must not wait for them)
+    may_leave_parameters_unused = True
 
     def make_mixer(self, config):
         return HydraMixer(self.hidden_size, **ssd_settings(self, config, odd_conv=True))

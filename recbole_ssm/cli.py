@@ -30,6 +30,7 @@ Trains and tests one model through RecBole's pipeline and prints valid/test metr
   --config_files  space-separated yaml files, applied after the property files, before --KEY=VALUE
   --KEY=VALUE     any RecBole or model setting, e.g. --epochs=3 --learning_rate=1e-3
   --resume=PATH   continue an interrupted run from its <checkpoint>-resume.pth (its own settings)
+  --nproc=N       data-parallel training in N processes (docs/distributed.md; torchrun for several machines)
 """
 
 SUBCOMMANDS = {

@@ -155,6 +155,7 @@ def test_tune_rejects_bad_space_files_before_starting(tmp_path, capsys, space_te
         (["--cpus_per_trial=0"], "--cpus_per_trial takes a number > 0"),
         (["--model=NoSuchModel"], "unknown model 'NoSuchModel'"),
         (["--resume", "--name=never-ran"], "--resume: no sweep to continue in"),
+        (["--nproc=2"], "--nproc is not available in a sweep"),
     ],
 )
 def test_tune_rejects_bad_options(tmp_path, capsys, args, words):

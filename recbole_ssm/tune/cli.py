@@ -99,6 +99,10 @@ def build_settings(opts: dict, fixed: dict):
             f"unknown model {model!r}: no property file names its settings "
             f"(properties/model/{model}.yaml or RecBole's); check --model"
         )
+    if fixed.get("nproc", 1) != 1:
+        # a trial reports each epoch from its own process (ASHA needs it); ranks in other processes cannot
+        raise UsageError("--nproc is not available in a sweep: each trial is one process (use --cpus_per_trial "
+                         "for its threads, and run trials side by side)")
     files = [os.path.abspath(p) for p in (opts.get("config_files") or "").split()]
     dataset = opts.get("dataset") or merged_user_config(files, None).get("dataset") or DEFAULT_DATASET
     space_file = opts.get("space") or os.path.join(PROPERTIES_DIR, "hyper", f"{model}.yaml")

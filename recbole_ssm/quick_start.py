@@ -16,6 +16,7 @@ from typing import Any
 
 from recbole_ssm import compat, distributed
 from recbole_ssm.config import DEFAULT_DATASET, property_files, read_yaml, resolve_dataset, user_settings
+from recbole_ssm.data.atomic import check_dataset_files
 from recbole_ssm.errors import Interrupted, UsageError
 from recbole_ssm.regime import check_train_targets, prepare_data
 from recbole_ssm.registry import canonical_name, get_model
@@ -61,6 +62,7 @@ def build_config(
             reason = " ".join(str(exc).split()) or type(exc).__name__
             raise UsageError(f"invalid configuration: {reason}") from None
     check_train_targets(config, model_class)
+    check_dataset_files(config)
     if "show_progress" not in user:  # progress bars for a person at a terminal, not in logs or CI
         config["show_progress"] = sys.stderr.isatty()
     return config, model_class
@@ -139,8 +141,8 @@ def run(
     if world is not None:
         trainer.distribute(world)
     if state is not None:
-        trainer.load_resume_state(state, train_data)
         trainer.resume_file = os.path.abspath(resume)
+        trainer.load_resume_state(state, train_data)
         logger.info(f"resumed from {resume}: epoch {state['epoch']}")
     elif saved and config["resume_state"] is not False:
         trainer.resume_file = os.path.splitext(os.path.abspath(trainer.saved_model_file))[0] + "-resume.pth"
@@ -274,9 +276,22 @@ def load_data_and_model(model_file: str):
         train_data, valid_data, test_data = prepare_data(config, data)
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     net = get_model(config["model"])(config, train_data._dataset).to(config["device"])
-    net.load_state_dict(checkpoint["state_dict"])
+    load_weights(net, checkpoint["state_dict"], model_file, config)
     net.load_other_parameter(checkpoint.get("other_parameter"))
     return config, net, data, train_data, valid_data, test_data
+
+
+def load_weights(net, state_dict: dict, path: str, config) -> None:
+    """``net.load_state_dict``; weights that do not fit the model built from the data set as it is now
+    (the data set changed since training, or the model's code) are a one-line UsageError."""
+    try:
+        net.load_state_dict(state_dict)
+    except RuntimeError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = next((line for line in lines[1:]), lines[0] if lines else "")
+        raise UsageError(f"{path} does not fit {config['model']} on the data set now at {config['data_path']} "
+                         f"({detail.rstrip('.')}): the data set or the model changed since training; use the data "
+                         "set it was trained on, or train again") from None
 
 
 def _runtime_of_this_process(config) -> None:
@@ -296,6 +311,7 @@ def _runtime_of_this_process(config) -> None:
     if not os.path.isdir(folder):
         raise UsageError(f"the checkpoint's data set folder {folder} does not exist here: run from the folder the "
                          "model was trained in, or put the data set there")
+    check_dataset_files(config)
 
 
 def evaluate_checkpoint(model_file: str, split: str = "test") -> dict:

@@ -97,7 +97,9 @@ class TrainerHooks:
         self.train_loss_dict = dict(state["train_loss_dict"])
         self.saved_model_file = state["saved_model_file"]
         self._validations = state["validations"]
-        self.model.load_state_dict(state["state_dict"])
+        from recbole_ssm.quick_start import load_weights
+
+        load_weights(self.model, state["state_dict"], self.resume_file or "the resume state", self.config)
         self.model.load_other_parameter(state.get("other_parameter"))
         self.optimizer.load_state_dict(state["optimizer"])
         rng = state["rng"]

@@ -91,14 +91,15 @@ def run(
     callbacks: list | None = None,
     fit_memory=None,
     resume: str | None = None,
+    resume_file: str | None = None,
 ) -> RunOutput:
     """Train and test one model; ``callbacks`` are called as ``cb(epoch, valid_score, valid_result)``
     after each validation; ``fit_memory`` (a context-manager factory such as
     ``bench.common.CpuPeakMemory``) measures the peak memory of training (``trainer.fit_peak_mib``).
 
     With ``saved`` and ``resume_state`` (the default), the training state is saved before every
-    epoch to ``<checkpoint>-resume.pth`` (removed when the run ends); ``resume`` continues the run
-    that wrote such a file, with that run's settings, and ends as it would have ended."""
+    epoch to ``<checkpoint>-resume.pth`` (or ``resume_file``; removed when the run ends); ``resume``
+    continues the run that wrote such a file, with that run's settings, and ends as it would have ended."""
     from recbole.data import create_dataset
     from recbole.utils import init_logger, init_seed, set_color
 
@@ -145,7 +146,8 @@ def run(
         trainer.load_resume_state(state, train_data)
         logger.info(f"resumed from {resume}: epoch {state['epoch']}")
     elif saved and config["resume_state"] is not False:
-        trainer.resume_file = os.path.splitext(os.path.abspath(trainer.saved_model_file))[0] + "-resume.pth"
+        default = os.path.splitext(os.path.abspath(trainer.saved_model_file))[0] + "-resume.pth"
+        trainer.resume_file = os.path.abspath(resume_file) if resume_file else default
     t1 = time.perf_counter()
     with compat.quiet_recbole(), _interrupts_become_errors(trainer):
         best_valid_score, best_valid_result = trainer.fit(

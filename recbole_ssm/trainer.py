@@ -73,6 +73,7 @@ class TrainerHooks:
             "other_parameter": self.model.other_parameter(),
             "optimizer": self.optimizer.state_dict(),
             "validations": self._validations,
+            "epoch_times": list(self.epoch_times),
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -97,6 +98,7 @@ class TrainerHooks:
         self.train_loss_dict = dict(state["train_loss_dict"])
         self.saved_model_file = state["saved_model_file"]
         self._validations = state["validations"]
+        self.epoch_times = list(state.get("epoch_times", []))  # the run's epochs so far, then these
         from recbole_ssm.quick_start import load_weights
 
         load_weights(self.model, state["state_dict"], self.resume_file or "the resume state", self.config)

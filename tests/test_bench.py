@@ -301,3 +301,49 @@ def test_bench_stream_writes_latencies_and_state_sizes(tmp_path):
     assert float(ssm["Step (ms/event)"]) > 0 and ssm["State (bytes/user)"] == rows[1]["State (bytes/user)"]
     assert sasrec["Step (ms/event)"] == "-" and sasrec["Re-encode / baseline re-encode"] == "1.00"
     assert "slowest step / fastest step" in (out / "stream.md").read_text()
+
+
+@pytest.mark.slow
+def test_table_run_stopped_mid_training_continues_from_its_last_epoch(tiny_data, tmp_path):
+    """SIGTERM to `bench table` while a run trains; the rerun continues that run (not from epoch 0) and
+    records what an uninterrupted run records."""
+    import glob
+    import signal
+    import subprocess
+    import time
+
+    import torch
+
+    tiny = [a for a in TABLE_TINY if a != "--epochs=1"] + ["--epochs=4", "--stopping_step=10",
+                                                          "--train_targets=all", "--train_window_batch_size=8"]
+    args = ["table", "--models=GRU4Rec", "--dataset=ml-tiny", f"--data_path={tiny_data}", "--seeds=1", *tiny]
+    whole = str(tmp_path / "whole")
+    assert bench_main([*args, f"--output={whole}"]) == 0
+
+    stopped = str(tmp_path / "stopped")
+    cmd = [sys.executable, "-m", "recbole_ssm.bench", *args, f"--output={stopped}"]
+    env = {**os.environ, "RECBOLE_SSM_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline, state = time.time() + 300, None
+    while time.time() < deadline and proc.poll() is None and state is None:
+        for path in glob.glob(os.path.join(stopped, "saved", "*-resume.pth")):
+            try:
+                if torch.load(path, weights_only=False)["epoch"] >= 2:
+                    state = path
+            except (OSError, RuntimeError, EOFError, KeyError):
+                pass  # being replaced
+        time.sleep(0.05)
+    assert state is not None, "the run ended before its third epoch began"
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert not os.path.exists(os.path.join(stopped, "runs", "GRU4Rec-seed-2020.json"))
+    assert os.path.exists(state)  # the worker was killed; its state stayed
+
+    assert bench_main([*args, f"--output={stopped}"]) == 0
+    log = open(os.path.join(stopped, "logs", "GRU4Rec-seed-2020.log"), encoding="utf-8").read()
+    assert f"resuming from {state}" in log
+    assert not os.path.exists(state)
+    a, b = (json.load(open(os.path.join(d, "runs", "GRU4Rec-seed-2020.json"), encoding="utf-8"))
+            for d in (whole, stopped))
+    assert b["test"] == a["test"] and b["valid"] == a["valid"]
+    assert b["epochs"] == a["epochs"] == 4 and len(b["epoch_times"]) == 4

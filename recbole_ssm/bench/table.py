@@ -139,8 +139,13 @@ def _work(spec: dict) -> dict:
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     config_dict = {**spec["overrides"], "seed": spec["seed"], "checkpoint_dir": spec["checkpoint_dir"]}
-    out = run(spec["model"], spec["dataset"], spec["config_files"], config_dict, saved=True,
-              fit_memory=CpuPeakMemory)
+    resume_file = spec.get("resume_file")
+    if resume_file and os.path.isfile(resume_file):  # a run of these settings was stopped: continue it
+        print(f"bench table: resuming from {resume_file}", flush=True)
+        out = run(resume=resume_file, fit_memory=CpuPeakMemory)
+    else:
+        out = run(spec["model"], spec["dataset"], spec["config_files"], config_dict, saved=True,
+                  fit_memory=CpuPeakMemory, resume_file=resume_file)
     epoch_times = out.trainer.epoch_times
     test = {k.lower(): float(v) for k, v in (out.result["test_result"] or {}).items()}
     valid = {k.lower(): float(v) for k, v in (out.result["best_valid_result"] or {}).items()}
@@ -293,7 +298,10 @@ def main(argv: list[str]) -> int:
                 "latency_repeats": lat_repeats, "latency_batch": lat_batch, "threads": threads,
             }
             name = record_name(spec.label, "seed", seed)
-            points.append(Point((spec.label, seed), os.path.join(runs_dir, name), fingerprint(settings), work,
+            digest = fingerprint(settings)
+            # a run stopped midway continues from the state saved before its last epoch (same settings only)
+            work["resume_file"] = os.path.abspath(os.path.join(output, "saved", f"{name[:-5]}-{digest}-resume.pth"))
+            points.append(Point((spec.label, seed), os.path.join(runs_dir, name), digest, work,
                                 {"model": spec.label, "seed": seed}, os.path.join(output, "logs", name[:-5] + ".log"),
                                 f"{spec.label} seed={seed}"))
     records, todo = reuse_or_schedule(points, own["overwrite"], schedule=not own["report_only"])

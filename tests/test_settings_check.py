@@ -22,7 +22,7 @@ BAD = [
     ("--metric_decimal_place=-1", "metric_decimal_place"), ("--reproducibility=maybe", "reproducibility"),
     ("--shuffle=3", "shuffle"), ("--metrics=5", "metrics"), ("--d_state=0", "d_state"),
     ("--ce_chunk_mib=0", "ce_chunk_mib"), ("--train_window_batch_size=0", "train_window_batch_size"),
-    ("--learning_rate=0", "learning_rate"), ("--epochs=3.5", "epochs"),
+    ("--learning_rate=0", "learning_rate"), ("--epochs=3.5", "epochs"), ("--nproc=0", "nproc"),
 ]
 
 

@@ -94,15 +94,15 @@ def run(
     resume_file: str | None = None,
 ) -> RunOutput:
     """Train and test one model; ``callbacks`` are called as ``cb(epoch, valid_score, valid_result)``
-    after each validation; ``fit_memory`` (a context-manager factory such as
-    ``bench.common.CpuPeakMemory``) measures the peak memory of training (``trainer.fit_peak_mib``).
+    after each validation; ``fit_memory`` (e.g. ``bench.common.CpuPeakMemory``) measures the peak
+    memory of training (``trainer.fit_peak_mib``). ``nproc > 1``: see recbole_ssm/distributed.py.
 
     With ``saved`` and ``resume_state`` (the default), the training state is saved before every
     epoch to ``<checkpoint>-resume.pth`` (or ``resume_file``; removed when the run ends); ``resume``
     continues the run that wrote such a file, with that run's settings, and ends as it would have ended."""
-    from recbole.data import create_dataset
-    from recbole.utils import init_logger, init_seed, set_color
+    from recbole.utils import init_logger, init_seed
 
+    # 1. settings: from the command line and property files, or from the state being resumed
     state = read_resume_state(resume) if resume else None
     if state is not None:
         config = state["config"]
@@ -110,68 +110,30 @@ def run(
         model_class = get_model(config["model"])
     else:
         config, model_class = build_config(model, dataset, config_file_list, config_dict)
+    # 2. processes: this one, or N ranks started here (rank 0's output is returned), or torchrun's
     distributed.check(config, resume)
-    if (config["nproc"] or 1) > 1 and distributed.env_world_size() == 1:  # start the ranks, return rank 0's
+    if (config["nproc"] or 1) > 1 and distributed.env_world_size() == 1:
         args = (model, dataset, config_file_list, config_dict, saved, callbacks, fit_memory)
         return distributed.launch(config["nproc"], _run_rank, args)
     world = distributed.setup(config) if distributed.requested(config) else None
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
-    logger = logging.getLogger()
-    logger.info(config)
-
+    logging.getLogger().info(config)
+    # 3. data, 4. model, 5. trainer, 6. training and test
     t0 = time.perf_counter()
-    with compat.quiet_recbole():
-        data = create_dataset(config)
-        logger.info(data)
-        train_data, valid_data, test_data = prepare_data(config, data)
-        if world is not None:
-            train_data = distributed.shard_train_loader(train_data, config, world)
-            config["local_rank"] = world.local_rank
+    train_data, valid_data, test_data = _load_data(config, world)
     t_data = time.perf_counter() - t0
-
     init_seed(config["seed"] + (world.rank if world else config["local_rank"]), config["reproducibility"])
-    net = model_class(config, train_data._dataset).to(config["device"])
-    logger.info(net)
-    params = count_parameters(net)
-    logger.info(set_color("parameters", "blue") + f": {params[0]} total, {params[1]} without embeddings")
-
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
-    trainer.valid_callbacks.extend(callbacks or [])
-    trainer.fit_memory = fit_memory
-    if world is not None:
-        trainer.distribute(world)
+    net, params = _build_model(config, model_class, train_data)
+    trainer = _build_trainer(config, net, callbacks, fit_memory, world)
     if state is not None:
         trainer.resume_file = os.path.abspath(resume)
         trainer.load_resume_state(state, train_data)
-        logger.info(f"resumed from {resume}: epoch {state['epoch']}")
+        logging.getLogger().info(f"resumed from {resume}: epoch {state['epoch']}")
     elif saved and config["resume_state"] is not False:
         default = os.path.splitext(os.path.abspath(trainer.saved_model_file))[0] + "-resume.pth"
-        trainer.resume_file = os.path.abspath(resume_file) if resume_file else default
-    t1 = time.perf_counter()
-    with compat.quiet_recbole(), _interrupts_become_errors(trainer):
-        best_valid_score, best_valid_result = trainer.fit(
-            train_data, valid_data, saved=saved, show_progress=config["show_progress"]
-        )
-        t_fit = time.perf_counter() - t1
-        test_result = None
-        if world is None or world.main:  # evaluated once, on the whole test split
-            with compat.recbole_checkpoint_loading():
-                test_result = trainer.evaluate(
-                    test_data, load_best_model=saved, show_progress=config["show_progress"]
-                )
-        test_result = distributed.broadcast(test_result, world)
-    distributed.teardown(world)
-    if trainer.resume_file and os.path.exists(trainer.resume_file):
-        os.remove(trainer.resume_file)  # the run is complete: nothing left to resume
-    logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
-    logger.info(set_color("test result", "yellow") + f": {test_result}")
-    result = {
-        "best_valid_score": best_valid_score,
-        "valid_score_bigger": config["valid_metric_bigger"],
-        "best_valid_result": best_valid_result,
-        "test_result": test_result,
-    }
+        trainer.resume_file = os.path.abspath(resume_file or default)
+    result = _fit_and_test(trainer, config, train_data, valid_data, test_data, saved, world)
     return RunOutput(
         result=result,
         config=config,
@@ -179,9 +141,71 @@ def run(
         trainer=trainer,
         saved_model_file=os.path.abspath(trainer.saved_model_file) if saved else None,
         params=params,
-        timings={"data_s": t_data, "fit_s": t_fit},
+        timings={"data_s": t_data, "fit_s": trainer.fit_s},
         test_data=test_data,
     )
+
+
+def _load_data(config, world):
+    """RecBole's data set and loaders (``train_targets`` decides the training loader; sharded per rank)."""
+    from recbole.data import create_dataset
+
+    with compat.quiet_recbole():
+        data = create_dataset(config)
+        logging.getLogger().info(data)
+        train_data, valid_data, test_data = prepare_data(config, data)
+        if world is not None:
+            train_data = distributed.shard_train_loader(train_data, config, world)
+            config["local_rank"] = world.local_rank
+    return train_data, valid_data, test_data
+
+
+def _build_model(config, model_class, train_data):
+    from recbole.utils import set_color
+
+    net = model_class(config, train_data._dataset).to(config["device"])
+    logger = logging.getLogger()
+    logger.info(net)
+    params = count_parameters(net)
+    logger.info(set_color("parameters", "blue") + f": {params[0]} total, {params[1]} without embeddings")
+    return net, params
+
+
+def _build_trainer(config, net, callbacks, fit_memory, world):
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
+    trainer.valid_callbacks.extend(callbacks or [])
+    trainer.fit_memory = fit_memory
+    if world is not None:
+        trainer.distribute(world)
+    return trainer
+
+
+def _fit_and_test(trainer, config, train_data, valid_data, test_data, saved: bool, world) -> dict:
+    """Train with early stopping, test the best model once; the dict RecBole's ``run_recbole`` returns."""
+    from recbole.utils import set_color
+
+    show = config["show_progress"]
+    with compat.quiet_recbole(), _interrupts_become_errors(trainer):
+        t0 = time.perf_counter()
+        best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, saved=saved, show_progress=show)
+        trainer.fit_s = time.perf_counter() - t0
+        test_result = None
+        if world is None or world.main:  # evaluated once, on the whole test split
+            with compat.recbole_checkpoint_loading():
+                test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=show)
+        test_result = distributed.broadcast(test_result, world)
+    distributed.teardown(world)
+    if trainer.resume_file and os.path.exists(trainer.resume_file):
+        os.remove(trainer.resume_file)  # the run is complete: nothing left to resume
+    logger = logging.getLogger()
+    logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
+    logger.info(set_color("test result", "yellow") + f": {test_result}")
+    return {
+        "best_valid_score": best_valid_score,
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": best_valid_result,
+        "test_result": test_result,
+    }
 
 
 def _run_rank(model, dataset, config_file_list, config_dict, saved, callbacks, fit_memory) -> RunOutput:

@@ -32,6 +32,7 @@ class TrainerHooks:
         self.valid_callbacks: list[ValidCallback] = []
         self.fit_memory = None
         self.fit_peak_mib: float | None = None
+        self.fit_s: float | None = None  # wall time of fit, set by quick_start.run
         self.fit_peak_kind: str | None = None
         self._validations = 0
         self.world = None  # a distributed.World once distribute() is called

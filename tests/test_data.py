@@ -529,3 +529,18 @@ def test_lifelong_generator_is_deterministic_with_personal_topics_recurring_and_
     assert len(rows) == 4 * 60 and summary["MAX_ITEM_LIST_LENGTH"] == 60
     first, _ = generate(4, 60, 100, 10, 3, 0.02, seed=3)
     assert [r[1] for r in rows[:60]] == [f"i{i}" for i in first[0].tolist()]
+
+
+@pytest.mark.slow
+def test_recmamba_trains_on_lifelong_histories_of_1024_through_the_cli(tmp_path, capsys):
+    """Synthetic users with 1,100 events each, MAX_ITEM_LIST_LENGTH=1024, `all` regime, tiny width."""
+    from recbole_ssm.cli import main
+    from recbole_ssm.data.lifelong import write
+
+    write(str(tmp_path / "data" / "life"), users=12, length=1100, items=300, topics=30, seed=5,
+          max_item_list_length=1024, verbose=False)
+    code = main(["--model=RecMamba", "--dataset=life", f"--data_path={tmp_path / 'data'}", "--train_targets=all",
+                 "--MAX_ITEM_LIST_LENGTH=1024", "--hidden_size=16", "--num_layers=1", "--d_state=8",
+                 "--train_window_batch_size=4", "--epochs=1", "--state=WARNING", "--show_progress=False"])
+    out = capsys.readouterr().out
+    assert code == 0 and "test  hit@10=" in out

@@ -223,48 +223,48 @@ class _Chunks:
             y += y_off.mul_(torch.exp(self.acum).unsqueeze(-1))
         return y
 
-    def backward(self, gy: Tensor, gh: Tensor | None):
-        """Gradients of x, dt (chunk layouts), A (g, k, 1), B, C (chunk layout) and h0 from gy, gh."""
+    def backward(self, dy: Tensor, gh: Tensor | None):
+        """Gradients of x, dt (chunk layouts), A (g, k, 1), B, C (chunk layout) and h0 from dy, gh."""
         R, g, k, T, p = self.shape
         bb, n_chunks = self.bb, self.n_chunks
-        gy = gy.contiguous()
+        dy = dy.contiguous()
         # intra-chunk: y = M @ xdt, M = S * Ldec
-        g_xdt = self.M.transpose(-1, -2) @ gy  # (R, g, k, T, p)
-        g_M = gy @ self.xdt.transpose(-1, -2)  # (R, g, k, T, T)
-        g_S = (g_M * self.Ldec).sum(2)  # (R, g, T, T)
-        g_seg = g_M.mul_(self.M)  # gradient of acum_t - acum_s (zero above the diagonal)
-        g_acum = g_seg.sum(-1) - g_seg.sum(-2)  # (R, g, k, T)
-        del g_M, g_seg
-        g_C = g_S @ self.B
-        g_B = g_S.transpose(-1, -2) @ self.C
+        dxdt = self.M.transpose(-1, -2) @ dy  # (R, g, k, T, p)
+        dM = dy @ self.xdt.transpose(-1, -2)  # (R, g, k, T, T)
+        dS = (dM * self.Ldec).sum(2)  # (R, g, T, T)
+        dseg = dM.mul_(self.M)  # gradient of acum_t - acum_s (zero above the diagonal)
+        dacum = dseg.sum(-1) - dseg.sum(-2)  # (R, g, k, T)
+        del dM, dseg
+        dC = dS @ self.B
+        dB = dS.transpose(-1, -2) @ self.C
         if not (self.any_state or gh is not None):  # one chunk, no state in or out
-            return g_xdt, g_acum, g_B, g_C, None
+            return dxdt, dacum, dB, dC, None
         h_in = self.h_in.view(bb, n_chunks, g, k, p, -1)
         G = gh.reshape(bb, g, k, p, -1) if gh is not None else torch.zeros_like(h_in[:, 0])
         # state-to-output: y += exp(acum_t) C_t h_in
-        gye = gy * torch.exp(self.acum).unsqueeze(-1)  # (R, g, k, T, p)
-        g_hin = (gye.transpose(-1, -2) @ self.C.unsqueeze(2)).view(bb, n_chunks, g, k, p, -1)
-        gye_h = gye @ self.h_in  # (R, g, k, T, N)
-        g_C += gye_h.sum(2)
-        g_acum += (gye_h * self.C.unsqueeze(2)).sum(-1)
-        del gye, gye_h
+        dye = dy * torch.exp(self.acum).unsqueeze(-1)  # (R, g, k, T, p)
+        dhin = (dye.transpose(-1, -2) @ self.C.unsqueeze(2)).view(bb, n_chunks, g, k, p, -1)
+        dye_h = dye @ self.h_in  # (R, g, k, T, N)
+        dC += dye_h.sum(2)
+        dacum += (dye_h * self.C.unsqueeze(2)).sum(-1)
+        del dye, dye_h
         # state passing, backwards: G = gradient of the state leaving chunk ci (= of the state it adds)
-        g_states = torch.empty_like(h_in)
-        g_decay = self.x.new_empty(bb, n_chunks, g, k)
+        dstates = torch.empty_like(h_in)
+        ddecay = self.x.new_empty(bb, n_chunks, g, k)
         for ci in reversed(range(n_chunks)):
-            g_states[:, ci] = G
-            g_decay[:, ci] = (G * h_in[:, ci]).sum((-1, -2))
-            G = self.chunk_decay[:, ci] * G + g_hin[:, ci]
-        g_states = g_states.view(R, g, k, p, -1)
+            dstates[:, ci] = G
+            ddecay[:, ci] = (G * h_in[:, ci]).sum((-1, -2))
+            G = self.chunk_decay[:, ci] * G + dhin[:, ci]
+        dstates = dstates.view(R, g, k, p, -1)
         # the state a chunk adds: (w * xdt)^T B, w = exp(acum_last - acum_s)
         xdt_w = self.xdt * self.w.unsqueeze(-1)
-        BG = self.B.unsqueeze(2) @ g_states.transpose(-1, -2)  # (R, g, k, T, p)
-        g_ww = (xdt_w * BG).sum(-1)  # dL/dw * w, (R, g, k, T)
-        g_xdt += BG.mul_(self.w.unsqueeze(-1))
-        g_B += (xdt_w @ g_states).sum(2)
-        g_acum -= g_ww
-        g_acum[..., -1] += g_ww.sum(-1) + g_decay.view(R, g, k) * self.chunk_decay.view(R, g, k)
-        return g_xdt, g_acum, g_B, g_C, G
+        BG = self.B.unsqueeze(2) @ dstates.transpose(-1, -2)  # (R, g, k, T, p)
+        dww = (xdt_w * BG).sum(-1)  # dL/dw * w, (R, g, k, T)
+        dxdt += BG.mul_(self.w.unsqueeze(-1))
+        dB += (xdt_w @ dstates).sum(2)
+        dacum -= dww
+        dacum[..., -1] += dww.sum(-1) + ddecay.view(R, g, k) * self.chunk_decay.view(R, g, k)
+        return dxdt, dacum, dB, dC, G
 
 
 class _ChunkedSSD(torch.autograd.Function):
@@ -295,46 +295,46 @@ class _ChunkedSSD(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, g_out, g_final=None):  # noqa: D102
+    def backward(ctx, dout, dfinal=None):  # noqa: D102
         x, dt, A, B, C, D, z, h0 = ctx.saved_tensors
         batch, L, heads, p = x.shape
         groups, N = B.shape[2], B.shape[3]
-        g_x, g_dt = torch.empty_like(x), torch.empty_like(dt)
-        g_B, g_C = torch.empty_like(B), torch.empty_like(C)
-        g_A = torch.zeros_like(A)
-        g_D = torch.zeros_like(D) if D is not None else None
-        g_z = torch.empty_like(z) if z is not None else None
-        g_h0 = torch.empty_like(h0) if h0 is not None else None
+        dx, ddt = torch.empty_like(x), torch.empty_like(dt)
+        dB, dC = torch.empty_like(B), torch.empty_like(C)
+        dA = torch.zeros_like(A)
+        dD = torch.zeros_like(D) if D is not None else None
+        dz = torch.empty_like(z) if z is not None else None
+        dh0 = torch.empty_like(h0) if h0 is not None else None
         D_hp = (D[:, None] if D.dim() == 1 else D) if D is not None else None  # broadcast over (heads, p)
         for sl in _batch_blocks(batch, L, heads * p, x.device):
-            ch = _Chunks(x[sl], dt[sl], A, B[sl], C[sl], h0[sl] if h0 is not None else None, ctx.T, g_final is not None)
-            go = g_out[sl] if g_out is not None else torch.zeros_like(x[sl])
+            ch = _Chunks(x[sl], dt[sl], A, B[sl], C[sl], h0[sl] if h0 is not None else None, ctx.T, dfinal is not None)
+            dout_b = dout[sl] if dout is not None else torch.zeros_like(x[sl])
             x_b = x[sl]
             # out = (y + D x) * silu(z)
             if z is not None:
                 pre = _skip_and_gate(ch.from_chunks(ch.output(), p), x_b, D, None)
                 sig = torch.sigmoid(z[sl])
-                g_z[sl] = go * pre * sig * (1 + z[sl] * (1 - sig))
-                gy = go * (z[sl] * sig)
+                dz[sl] = dout_b * pre * sig * (1 + z[sl] * (1 - sig))
+                dy = dout_b * (z[sl] * sig)
             else:
-                gy = go
-            gx_direct = gy * D_hp if D is not None else None
+                dy = dout_b
+            gx_direct = dy * D_hp if D is not None else None
             if D is not None:
-                g_D += (gy * x_b).sum((0, 1)).sum(-1) if D.dim() == 1 else (gy * x_b).sum((0, 1))
-            g_xdt, g_acum, gBk, gCk, G = ch.backward(ch.to_chunks(gy), g_final[sl] if g_final is not None else None)
+                dD += (dy * x_b).sum((0, 1)).sum(-1) if D.dim() == 1 else (dy * x_b).sum((0, 1))
+            dxdt, dacum, dBk, dCk, G = ch.backward(ch.to_chunks(dy), dfinal[sl] if dfinal is not None else None)
             # acum = cumsum(dt * A) per chunk, xdt = dt * x
-            g_a = g_acum.flip(-1).cumsum(-1).flip(-1)  # (R, g, k, T)
-            g_dtk = (g_xdt * ch.x).sum(-1).add_(g_a * ch.A)
-            g_A += (g_a * ch.dt).sum((0, 3)).reshape(-1)
-            gxk = g_xdt.mul_(ch.dt.unsqueeze(-1))
+            da = dacum.flip(-1).cumsum(-1).flip(-1)  # (R, g, k, T)
+            ddtk = (dxdt * ch.x).sum(-1).add_(da * ch.A)
+            dA += (da * ch.dt).sum((0, 3)).reshape(-1)
+            gxk = dxdt.mul_(ch.dt.unsqueeze(-1))
             gx_b = ch.from_chunks(gxk, p)
-            g_x[sl] = gx_b + gx_direct if gx_direct is not None else gx_b
-            g_dt[sl] = ch.from_chunks(g_dtk.unsqueeze(-1), 1).squeeze(-1)
-            g_B[sl] = gBk.transpose(1, 2).reshape(ch.bb, -1, groups, N)[:, :L]
-            g_C[sl] = gCk.transpose(1, 2).reshape(ch.bb, -1, groups, N)[:, :L]
-            if g_h0 is not None:
-                g_h0[sl] = G.reshape(ch.bb, heads, p, N)
-        return g_x, g_dt, g_A, g_B, g_C, g_D, g_z, g_h0, None, None
+            dx[sl] = gx_b + gx_direct if gx_direct is not None else gx_b
+            ddt[sl] = ch.from_chunks(ddtk.unsqueeze(-1), 1).squeeze(-1)
+            dB[sl] = dBk.transpose(1, 2).reshape(ch.bb, -1, groups, N)[:, :L]
+            dC[sl] = dCk.transpose(1, 2).reshape(ch.bb, -1, groups, N)[:, :L]
+            if dh0 is not None:
+                dh0[sl] = G.reshape(ch.bb, heads, p, N)
+        return dx, ddt, dA, dB, dC, dD, dz, dh0, None, None
 
 
 def _batch_blocks(batch: int, L: int, width: int, device: torch.device) -> list[slice]:

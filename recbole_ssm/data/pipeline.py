@@ -61,6 +61,27 @@ def prepare(
     :class:`~recbole_ssm.errors.UsageError` (nothing written) on bad arguments, the wrong
     source for the file, or more malformed lines than ``max_bad`` allows.
     """
+    name, output = _check_arguments(source, input, output, name, kcore, min_rating, max_bad, meta,
+                                    max_item_list_length, last)
+    yaml_path = os.path.join(properties_dir, "dataset", f"{name}.yaml") if properties_dir else None
+    check_targets(output, yaml_path, force)
+    t0 = time.perf_counter()
+    table, data, filtered = _read_and_filter(source, input, meta, max_bad, kcore, min_rating, last)
+    settings = {"name": name, "source": source, "output": os.path.abspath(output), "kcore": kcore,
+                "min_rating": min_rating, "last": last, "max_bad": max_bad,
+                "MAX_ITEM_LIST_LENGTH": max_item_list_length or data.max_len,
+                "properties_yaml": os.path.abspath(yaml_path) if yaml_path else None}
+    summary, text = _write(output, table, data, filtered, settings, t0)
+    if yaml_path:
+        atomic_write_text(yaml_path, text)
+    if verbose:
+        print(format_summary(summary), end="", flush=True)
+    return summary
+
+
+def _check_arguments(source, input, output, name, kcore, min_rating, max_bad, meta, max_item_list_length,
+                     last) -> tuple[str, str]:
+    """One-line errors for bad arguments; returns the data set's name and output folder."""
     if source not in SOURCES:
         raise UsageError(f"unknown source {source!r}: use one of {', '.join(SOURCES)}")
     if kcore < 0:
@@ -79,6 +100,8 @@ def prepare(
         raise UsageError(f"meta file not found: {meta} (check --meta)")
     if not os.path.exists(input):
         raise UsageError(f"input not found: {input} (check --input)")
+    if source == "seqtext" and os.path.isdir(input):
+        raise UsageError(f"{input} is a folder: seqtext reads one text file (--input FILE.txt)")
     if name is None:
         name = os.path.basename(os.path.normpath(output)) if output else default_name(source, input)
     if not re.fullmatch(r"[\w.\-]+", name):
@@ -87,18 +110,17 @@ def prepare(
     if os.path.basename(os.path.normpath(output)) != name:
         raise UsageError(f"--output folder {output} must be named like the dataset {name!r} "
                          f"(RecBole reads DATA_PATH/{name}/{name}.inter): use --output .../{name}")
-    yaml_path = os.path.join(properties_dir, "dataset", f"{name}.yaml") if properties_dir else None
-    check_targets(output, yaml_path, force)
+    return name, output
 
-    t0 = time.perf_counter()
+
+def _read_and_filter(source, input, meta, max_bad, kcore, min_rating, last):
+    """The source's interactions (and side readers), checked for bad lines, then k-core / rating / last-N."""
     table = Interactions()
     if source == "movielens":
         data = movielens.read(input, table)
     elif source == "amazon2023":
         data = amazon2023.read(input, table, meta)
     else:
-        if os.path.isdir(input):
-            raise UsageError(f"{input} is a folder: seqtext reads one text file (--input FILE.txt)")
         data = seqtext.read(input, table)
     for reader in data.readers:
         reader.check(max_bad)
@@ -106,10 +128,14 @@ def prepare(
     if filtered.steps["rows_out"] == 0:
         raise DataFormatError(f"no interactions left after filtering ({filtered.steps['rows_in']} read): "
                               f"lower --kcore (now {kcore}) or --min-rating")
+    return table, data, filtered
 
+
+def _write(output, table, data, filtered, settings: dict, t0: float) -> tuple[dict, str]:
+    """The atomic files, NAME.yaml and the summary, into a temp folder renamed to ``output`` (or nothing)."""
+    name = settings["name"]
     parent = os.path.dirname(os.path.abspath(output))
     data_path = None if parent == os.path.abspath("dataset") else parent
-    max_len = max_item_list_length or data.max_len
     folder = OutputFolder(output)
     try:
         files = [f"{name}.inter"]
@@ -117,26 +143,21 @@ def prepare(
         side = data.side(folder, name, table, filtered.order) if data.side else None
         if side:
             files += side.files
-        text = dataset_yaml(name, source, data.has_rating, kcore, max_len, data_path,
-                            side.load_col if side else None)
+        text = dataset_yaml(name, settings["source"], data.has_rating, settings["kcore"],
+                            settings["MAX_ITEM_LIST_LENGTH"], data_path, side.load_col if side else None)
         with open(folder.path(f"{name}.yaml"), "w", encoding="utf-8") as f:
             f.write(text)
         files += [f"{name}.yaml", "summary.txt", "summary.json"]
         summary = {
-            "name": name,
-            "source": source,
-            "output": os.path.abspath(output),
+            **{k: settings[k] for k in ("name", "source", "output")},
             "inputs": [r.as_dict() for r in data.readers + (side.readers if side else [])],
-            "kcore": kcore,
-            "min_rating": min_rating,
-            "last": last,
-            "max_bad": max_bad,
+            **{k: settings[k] for k in ("kcore", "min_rating", "last", "max_bad")},
             "steps": filtered.steps,
             "stats": sequence_stats(table, filtered.order),
             "side_files": side.notes if side else [],
             "files": files,
-            "properties_yaml": os.path.abspath(yaml_path) if yaml_path else None,
-            "MAX_ITEM_LIST_LENGTH": max_len,
+            "properties_yaml": settings["properties_yaml"],
+            "MAX_ITEM_LIST_LENGTH": settings["MAX_ITEM_LIST_LENGTH"],
             "seconds": round(time.perf_counter() - t0, 2),
         }
         write_summary_files(folder, summary)
@@ -144,8 +165,4 @@ def prepare(
     except BaseException:
         folder.discard()
         raise
-    if yaml_path:
-        atomic_write_text(yaml_path, text)
-    if verbose:
-        print(format_summary(summary), end="", flush=True)
-    return summary
+    return summary, text

@@ -209,7 +209,6 @@ def run(settings, storage: str, name: str, resume: bool, address: str | None, da
     """Run the sweep and write its results; returns the exit code."""
     import ray
 
-    from recbole_ssm.config import merged_user_config
     from recbole_ssm.tune import report
     from recbole_ssm.tune.sweep import (
         SETTINGS_FILE,
@@ -238,13 +237,7 @@ def run(settings, storage: str, name: str, resume: bool, address: str | None, da
 
     results = report.rows_from_results(grid, list(settings.space), *trial_states(grid, run_dir))
     rows = report.sort_rows(results, info.bigger)
-    frame = report.to_frame(rows, info.valid_metric)
-    csv_path = os.path.join(run_dir, "trials.csv")
-    report.write_csv(frame, csv_path)
-    counts = {s: sum(r.status == s for r in rows) for s in report.STATUSES}
-    print(report.format_table(frame))
-    print(f"{len(rows)} trials in {elapsed:.0f}s: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
-    print(f"table: {csv_path}")
+    counts = _write_trials(rows, info, run_dir, elapsed)
     best = report.best_row(rows, info.bigger)
     if best is None:
         if counts.get(report.UNFINISHED_S):
@@ -252,6 +245,29 @@ def run(settings, storage: str, name: str, resume: bool, address: str | None, da
         print(f"error: every trial failed; see error.txt in the trial folders under {run_dir}",
               file=sys.stderr)
         return 1
+    _write_best(best, settings, info, run_dir, name, dataset_embedded)
+    return _interrupted(counts, storage, name)
+
+
+def _write_trials(rows, info, run_dir: str, elapsed: float) -> dict:
+    """trials.csv and the printed table; returns the number of trials in each status."""
+    from recbole_ssm.tune import report
+
+    frame = report.to_frame(rows, info.valid_metric)
+    csv_path = os.path.join(run_dir, "trials.csv")
+    report.write_csv(frame, csv_path)
+    counts = {s: sum(r.status == s for r in rows) for s in report.STATUSES}
+    print(report.format_table(frame))
+    print(f"{len(rows)} trials in {elapsed:.0f}s: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+    print(f"table: {csv_path}")
+    return counts
+
+
+def _write_best(best, settings, info, run_dir: str, name: str, dataset_embedded: bool) -> None:
+    """best.yaml (the best trial's settings, ready for --config_files) and its summary lines."""
+    from recbole_ssm.config import merged_user_config
+    from recbole_ssm.tune import report
+
     base = merged_user_config(settings.config_files, None)
     fixed = _trial_fixed(settings, dataset_embedded)
     config = report.best_config(base, fixed, best.params, settings.model, settings.dataset,
@@ -267,7 +283,6 @@ def run(settings, storage: str, name: str, resume: bool, address: str | None, da
         print("best test: " + "  ".join(f"{k}={v:.4f}" for k, v in best.test.items()))
     else:
         print(f"best test: not evaluated (the trial was {best.status}); run {rerun}")
-    return _interrupted(counts, storage, name)
 
 
 def _interrupted(counts: dict, storage: str, name: str) -> int:

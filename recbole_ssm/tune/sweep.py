@@ -126,10 +126,14 @@ def _package_root() -> str:
 
 
 def worker_env(run_dir: str | None) -> dict:
-    """Environment of the trial workers: they import the same recbole_ssm as this driver."""
+    """Environment of the trial workers: they import the same recbole_ssm as this driver; on this
+    machine (``run_dir`` given) torch's compile cache is in the run folder, not in TMPDIR (torch
+    creates it on import of torch._dynamo, which building any optimizer does)."""
     from recbole_ssm.tune.rayapi import worker_env_vars
 
     env = {"RAY_USAGE_STATS_ENABLED": "0", **worker_env_vars()}
+    if run_dir:
+        env["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(run_dir, "torchinductor")
     root = _package_root()
     if os.path.basename(root) not in ("site-packages", "dist-packages"):
         extra = os.environ.get("PYTHONPATH", "")

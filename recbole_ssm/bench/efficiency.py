@@ -131,18 +131,16 @@ def _timed(fn, repeats: int, budget_s: float, sync) -> list[float]:
     return times
 
 
-def _work(spec: dict) -> dict:
-    """Measure one (model, length) point in this process; return its record."""
+def _build(spec: dict):
+    """The model of one point on the synthetic data set, on its device; and the number of items."""
     import logging
 
     import torch
     from recbole.data import create_dataset
-    from recbole.data.interaction import Interaction
     from recbole.utils import init_seed
 
     from recbole_ssm import compat
     from recbole_ssm.quick_start import build_config
-    from recbole_ssm.utils import count_parameters
 
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
@@ -151,10 +149,20 @@ def _work(spec: dict) -> dict:
     init_seed(config["seed"], True)
     with compat.quiet_recbole():
         dataset = create_dataset(config)
-    device = torch.device(spec["device"])
-    model = model_class(config, dataset).to(device)
+    model = model_class(config, dataset).to(torch.device(spec["device"]))
+    return model, dataset.num(config["ITEM_ID_FIELD"])
+
+
+def _work(spec: dict) -> dict:
+    """Measure one (model, length) point in this process; return its record."""
+    import torch
+    from recbole.data.interaction import Interaction
+
+    from recbole_ssm.utils import count_parameters
+
+    model, n_items = _build(spec)
     total, no_emb = count_parameters(model)
-    n_items = dataset.num(config["ITEM_ID_FIELD"])
+    device = torch.device(spec["device"])
     batch, infer_batch, length = spec["batch"], spec["infer_batch"], spec["length"]
     gen = torch.Generator().manual_seed(spec["seed"])
 
@@ -166,7 +174,6 @@ def _work(spec: dict) -> dict:
         }).to(device)
 
     cuda = device.type == "cuda"
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     train_batch = make(batch)
 
@@ -176,18 +183,7 @@ def _work(spec: dict) -> dict:
         loss.backward()
         optimizer.step()
 
-    methods: set = set()
-
-    def measure(fn) -> tuple[list[float], float]:
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-        with CpuPeakMemory() as mem:
-            times = _timed(fn, spec["repeats"], spec["time_budget"], sync)
-        methods.add(mem.method)
-        peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else mem.mib
-        return times, peak
-
+    measure = _PeakTimer(spec, cuda)
     model.train()
     train_step()  # warm-up; allocates the optimizer state
     train_times, train_mem = measure(train_step)
@@ -199,6 +195,8 @@ def _work(spec: dict) -> dict:
         model.full_sort_predict(infer_rows)  # warm-up
         infer_times, infer_mem = measure(lambda: model.full_sort_predict(infer_rows))
     infer_ms = median(infer_times) * 1000.0
+    methods = ", ".join(sorted(measure.methods))
+    memory_kind = "cuda max_memory_allocated" if cuda else f"RSS above start ({methods})"
     return {
         "status": "ok",
         "train_ms": median(train_times) * 1000.0,
@@ -208,12 +206,34 @@ def _work(spec: dict) -> dict:
         "infer_repeats": len(infer_times),
         "train_mem_mib": train_mem,
         "infer_mem_mib": infer_mem,
-        "memory_kind": "cuda max_memory_allocated" if cuda else "RSS above start (" + ", ".join(sorted(methods)) + ")",
+        "memory_kind": memory_kind,
         "params": total,
         "params_no_emb": no_emb,
         "n_items": n_items,
         "torch_threads": torch.get_num_threads(),
     }
+
+
+class _PeakTimer:
+    """``measure(fn) -> (times, peak MiB)``: repeated timings of ``fn`` and the peak memory they took."""
+
+    def __init__(self, spec: dict, cuda: bool):
+        import torch
+
+        self.spec, self.cuda, self.torch = spec, cuda, torch
+        self.sync = torch.cuda.synchronize if cuda else (lambda: None)
+        self.methods: set = set()
+
+    def __call__(self, fn) -> tuple[list[float], float]:
+        torch = self.torch
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+        with CpuPeakMemory() as mem:
+            times = _timed(fn, self.spec["repeats"], self.spec["time_budget"], self.sync)
+        self.methods.add(mem.method)
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if self.cuda else mem.mib
+        return times, peak
 
 
 # ---------------------------------------------------------------------------------------
@@ -343,88 +363,107 @@ def main(argv: list[str]) -> int:
     if any(a in ("-h", "--help", "help") for a in argv[:1]):
         print(USAGE, end="")
         return 0
-    own, overrides = split_bench_args(argv, DEFAULTS)
     exit_on_sigterm()
-    specs = parse_model_specs(own["models"])
-    lengths = parse_int_list(own["lengths"], "--lengths")
-    batch = as_number(own["batch"], "batch", int, 1)
-    infer_batch = as_number(own["infer_batch"] or batch, "infer_batch", int, 1)
-    hidden = as_number(own["hidden_size"], "hidden_size", int, 1)
-    n_items = as_number(own["n_items"], "n_items", int, 2)
-    repeats = as_number(own["repeats"], "repeats", int, 1)
-    budget = as_number(own["time_budget"], "time_budget", float, 0)
-    timeout = as_number(own["timeout"], "timeout", float, 0) or None
-    mem_limit = as_number(own["memory_limit_gb"], "memory_limit_gb", float, 0) or None
-    threads = as_number(own["threads"], "threads", int, 0)
-    seed = as_number(own["seed"], "seed", int, 0)
-    show = str(own["progress"]).lower() not in ("0", "false", "no", "off")
-    device = own["device"]
-    if device not in ("cpu", "cuda"):
-        raise UsageError(f"--device takes cpu or cuda, got {device!r}")
-    if device == "cuda":
+    opt = _options(argv)
+    os.makedirs(opt["output"], exist_ok=True)
+    data_root = os.path.abspath(os.path.join(opt["output"], "synthetic", f"items{opt['n_items']}"))
+    if not os.path.isfile(os.path.join(data_root, SYNTH, f"{SYNTH}.inter")):
+        write_synthetic_dataset(data_root, opt["n_items"])
+
+    from recbole_ssm.quick_start import build_config
+
+    for spec in opt["specs"]:  # invalid settings fail here with one line, before any measuring
+        build_config(spec.name, SYNTH, [], synthetic_config({
+            "data_path": data_root, "length": opt["lengths"][0], "hidden_size": opt["hidden"],
+            "device": opt["device"], "seed": opt["seed"], "overrides": {**opt["overrides"], **spec.overrides}}))
+    points_dir = os.path.join(opt["output"], "points")
+    records, todo = reuse_or_schedule(_points(opt, data_root, points_dir), opt["overwrite"],
+                                      keep=("ok", "OOM", "timeout"))
+    if records:
+        print(f"bench efficiency: {len(records)} finished point(s) reused from {points_dir}", file=sys.stderr)
+    measure_points(todo, "recbole_ssm.bench.efficiency", "bench efficiency", records, opt["show"], opt["timeout"],
+                   opt["mem_limit"])
+    _write_report(opt, records, argv)
+    return 0
+
+
+def _options(argv: list[str]) -> dict:
+    """The command's options, checked (one-line errors), and the settings passed to every model."""
+    own, overrides = split_bench_args(argv, DEFAULTS)
+    opt = {
+        "specs": parse_model_specs(own["models"]),
+        "lengths": parse_int_list(own["lengths"], "--lengths"),
+        "batch": as_number(own["batch"], "batch", int, 1),
+        "hidden": as_number(own["hidden_size"], "hidden_size", int, 1),
+        "n_items": as_number(own["n_items"], "n_items", int, 2),
+        "repeats": as_number(own["repeats"], "repeats", int, 1),
+        "budget": as_number(own["time_budget"], "time_budget", float, 0),
+        "timeout": as_number(own["timeout"], "timeout", float, 0) or None,
+        "mem_limit": as_number(own["memory_limit_gb"], "memory_limit_gb", float, 0) or None,
+        "threads": as_number(own["threads"], "threads", int, 0),
+        "seed": as_number(own["seed"], "seed", int, 0),
+        "show": str(own["progress"]).lower() not in ("0", "false", "no", "off"),
+        "device": own["device"], "overrides": overrides, "overwrite": own["overwrite"],
+    }
+    opt["infer_batch"] = as_number(own["infer_batch"] or opt["batch"], "infer_batch", int, 1)
+    if opt["device"] not in ("cpu", "cuda"):
+        raise UsageError(f"--device takes cpu or cuda, got {opt['device']!r}")
+    if opt["device"] == "cuda":
         import torch
 
         if not torch.cuda.is_available():
             raise UsageError("--device=cuda but torch sees no CUDA device")
-        mem_limit = None  # an address-space limit breaks CUDA initialisation
+        opt["mem_limit"] = None  # an address-space limit breaks CUDA initialisation
     for key in ("MAX_ITEM_LIST_LENGTH", "model", "dataset", "data_path"):
         if key in overrides:
             raise UsageError(f"--{key} is set by bench efficiency itself (use --lengths / --models)")
-    labels = [s.label for s in specs]
-    baseline = own["baseline"] or ("SASRec" if "SASRec" in labels else None)
-    if baseline is not None and baseline not in labels:
-        raise UsageError(f"--baseline={baseline} is not one of --models ({', '.join(labels)})")
-    output = own["output"] or os.path.join("results", f"efficiency-{device}")
-    os.makedirs(output, exist_ok=True)
-    data_root = os.path.abspath(os.path.join(output, "synthetic", f"items{n_items}"))
-    if not os.path.isfile(os.path.join(data_root, SYNTH, f"{SYNTH}.inter")):
-        write_synthetic_dataset(data_root, n_items)
+    labels = [s.label for s in opt["specs"]]
+    opt["baseline"] = own["baseline"] or ("SASRec" if "SASRec" in labels else None)
+    if opt["baseline"] is not None and opt["baseline"] not in labels:
+        raise UsageError(f"--baseline={opt['baseline']} is not one of --models ({', '.join(labels)})")
+    opt["output"] = own["output"] or os.path.join("results", f"efficiency-{opt['device']}")
+    return opt
 
-    from recbole_ssm.quick_start import build_config
 
-    for spec in specs:  # invalid settings fail here with one line, before any measuring
-        build_config(spec.name, SYNTH, [], synthetic_config({
-            "data_path": data_root, "length": lengths[0], "hidden_size": hidden, "device": device,
-            "seed": seed, "overrides": {**overrides, **spec.overrides}}))
-
-    points_dir = os.path.join(output, "points")
+def _points(opt: dict, data_root: str, points_dir: str) -> list:
+    """One point per (length, model): all models at one length, then the next (close in time, like for like)."""
     points = []
-    for length in lengths:  # all models at one length, then the next: close in time, like for like
-        for spec in specs:
-            work = {"model": spec.name, "length": length, "batch": batch, "infer_batch": infer_batch,
-                    "hidden_size": hidden, "device": device, "seed": seed, "threads": threads,
-                    "repeats": repeats, "time_budget": budget, "overrides": {**overrides, **spec.overrides},
-                    "n_items": n_items, "timeout": timeout, "memory_limit_gb": mem_limit,
+    for length in opt["lengths"]:
+        for spec in opt["specs"]:
+            work = {"model": spec.name, "length": length, "batch": opt["batch"], "infer_batch": opt["infer_batch"],
+                    "hidden_size": opt["hidden"], "device": opt["device"], "seed": opt["seed"],
+                    "threads": opt["threads"], "repeats": opt["repeats"], "time_budget": opt["budget"],
+                    "overrides": {**opt["overrides"], **spec.overrides}, "n_items": opt["n_items"],
+                    "timeout": opt["timeout"], "memory_limit_gb": opt["mem_limit"],
                     "files": settings_files_digest(spec.name, SYNTH)}
             name = record_name(spec.label, "L", length)
             points.append(Point((spec.label, length), os.path.join(points_dir, name), fingerprint(work),
                                 {**work, "data_path": data_root}, {"model": spec.label, "length": length},
-                                os.path.join(output, "logs", name[:-5] + ".log"), f"{spec.label} L={length}"))
-    records, todo = reuse_or_schedule(points, own["overwrite"], keep=("ok", "OOM", "timeout"))
-    if records:
-        print(f"bench efficiency: {len(records)} finished point(s) reused from {points_dir}", file=sys.stderr)
-    measure_points(todo, "recbole_ssm.bench.efficiency", "bench efficiency", records, show, timeout, mem_limit)
+                                os.path.join(opt["output"], "logs", name[:-5] + ".log"), f"{spec.label} L={length}"))
+    return points
 
-    rows = compute_rows(specs, lengths, records, baseline)
-    summary = summary_table(rows, baseline)
+
+def _write_report(opt: dict, records: dict, argv: list[str]) -> None:
+    """efficiency.csv, efficiency.md and the two plots; the summary table on stdout."""
+    output, device, batch, infer_batch = opt["output"], opt["device"], opt["batch"], opt["infer_batch"]
+    rows = compute_rows(opt["specs"], opt["lengths"], records, opt["baseline"])
+    summary = summary_table(rows, opt["baseline"])
     ok = [r for r in records.values() if r.get("status") == "ok"]
     threads_used = ok[0]["torch_threads"] if ok else "?"
     command = "python run_recbole_ssm.py bench efficiency " + " ".join(argv)
-    machine = machine_line()
-    atomic_write_text(os.path.join(output, "efficiency.csv"), _csv(rows, batch, infer_batch, device, baseline))
+    atomic_write_text(os.path.join(output, "efficiency.csv"), _csv(rows, batch, infer_batch, device, opt["baseline"]))
     atomic_write_text(os.path.join(output, "efficiency.md"), (
         f"# Efficiency on {device}: training step (batch {batch}) and inference (batch {infer_batch}), "
-        f"hidden size {hidden}, {n_items} items\n\n"
-        f"Command: `{command}`\n\nMachine: {machine}; points used {threads_used} torch threads.\n\n"
+        f"hidden size {opt['hidden']}, {opt['n_items']} items\n\n"
+        f"Command: `{command}`\n\nMachine: {machine_line()}; points used {threads_used} torch threads.\n\n"
         f"Written {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}. "
         "Ratios are model / baseline at the same length, measured in the same run. "
         "Definitions: docs/benchmarks.md.\n\n" + summary))
     plot(rows, os.path.join(output, "efficiency_time.png"), os.path.join(output, "efficiency_memory.png"),
-         f"{device}, train batch {batch}, infer batch {infer_batch}, hidden {hidden}, {n_items} items")
+         f"{device}, train batch {batch}, infer batch {infer_batch}, hidden {opt['hidden']}, {opt['n_items']} items")
     print(summary, end="", flush=True)
     print(f"wrote {output}/efficiency.csv, efficiency.md, efficiency_time.png, efficiency_memory.png",
           file=sys.stderr)
-    return 0
 
 
 if __name__ == "__main__":

@@ -286,8 +286,21 @@ def main(argv: list[str]) -> int:
         build_config(spec.name, dataset, files, {**overrides, **spec.overrides})
 
     runs_dir = os.path.join(output, "runs")
+    points = _points(specs, seeds, dataset, files, overrides, threads, lat_repeats, lat_batch, output)
+    records, todo = reuse_or_schedule(points, own["overwrite"], schedule=not own["report_only"])
+    if records:
+        print(f"bench table: {len(records)} finished run(s) reused from {runs_dir}", file=sys.stderr)
+    measure_points(todo, "recbole_ssm.bench.table", "bench table", records, show, timeout)
+    _write_table(specs, records, seeds, lat_batch, dataset, output, argv)
+    bad = [r for r in records.values() if r.get("status") != "ok"]
+    return 1 if bad else 0
+
+
+def _points(specs, seeds, dataset, files, overrides, threads, lat_repeats, lat_batch, output) -> list:
+    """One run per (seed, model): every model's first seed before any model's second, so partial
+    tables stay even. A run stopped midway continues from its resume state (same settings only)."""
     points = []
-    for seed in seeds:  # every model's first seed before any model's second: partial tables stay even
+    for seed in seeds:
         for spec in specs:
             settings = {"threads": threads, "dataset": dataset, "model": spec.name, "spec": spec.overrides,
                         "overrides": overrides, "files": settings_files_digest(spec.name, dataset, files)}
@@ -299,16 +312,16 @@ def main(argv: list[str]) -> int:
             }
             name = record_name(spec.label, "seed", seed)
             digest = fingerprint(settings)
-            # a run stopped midway continues from the state saved before its last epoch (same settings only)
             work["resume_file"] = os.path.abspath(os.path.join(output, "saved", f"{name[:-5]}-{digest}-resume.pth"))
-            points.append(Point((spec.label, seed), os.path.join(runs_dir, name), digest, work,
+            points.append(Point((spec.label, seed), os.path.join(output, "runs", name), digest, work,
                                 {"model": spec.label, "seed": seed}, os.path.join(output, "logs", name[:-5] + ".log"),
                                 f"{spec.label} seed={seed}"))
-    records, todo = reuse_or_schedule(points, own["overwrite"], schedule=not own["report_only"])
-    if records:
-        print(f"bench table: {len(records)} finished run(s) reused from {runs_dir}", file=sys.stderr)
-    measure_points(todo, "recbole_ssm.bench.table", "bench table", records, show, timeout)
+    return points
 
+
+def _write_table(specs, records: dict, seeds: list[int], lat_batch: int, dataset: str, output: str,
+                 argv: list[str]) -> None:
+    """table.md and table.csv from the finished runs; the table on stdout."""
     md_header, md_rows, csv_header, csv_rows = build_rows(specs, records, seeds, lat_batch)
     table = markdown_table(md_header, md_rows)
     command = "python run_recbole_ssm.py bench table " + " ".join(argv)
@@ -326,8 +339,6 @@ def main(argv: list[str]) -> int:
     atomic_write_text(os.path.join(output, "table.csv"), csv_text(csv_header, csv_rows))
     print(table, end="", flush=True)
     print(f"wrote {os.path.join(output, 'table.md')} and table.csv", file=sys.stderr)
-    bad = [r for r in records.values() if r.get("status") != "ok"]
-    return 1 if bad else 0
 
 
 if __name__ == "__main__":

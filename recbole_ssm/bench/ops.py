@@ -205,33 +205,38 @@ def main(argv: list[str] | None = None) -> int:
           "| (B,dim,L,N) MiB | scan_ref / scan | ssd_ref / ssd |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for L in lengths:
-        t = time_ops({n: make_op(n, a.batch, L, a) for n in ("scan", "ssd", "attention")}, a.repeats)
-        mem = {n: None for n in ("scan", "ssd", "attention")}
-        if not a.no_memory:
-            mem = {n: peak_memory_mb(n, a.batch, L, a) for n in mem}
-        ref = {"scan_ref / scan": "not run", "ssd_ref / ssd": "not run"}
-        if L <= a.ref_max_len:
-            rb = a.ref_batch
-            tr = time_ops({n: make_op(n, rb, L, a) for n in ("scan", "scan_ref", "ssd", "ssd_ref")}, 1)
-            ref = {
-                "scan_ref / scan": f"{tr['scan_ref'] / tr['scan']:.1f}x (B={rb})",
-                "ssd_ref / ssd": f"{tr['ssd_ref'] / tr['ssd']:.1f}x (B={rb})",
-            }
-        full = a.batch * a.dim * L * a.d_state * 4 / 2**20
-
-        def fmt_mem(v):
-            return "n/a" if v is None else f"{v:.0f}"
-
-        cells = [L, f"{t['scan'] * 1e3:.0f}", f"{t['ssd'] * 1e3:.0f}", f"{t['attention'] * 1e3:.0f}"]
-        cells += [f"{t['attention'] / t['ssd']:.2f}x", fmt_mem(mem["scan"]), fmt_mem(mem["ssd"])]
-        cells += [fmt_mem(mem["attention"]), f"{full:.0f}", ref["scan_ref / scan"], ref["ssd_ref / ssd"]]
-        print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
+        print("| " + " | ".join(str(c) for c in _length_row(L, a)) + " |", flush=True)
     print()
     print("| step function | µs/step after 0 positions | µs/step after 1000 positions |")
     print("|---|---|---|")
     for name, costs in step_costs(a, a.batch).items():
         print(f"| {name} (batch {a.batch}) | {costs[0]:.0f} | {costs[1000]:.0f} |")
     return 0
+
+
+def _length_row(L: int, a) -> list:
+    """One row of the kernel table: times, peak memory and reference ratios at length L."""
+    t = time_ops({n: make_op(n, a.batch, L, a) for n in ("scan", "ssd", "attention")}, a.repeats)
+    mem = {n: None for n in ("scan", "ssd", "attention")}
+    if not a.no_memory:
+        mem = {n: peak_memory_mb(n, a.batch, L, a) for n in mem}
+    ref = {"scan_ref / scan": "not run", "ssd_ref / ssd": "not run"}
+    if L <= a.ref_max_len:
+        rb = a.ref_batch
+        tr = time_ops({n: make_op(n, rb, L, a) for n in ("scan", "scan_ref", "ssd", "ssd_ref")}, 1)
+        ref = {
+            "scan_ref / scan": f"{tr['scan_ref'] / tr['scan']:.1f}x (B={rb})",
+            "ssd_ref / ssd": f"{tr['ssd_ref'] / tr['ssd']:.1f}x (B={rb})",
+        }
+    full = a.batch * a.dim * L * a.d_state * 4 / 2**20
+
+    def fmt_mem(v):
+        return "n/a" if v is None else f"{v:.0f}"
+
+    cells = [L, f"{t['scan'] * 1e3:.0f}", f"{t['ssd'] * 1e3:.0f}", f"{t['attention'] * 1e3:.0f}"]
+    cells += [f"{t['attention'] / t['ssd']:.2f}x", fmt_mem(mem["scan"]), fmt_mem(mem["ssd"])]
+    cells += [fmt_mem(mem["attention"]), f"{full:.0f}", ref["scan_ref / scan"], ref["ssd_ref / ssd"]]
+    return cells
 
 
 if __name__ == "__main__":

@@ -139,7 +139,17 @@ def main(argv: list[str]) -> int:
         for label, (model, items) in models.items():
             print(f"bench stream: {label} n={n}", file=sys.stderr, flush=True)
             results[label, n] = measure(model, items, torch, n, repeats, k, seed)
+    text, header, rows = _report(results, labels, lengths, baseline, argv, k, n_items, hidden, repeats, torch)
+    os.makedirs(output, exist_ok=True)
+    atomic_write_text(os.path.join(output, "stream.md"), text)
+    atomic_write_text(os.path.join(output, "stream.csv"), csv_text(header, rows))
+    print(text)
+    return 0
 
+
+def _report(results: dict, labels, lengths, baseline: str, argv, k: int, n_items: int, hidden: int, repeats: int,
+            torch) -> tuple[str, list, list]:
+    """stream.md's text, and the table's header and rows (for stream.csv)."""
     header = ["Model", "History n", "Step (ms/event)", "Re-encode (ms/event)", f"{baseline} re-encode / step",
               "Re-encode / baseline re-encode", "State (bytes/user)"]
     rows = []
@@ -163,8 +173,4 @@ def main(argv: list[str]) -> int:
         f"Written {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}.\n\n"
         + markdown_table(header, rows) + "\n\n" + "\n".join(f"- {line}" for line in flat) + "\n"
     )
-    os.makedirs(output, exist_ok=True)
-    atomic_write_text(os.path.join(output, "stream.md"), text)
-    atomic_write_text(os.path.join(output, "stream.csv"), csv_text(header, rows))
-    print(text)
-    return 0
+    return text, header, rows

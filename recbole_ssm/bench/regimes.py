@@ -87,18 +87,7 @@ def _work(spec: dict) -> dict:
         model.calculate_loss(batch).backward()
         optimizer.step()
 
-    times: list[float] = []
-    batches = iter(train)
-    step(next(batches))  # warm-up: allocates the optimizer state, builds the CPU kernels
-    with CpuPeakMemory() as mem:
-        t = time.perf_counter()
-        for i, batch in enumerate(batches, start=1):
-            step(batch)
-            now = time.perf_counter()
-            times.append(now - t)
-            t = now
-            if i + 1 >= limit:
-                break
+    times, mem = _timed_steps(step, iter(train), limit)
     measured = len(times)
     step_s = sum(times) / measured if measured else float("nan")
     return {
@@ -116,6 +105,22 @@ def _work(spec: dict) -> dict:
         "samples_per_epoch": int(getattr(train, "sample_size", len(train._dataset))),
         "torch_threads": torch.get_num_threads(),
     }
+
+
+def _timed_steps(step, batches, limit: int) -> tuple[list[float], CpuPeakMemory]:
+    """One untimed warm-up step (optimizer state, CPU kernels), then up to ``limit - 1`` timed ones."""
+    times: list[float] = []
+    step(next(batches))
+    with CpuPeakMemory() as mem:
+        t = time.perf_counter()
+        for i, batch in enumerate(batches, start=1):
+            step(batch)
+            now = time.perf_counter()
+            times.append(now - t)
+            t = now
+            if i + 1 >= limit:
+                break
+    return times, mem
 
 
 def _rows(specs, records) -> tuple[list[str], list[list], list[str], list[list]]:

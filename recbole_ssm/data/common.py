@@ -308,6 +308,39 @@ class Filtered:
     steps: dict
 
 
+def _drop_duplicates(u, i, r, t, keep: np.ndarray) -> int:
+    """Clear ``keep`` where a row equals an earlier kept one in all four columns; return how many."""
+    idx = np.flatnonzero(keep)
+    o = idx[np.lexsort((r[idx], i[idx], t[idx], u[idx]))]  # stable: the first of equal rows comes first
+    same = np.zeros(len(o), dtype=bool)
+    if len(o) > 1:
+        same[1:] = (u[o[1:]] == u[o[:-1]]) & (i[o[1:]] == i[o[:-1]]) & (t[o[1:]] == t[o[:-1]]) & (
+            r[o[1:]] == r[o[:-1]])
+    keep[o[same]] = False
+    return int(same.sum())
+
+
+def _kcore(u, i, keep: np.ndarray, kcore: int, n_users: int, n_items: int) -> dict:
+    """Clear ``keep`` for rows of users or items with fewer than ``kcore`` kept rows, until none is left;
+    return what was dropped."""
+    users_before = int(np.unique(u[keep]).size)
+    items_before = int(np.unique(i[keep]).size)
+    rows_before = int(keep.sum())
+    passes = 0
+    if kcore > 1:
+        while True:
+            ucnt = np.bincount(u[keep], minlength=n_users)
+            icnt = np.bincount(i[keep], minlength=n_items)
+            drop = keep & ((ucnt[u] < kcore) | (icnt[i] < kcore))
+            if not drop.any():
+                break
+            keep &= ~drop
+            passes += 1
+    return {"k": kcore, "passes": passes, "rows": rows_before - int(keep.sum()),
+            "users": users_before - int(np.unique(u[keep]).size),
+            "items": items_before - int(np.unique(i[keep]).size)}
+
+
 def filter_rows(table: Interactions, kcore: int, min_rating: float | None, last: int | None = None) -> Filtered:
     """Min-rating filter, exact-duplicate removal, iterative k-core, then stable ordering; with
     ``last``, each user's last ``last`` rows only (after the k-core filter, as for lifelong data).
@@ -327,37 +360,8 @@ def filter_rows(table: Interactions, kcore: int, min_rating: float | None, last:
         keep &= ~low
         steps["below_min_rating"] = int(low.sum())
 
-    # exact duplicates: stable sort on all four columns, a row equal to its predecessor goes
-    idx = np.flatnonzero(keep)
-    o = idx[np.lexsort((r[idx], i[idx], t[idx], u[idx]))]
-    same = np.zeros(len(o), dtype=bool)
-    if len(o) > 1:
-        same[1:] = (u[o[1:]] == u[o[:-1]]) & (i[o[1:]] == i[o[:-1]]) & (t[o[1:]] == t[o[:-1]]) & (
-            r[o[1:]] == r[o[:-1]])
-    keep[o[same]] = False
-    steps["duplicates"] = int(same.sum())
-    del o, same, idx
-
-    users_before = int(np.unique(u[keep]).size)
-    items_before = int(np.unique(i[keep]).size)
-    rows_before = int(keep.sum())
-    passes = 0
-    if kcore > 1:
-        n_users, n_items = len(table.users), len(table.items)
-        while True:
-            ucnt = np.bincount(u[keep], minlength=n_users)
-            icnt = np.bincount(i[keep], minlength=n_items)
-            drop = keep & ((ucnt[u] < kcore) | (icnt[i] < kcore))
-            if not drop.any():
-                break
-            keep &= ~drop
-            passes += 1
-    rows_after = int(keep.sum())
-    users_after = int(np.unique(u[keep]).size)
-    items_after = int(np.unique(i[keep]).size)
-    steps["kcore"] = {"k": kcore, "passes": passes, "rows": rows_before - rows_after,
-                      "users": users_before - users_after, "items": items_before - items_after}
-
+    steps["duplicates"] = _drop_duplicates(u, i, r, t, keep)
+    steps["kcore"] = _kcore(u, i, keep, kcore, len(table.users), len(table.items))
     idx = np.flatnonzero(keep)
     order = idx[np.lexsort((t[idx], u[idx]))]  # lexsort is stable: ties keep file order
     if last is not None:

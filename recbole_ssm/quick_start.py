@@ -126,13 +126,7 @@ def run(
     init_seed(config["seed"] + (world.rank if world else config["local_rank"]), config["reproducibility"])
     net, params = _build_model(config, model_class, train_data)
     trainer = _build_trainer(config, net, callbacks, fit_memory, world)
-    if state is not None:
-        trainer.resume_file = os.path.abspath(resume)
-        trainer.load_resume_state(state, train_data)
-        logging.getLogger().info(f"resumed from {resume}: epoch {state['epoch']}")
-    elif saved and config["resume_state"] is not False:
-        default = os.path.splitext(os.path.abspath(trainer.saved_model_file))[0] + "-resume.pth"
-        trainer.resume_file = os.path.abspath(resume_file or default)
+    _resume_state_file(trainer, state, resume, resume_file, saved, train_data)
     result = _fit_and_test(trainer, config, train_data, valid_data, test_data, saved, world)
     return RunOutput(
         result=result,
@@ -178,6 +172,17 @@ def _build_trainer(config, net, callbacks, fit_memory, world):
     if world is not None:
         trainer.distribute(world)
     return trainer
+
+
+def _resume_state_file(trainer, state, resume, resume_file, saved: bool, train_data) -> None:
+    """Continue from ``state`` (read from ``resume``), or choose where the run saves its resume state."""
+    if state is not None:
+        trainer.resume_file = os.path.abspath(resume)
+        trainer.load_resume_state(state, train_data)
+        logging.getLogger().info(f"resumed from {resume}: epoch {state['epoch']}")
+    elif saved and trainer.config["resume_state"] is not False:
+        default = os.path.splitext(os.path.abspath(trainer.saved_model_file))[0] + "-resume.pth"
+        trainer.resume_file = os.path.abspath(resume_file or default)
 
 
 def _fit_and_test(trainer, config, train_data, valid_data, test_data, saved: bool, world) -> dict:

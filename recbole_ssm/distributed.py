@@ -164,6 +164,8 @@ def _worker(rank: int, nproc: int, port: int, target, args: tuple, queue) -> Non
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(nproc), "LOCAL_RANK": str(rank),
                        "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
                        "RECBOLE_SSM_LAUNCHED": "1"})
+    if "GLOO_SOCKET_IFNAME" not in os.environ and os.path.isdir("/sys/class/net/lo"):
+        os.environ["GLOO_SOCKET_IFNAME"] = "lo"  # ranks on one machine talk over loopback, whatever the hostname
     if "OMP_NUM_THREADS" not in os.environ:  # the cores are shared by the ranks
         import torch
 

@@ -12,15 +12,7 @@ import datetime
 import os
 import sys
 
-from recbole_ssm.bench.common import (
-    as_number,
-    csv_text,
-    machine_line,
-    markdown_table,
-    median,
-    parse_int_list,
-    split_bench_args,
-)
+from recbole_ssm.bench import common
 from recbole_ssm.errors import UsageError
 from recbole_ssm.utils import atomic_write_text
 
@@ -41,9 +33,9 @@ def main(argv: list[str]) -> int:
     if any(a in ("-h", "--help", "help") for a in argv[:1]):
         print(USAGE, end="")
         return 0
-    own, overrides = split_bench_args(argv, DEFAULTS)
-    nprocs = parse_int_list(own["nprocs"], "--nprocs")
-    epochs = as_number(own["epochs"], "epochs", int, 1)
+    own, overrides = common.split_bench_args(argv, DEFAULTS)
+    nprocs = common.parse_int_list(own["nprocs"], "--nprocs")
+    epochs = common.as_number(own["epochs"], "epochs", int, 1)
     if any(n < 1 for n in nprocs):
         raise UsageError("--nprocs takes process counts >= 1, e.g. --nprocs=1,2")
     output = own["output"] or os.path.join("results", "ddp")
@@ -57,7 +49,7 @@ def main(argv: list[str]) -> int:
                     "stopping_step": epochs + 1, "show_progress": False, "state": "WARNING"}
         out = run(own["model"], own["dataset"], None, settings, saved=False)
         times = out.timings.get("epoch_times") or list(out.trainer.epoch_times)
-        epoch_s = median(times)
+        epoch_s = common.median(times)
         first = first or epoch_s
         test = out.result["test_result"] or {}
         rows.append([own["model"], nproc, f"{epoch_s:.1f}", f"{first / epoch_s:.2f}x", len(times),
@@ -68,12 +60,12 @@ def main(argv: list[str]) -> int:
     text = (
         f"# Data-parallel training: epoch time against process count ({own['dataset']}, "
         f"train_targets={own['train_targets']})\n\n"
-        f"Command: `{command}`\n\nMachine: {machine_line()}; {os.cpu_count()} cores shared by the processes.\n\n"
+        f"Command: `{command}`\n\nMachine: {common.machine_line()}; {os.cpu_count()} cores shared by the processes.\n\n"
         f"Written {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}.\n\n"
-        + markdown_table(header, rows) + "\n"
+        + common.markdown_table(header, rows) + "\n"
     )
     os.makedirs(output, exist_ok=True)
     atomic_write_text(os.path.join(output, "ddp.md"), text)
-    atomic_write_text(os.path.join(output, "ddp.csv"), csv_text(header, rows))
+    atomic_write_text(os.path.join(output, "ddp.csv"), common.csv_text(header, rows))
     print(text)
     return 0

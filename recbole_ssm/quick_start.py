@@ -21,7 +21,7 @@ from recbole_ssm.errors import Interrupted, UsageError
 from recbole_ssm.regime import check_train_targets, prepare_data
 from recbole_ssm.registry import canonical_name, get_model
 from recbole_ssm.settings_check import check_user_settings
-from recbole_ssm.trainer import get_trainer
+from recbole_ssm.trainer import get_trainer, load_weights
 from recbole_ssm.utils import count_parameters
 
 
@@ -150,7 +150,6 @@ def _load_data(config, world):
         train_data, valid_data, test_data = prepare_data(config, data)
         if world is not None:
             train_data = distributed.shard_train_loader(train_data, config, world)
-            config["local_rank"] = world.local_rank
     return train_data, valid_data, test_data
 
 
@@ -310,19 +309,6 @@ def load_data_and_model(model_file: str):
     load_weights(net, checkpoint["state_dict"], model_file, config)
     net.load_other_parameter(checkpoint.get("other_parameter"))
     return config, net, data, train_data, valid_data, test_data
-
-
-def load_weights(net, state_dict: dict, path: str, config) -> None:
-    """``net.load_state_dict``; weights that do not fit the model built from the data set as it is now
-    (the data set changed since training, or the model's code) are a one-line UsageError."""
-    try:
-        net.load_state_dict(state_dict)
-    except RuntimeError as exc:
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        detail = next((line for line in lines[1:]), lines[0] if lines else "")
-        raise UsageError(f"{path} does not fit {config['model']} on the data set now at {config['data_path']} "
-                         f"({detail.rstrip('.')}): the data set or the model changed since training; use the data "
-                         "set it was trained on, or train again") from None
 
 
 def _runtime_of_this_process(config) -> None:

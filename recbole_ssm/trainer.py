@@ -16,6 +16,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from recbole_ssm.errors import UsageError
+
 ValidCallback = Callable[[int, float, dict], None]  # (validation index from 0, score, result)
 
 
@@ -100,8 +102,6 @@ class TrainerHooks:
         self.saved_model_file = state["saved_model_file"]
         self._validations = state["validations"]
         self.epoch_times = list(state.get("epoch_times", []))  # the run's epochs so far, then these
-        from recbole_ssm.quick_start import load_weights
-
         load_weights(self.model, state["state_dict"], self.resume_file or "the resume state", self.config)
         self.model.load_other_parameter(state.get("other_parameter"))
         self.optimizer.load_state_dict(state["optimizer"])
@@ -163,6 +163,19 @@ class TrainerHooks:
         else:
             self.fit_peak_mib, self.fit_peak_kind = mem.mib, f"RSS ({mem.method})"
         return out
+
+
+def load_weights(net, state_dict: dict, path: str, config) -> None:
+    """``net.load_state_dict``; weights that do not fit the model built from the data set as it is now
+    (the data set changed since training, or the model's code) are a one-line UsageError."""
+    try:
+        net.load_state_dict(state_dict)
+    except RuntimeError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else (lines[0] if lines else "")  # the first mismatch, if named
+        raise UsageError(f"{path} does not fit {config['model']} on the data set now at {config['data_path']} "
+                         f"({detail.rstrip('.')}): the data set or the model changed since training; use the data "
+                         "set it was trained on, or train again") from None
 
 
 class _Loss(torch.nn.Module):

@@ -10,6 +10,7 @@ line or column, and the fix.
 
 from __future__ import annotations
 
+import functools
 import os
 
 from recbole_ssm.data.common import DataFormatError
@@ -22,7 +23,6 @@ def check_inter_file(path: str, separator: str = "\t", required: list[str] | tup
                      encoding: str = "utf-8") -> int:
     """Check the header, the columns in ``required``, the field count of every row and the numbers
     of ``float`` columns; return the number of interactions."""
-    name = path
     shown = "<TAB>" if separator == "\t" else separator
     try:
         f = open(path, encoding=encoding, newline="")
@@ -37,14 +37,14 @@ def check_inter_file(path: str, separator: str = "\t", required: list[str] | tup
         for field in header.split(separator):
             col, colon, kind = field.partition(":")
             if not colon or not col or kind not in TYPES:
-                raise DataFormatError(f"{name}: header field {field!r} is not NAME:TYPE with TYPE one of "
+                raise DataFormatError(f"{path}: header field {field!r} is not NAME:TYPE with TYPE one of "
                                       f"{', '.join(TYPES)} (RecBole's atomic files; are the fields separated by "
                                       f"{shown}?); {FIX}")
             columns.append((col, kind))
         names = [c for c, _ in columns]
         missing = [c for c in required if c not in names]
         if missing:
-            raise DataFormatError(f"{name} has no column {missing[0]!r}, which this run needs (columns: "
+            raise DataFormatError(f"{path} has no column {missing[0]!r}, which this run needs (columns: "
                                   f"{', '.join(names)}); add it, or leave it out of load_col / the field settings")
         floats = [i for i, (_, kind) in enumerate(columns) if kind == "float"]
         width, rows = len(columns), 0
@@ -54,18 +54,18 @@ def check_inter_file(path: str, separator: str = "\t", required: list[str] | tup
                 continue
             values = line.split(separator)
             if len(values) != width:
-                raise DataFormatError(f"{name} line {number} has {len(values)} field(s), the header {width}: {FIX}")
+                raise DataFormatError(f"{path} line {number} has {len(values)} field(s), the header {width}: {FIX}")
             for i in floats:
                 value = values[i]
                 if value:
                     try:
                         float(value)
                     except ValueError:
-                        raise DataFormatError(f"{name} line {number}: {columns[i][0]}:float is {value!r}, not a "
+                        raise DataFormatError(f"{path} line {number}: {columns[i][0]}:float is {value!r}, not a "
                                               f"number; {FIX}") from None
             rows += 1
     if rows == 0:
-        raise DataFormatError(f"{name} has a header but no interactions; {FIX}")
+        raise DataFormatError(f"{path} has a header but no interactions; {FIX}")
     return rows
 
 
@@ -91,5 +91,13 @@ def check_dataset_files(config) -> None:
         return
     path = os.path.join(folder, f"{config['dataset']}.inter")
     if os.path.isfile(path):
-        check_inter_file(path, config["field_separator"] or "\t", required_columns(config),
-                         config["encoding"] or "utf-8")
+        stat = os.stat(path)
+        _checked(path, stat.st_mtime_ns, stat.st_size, config["field_separator"] or "\t",
+                 tuple(required_columns(config)), config["encoding"] or "utf-8")
+
+
+@functools.lru_cache(maxsize=32)
+def _checked(path: str, mtime_ns: int, size: int, separator: str, required: tuple, encoding: str) -> int:
+    """:func:`check_inter_file` once per file version and settings in a process (``bench table`` builds
+    the configuration of every model before training; a failed check is not cached)."""
+    return check_inter_file(path, separator, required, encoding)

@@ -1,4 +1,4 @@
-"""Training regimes: ``train_targets: last`` (RecBole's prefix augmentation) or ``all``.
+"""Training regimes: ``train_targets: last`` (RecBole's prefix augmentation), ``all`` or ``cloze``.
 
 ``last`` trains one sample per prefix of every history, each read at its last position:
 RecBole's own sequential training, unchanged. ``all`` trains a causal model on whole
@@ -16,7 +16,13 @@ epoch. A target whose history is no longer than L sees exactly the context it se
 ``last``; in a user longer than L, a target early in a window sees less context than ``last``
 gives it (the window's start, not L items back).
 
-Validation and test are RecBole's full-sort evaluation of the last position in both regimes.
+``cloze`` trains a bidirectional model (Hydra4Rec) as BERT4Rec trains its encoder: the same
+windows, each with its last target appended (up to ``MAX_ITEM_LIST_LENGTH + 1`` items), a
+fraction ``mask_ratio`` of the items replaced by a mask token, and the loss taken at the masked
+positions only (at least one per window). The model predicts the next item by appending the mask
+token after the history and reading that position.
+
+Validation and test are RecBole's full-sort evaluation of the last position in every regime.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from recbole.data.interaction import Interaction
 from recbole_ssm.errors import ConfigError
 from recbole_ssm.validate import positive_int, require
 
-TRAIN_TARGETS = ("last", "all")
+TRAIN_TARGETS = ("last", "all", "cloze")
 # Interaction fields of an ``all`` batch besides RecBole's item list and its length:
 TARGETS = "target_item_id_list"  # (B, L) the next item at every input position, 0 on padding
 NEG_TARGETS = "neg_target_item_id_list"  # (B, L) one sampled negative per position (BPR only)
@@ -44,22 +50,25 @@ def check_train_targets(config, model_class) -> str:
     """Return ``config['train_targets']`` ('last' when unset), or raise a ConfigError naming the fix."""
     value = config["train_targets"] or "last"
     if value not in TRAIN_TARGETS:
-        raise ConfigError(f"invalid train_targets={value!r}: 'last' (one sample per prefix) or 'all'")
+        raise ConfigError(f"invalid train_targets={value!r}: 'last' (one sample per prefix), 'all' (every "
+                          "position; causal models) or 'cloze' (masked items; bidirectional models)")
     name = model_class.__name__
     if value not in supported_targets(model_class):
-        if getattr(model_class, "bidirectional", False):
+        if value == "all" and getattr(model_class, "bidirectional", False):
             raise ConfigError(
                 f"train_targets=all cannot train {name}: it is bidirectional, so every position would see "
-                "its own target; use train_targets=last"
+                "its own target; use train_targets=cloze (masked items) or last"
             )
         from recbole_ssm.registry import models_supporting
 
         raise ConfigError(
-            f"train_targets=all is not available for {name}; models that support it: "
-            + ", ".join(models_supporting("all"))
+            f"train_targets={value} is not available for {name}; models that support it: "
+            + ", ".join(models_supporting(value))
         )
-    if value == "all":
+    if value in ("all", "cloze"):
         require(config, "train_window_batch_size", positive_int, "a positive integer (windows per batch)")
+    if value == "cloze":
+        require(config, "mask_ratio", lambda v: 0.0 < float(v) < 1.0, "a fraction in (0, 1) of items to mask")
     return value
 
 
@@ -175,11 +184,48 @@ class AllPositionsDataLoader(AbstractDataLoader):
         return neg
 
 
+class ClozeDataLoader(AllPositionsDataLoader):
+    """RecBole training dataloader for ``train_targets: cloze``: batches of masked history windows.
+
+    The windows of ``AllPositionsDataLoader``, each with its last target appended (n + 1 items for
+    n inputs). Every item is replaced by the mask token (``mask_id``, one past the last item id)
+    with probability ``mask_ratio``; a window with none masked gets its last item masked.
+    ``TARGETS`` (B, W) holds the original item at masked positions and 0 elsewhere; with BPR,
+    ``NEG_TARGETS`` one sampled negative there. The masks are drawn anew every epoch from torch's
+    seeded generator.
+    """
+
+    def __init__(self, config, dataset, sampler=None, shuffle=True):
+        self.mask_ratio = float(config["mask_ratio"])
+        super().__init__(config, dataset, sampler, shuffle=shuffle)
+        self.mask_id = self.n_items
+
+    def collate_fn(self, index):
+        index = torch.as_tensor(np.asarray(index), dtype=torch.long)
+        lengths, starts = self.sizes[index] + 1, self.starts[index]  # (B,) items, inputs and the last target
+        width = int(lengths.max())
+        pos = torch.arange(width)
+        real = pos.unsqueeze(0) < lengths.unsqueeze(1)  # (B, W)
+        at = (starts.unsqueeze(1) + pos).clamp_max(len(self.items) - 1)
+        items = torch.where(real, self.items[at], 0)
+        masked = real & (torch.rand(real.shape) < self.mask_ratio)
+        none = ~masked.any(1)
+        masked[none, lengths[none] - 1] = True
+        batch = {self.uid_field: self.window_user[index], self.seq_field: torch.where(masked, self.mask_id, items),
+                 self.len_field: lengths, TARGETS: torch.where(masked, items, 0)}
+        if self.bpr:
+            batch[NEG_TARGETS] = torch.where(masked, self._negatives(items), 0)
+        return Interaction(batch)
+
+
 def prepare_data(config, dataset):
-    """RecBole's ``data_preparation``; under ``train_targets: all`` the training loader yields windows."""
+    """RecBole's ``data_preparation``; under ``train_targets: all`` or ``cloze`` the training loader
+    yields windows."""
     from recbole.data import data_preparation
 
     train, valid, test = data_preparation(config, dataset)
-    if (config["train_targets"] or "last") == "all":
-        train = AllPositionsDataLoader(config, train._dataset, shuffle=config["shuffle"])
+    regime = config["train_targets"] or "last"
+    if regime in ("all", "cloze"):
+        loader = AllPositionsDataLoader if regime == "all" else ClozeDataLoader
+        train = loader(config, train._dataset, shuffle=config["shuffle"])
     return train, valid, test

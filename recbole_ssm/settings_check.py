@@ -171,7 +171,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     **{k: (_probability, "a probability in [0, 1)") for k in (
         "dropout_prob", "hidden_dropout_prob", "attn_dropout_prob", "mask_ratio")},
     "loss_type": (lambda v: v in ("CE", "BPR"), "CE or BPR"),
-    "train_targets": (lambda v: v in ("last", "all"), "last or all"),
+    "train_targets": (lambda v: v in ("last", "all", "cloze"), "last, all or cloze"),
     "learner": (lambda v: isinstance(v, str) and v.lower() in ("adam", "adamw", "sgd", "adagrad", "rmsprop",
                                                               "sparse_adam"),
                 "adam, adamw, sgd, adagrad, rmsprop or sparse_adam"),

@@ -1,5 +1,8 @@
 """Hydra4Rec: bidirectional Hydra layers + PFFN (the seed paper's best SSM variant)."""
 
+import torch
+import torch.nn as nn
+
 from recbole_ssm.layers import HydraMixer
 from recbole_ssm.models.base import SSMRecommender
 from recbole_ssm.models.mamba2rec import ssd_settings
@@ -10,13 +13,51 @@ class Hydra4Rec(SSMRecommender):
 
     The mixer reads the whole (prefix) sequence in both directions; a padding mask keeps its
     output independent of how many padding positions follow the real items.
+
+    Two ways to train and read it:
+
+    - ``train_targets: last`` (the seed paper's): one sample per prefix, the next item predicted
+      from the output at the prefix's last item.
+    - ``train_targets: cloze`` (BERT4Rec's): masked windows (``regime.ClozeDataLoader``), the
+      masked items predicted from the outputs at their positions. The next item is predicted
+      from the output at a mask token appended after the history, so the model has one more
+      embedding, the mask token's.
     """
 
     bidirectional = True
-    TRAIN_TARGETS = ("last",)  # every position would see its own target under ``all``
+    TRAIN_TARGETS = ("last", "cloze")  # every position would see its own target under ``all``
     # read at the last real position, the last layer skips its backward scan: its parameters get no
     # gradient in that step (distributed training must not wait for them)
     may_leave_parameters_unused = True
 
+    def __init__(self, config, dataset):
+        self.cloze = (config["train_targets"] or "last") == "cloze"
+        super().__init__(config, dataset)
+        if self.cloze:
+            self.mask_id = self.n_items  # one past the last item id: never scored
+            self.mask_embedding = nn.Embedding(1, self.hidden_size)
+            self.mask_embedding.weight.data.normal_(mean=0.0, std=0.02)
+
     def make_mixer(self, config):
         return HydraMixer(self.hidden_size, **ssd_settings(self, config, odd_conv=True))
+
+    def embed(self, item_seq: torch.Tensor) -> torch.Tensor:
+        if not self.cloze:
+            return super().embed(item_seq)
+        is_mask = (item_seq == self.mask_id).unsqueeze(-1)
+        emb = torch.where(is_mask, self.mask_embedding.weight[0],
+                          self.item_embedding(item_seq.masked_fill(is_mask.squeeze(-1), 0)))
+        return self.dropout(self.LayerNorm(emb))
+
+    def append_mask(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor):
+        """Histories (B, L) right-padded, lengths (B,) -> (B, L + 1) with the mask token after each
+        history, and lengths + 1."""
+        seq = torch.cat([item_seq, item_seq.new_zeros(item_seq.size(0), 1)], dim=1)
+        seq[torch.arange(seq.size(0), device=seq.device), item_seq_len] = self.mask_id
+        return seq, item_seq_len + 1
+
+    def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
+        """(B, hidden) at the last real item, or under ``cloze`` at a mask token appended after it."""
+        if self.cloze:
+            item_seq, item_seq_len = self.append_mask(item_seq, item_seq_len)
+        return super().forward(item_seq, item_seq_len)

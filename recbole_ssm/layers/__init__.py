@@ -3,10 +3,10 @@
 They know nothing of RecBole; the models in ``recbole_ssm.models`` stack them.
 """
 
-from recbole_ssm.layers.block import PFFN, SSMLayer
+from recbole_ssm.layers.block import PFFN, ResidualMixer, SSMLayer
 from recbole_ssm.layers.hydra import HydraMixer
 from recbole_ssm.layers.mamba import MambaMixer
 from recbole_ssm.layers.mamba2 import Mamba2Mixer
 from recbole_ssm.layers.norm import RMSNormGated
 
-__all__ = ["PFFN", "SSMLayer", "HydraMixer", "MambaMixer", "Mamba2Mixer", "RMSNormGated"]
+__all__ = ["PFFN", "ResidualMixer", "SSMLayer", "HydraMixer", "MambaMixer", "Mamba2Mixer", "RMSNormGated"]

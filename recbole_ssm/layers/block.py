@@ -105,3 +105,25 @@ class SSMLayer(nn.Module):
         """The whole sequence (B, L, d) -> (output (B, L, d), the mixer's state after each row's last real item)."""
         h, state = self.mixer.prefill(x, lengths)
         return self._after_mixer(h, x), state
+
+
+class ResidualMixer(nn.Module):
+    """x + mixer(x) for stacked blocks; the mixer alone for a single block."""
+
+    def __init__(self, mixer: nn.Module, residual: bool):
+        super().__init__()
+        self.mixer, self.residual = mixer, residual
+
+    def forward(self, x, mask=None, index=None):
+        h = self.mixer(x, mask, index)
+        if not self.residual:
+            return h
+        return h + (x if index is None else take(x, index))
+
+    def step(self, x, state):
+        h = self.mixer.step(x, state)
+        return h + x if self.residual else h
+
+    def prefill(self, x, lengths):
+        h, state = self.mixer.prefill(x, lengths)
+        return (h + x if self.residual else h), state

@@ -9,6 +9,7 @@ import torch.nn as nn
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.loss import BPRLoss
 
+from recbole_ssm.errors import ConfigError
 from recbole_ssm.layers import SSMLayer
 from recbole_ssm.layers.block import take
 from recbole_ssm.models.causal import CausalLoss
@@ -31,6 +32,29 @@ class StepState:
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
+def ssd_settings(model, config, odd_conv: bool = False) -> dict:
+    """Read and check the SSD mixer settings shared by Mamba2Rec and Hydra4Rec."""
+    d_conv_rule = "a positive odd integer (the convolution is centred)" if odd_conv else "a positive integer"
+    d_conv_ok = (lambda v: positive_int(v) and v % 2 == 1) if odd_conv else positive_int
+    s = {
+        "d_state": require(config, "d_state", positive_int, "a positive integer"),
+        "d_conv": require(config, "d_conv", d_conv_ok, d_conv_rule),
+        "expand": require(config, "expand", positive_int, "a positive integer"),
+        "headdim": require(config, "headdim", positive_int, "a positive integer"),
+        "chunk_size": require(config, "chunk_size", positive_int, "a positive integer"),
+    }
+    inner = s["expand"] * model.hidden_size
+    if inner % s["headdim"]:
+        raise ConfigError(
+            f"invalid headdim={s['headdim']!r}: expand * hidden_size = {inner} must be divisible by headdim"
+        )
+    heads = inner // s["headdim"]
+    s["ngroups"] = require(config, "ngroups", positive_int, "a positive integer")
+    if heads % s["ngroups"]:
+        raise ConfigError(f"invalid ngroups={s['ngroups']!r}: must be a positive divisor of the {heads} heads")
+    return s
+
+
 class SSMRecommender(CausalLoss, SequentialRecommender):
     """Item embedding -> dropout -> LayerNorm -> N x SSMLayer -> state at the last real position.
 
@@ -42,21 +66,27 @@ class SSMRecommender(CausalLoss, SequentialRecommender):
     """
 
     bidirectional = False
+    embedding_norm = True  # LayerNorm over the item embeddings (RecMamba scales them instead)
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
+
+        # load parameters info (every model setting is read here or in make_mixer)
         self.hidden_size = require(config, "hidden_size", positive_int, "a positive integer")
         self.num_layers = require(config, "num_layers", positive_int, "a positive integer")
         self.dropout_prob = require(config, "dropout_prob", lambda v: 0.0 <= float(v) < 1.0, "a float in [0, 1)")
         self.loss_type = require(config, "loss_type", lambda v: v in ("CE", "BPR"), "CE or BPR")
-        trim = config["trim_padding"]
-        self.trim_padding = True if trim is None else bool(trim)
+        self.trim_padding = require(config, "trim_padding", lambda v: isinstance(v, bool), "True or False")
 
+        # define layers and loss
         self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
-        self.LayerNorm = nn.LayerNorm(self.hidden_size, eps=1e-12)
+        if self.embedding_norm:
+            self.LayerNorm = nn.LayerNorm(self.hidden_size, eps=1e-12)
         self.dropout = nn.Dropout(self.dropout_prob)
         self.layers = nn.ModuleList(self.make_layer(config) for _ in range(self.num_layers))
         self.loss_fct = BPRLoss() if self.loss_type == "BPR" else None  # CE: CausalLoss.target_loss
+
+        # parameters initialization
         self.apply(self._init_weights)
 
     def make_mixer(self, config) -> nn.Module:

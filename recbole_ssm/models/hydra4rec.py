@@ -4,8 +4,7 @@ import torch
 import torch.nn as nn
 
 from recbole_ssm.layers import HydraMixer
-from recbole_ssm.models.base import SSMRecommender
-from recbole_ssm.models.mamba2rec import ssd_settings
+from recbole_ssm.models.base import SSMRecommender, ssd_settings
 
 
 class Hydra4Rec(SSMRecommender):

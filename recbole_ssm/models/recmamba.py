@@ -11,30 +11,8 @@ import math
 import torch
 import torch.nn as nn
 
-from recbole_ssm.layers.block import take
+from recbole_ssm.layers import ResidualMixer
 from recbole_ssm.models.mamba4rec import Mamba4Rec
-
-
-class _ResidualMixer(nn.Module):
-    """x + mixer(x) for stacked blocks; the mixer alone for a single block."""
-
-    def __init__(self, mixer: nn.Module, residual: bool):
-        super().__init__()
-        self.mixer, self.residual = mixer, residual
-
-    def forward(self, x, mask=None, index=None):
-        h = self.mixer(x, mask, index)
-        if not self.residual:
-            return h
-        return h + (x if index is None else take(x, index))
-
-    def step(self, x, state):
-        h = self.mixer.step(x, state)
-        return h + x if self.residual else h
-
-    def prefill(self, x, lengths):
-        h, state = self.mixer.prefill(x, lengths)
-        return (h + x if self.residual else h), state
 
 
 class RecMamba(Mamba4Rec):
@@ -44,6 +22,7 @@ class RecMamba(Mamba4Rec):
     """
 
     bounded_positions = True  # learned position embeddings: a history cannot be stepped past L
+    embedding_norm = False  # the embeddings are scaled by sqrt(d), not normalised
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -51,7 +30,7 @@ class RecMamba(Mamba4Rec):
         self.position_embedding.weight.data.normal_(mean=0.0, std=0.02)
 
     def make_layer(self, config):
-        return _ResidualMixer(self.make_mixer(config), residual=self.num_layers > 1)
+        return ResidualMixer(self.make_mixer(config), residual=self.num_layers > 1)
 
     def embed(self, item_seq: torch.Tensor) -> torch.Tensor:
         positions = torch.arange(item_seq.size(1), device=item_seq.device)  # (L,)

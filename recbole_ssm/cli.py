@@ -14,6 +14,7 @@ import sys
 
 from recbole_ssm.entry import guarded, load_command  # noqa: F401  (re-exported)
 from recbole_ssm.errors import UsageError
+from recbole_ssm.options import wants_help
 
 USAGE = """\
 usage: run_recbole_ssm.py [--model=NAME] [--dataset=NAME] [--config_files="a.yaml b.yaml"] [--KEY=VALUE ...]
@@ -73,7 +74,7 @@ def run_main(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv[:1]) or (argv and argv[0] == "help"):
+    if wants_help(argv):
         print(USAGE, end="")
         return 0
     return guarded(_dispatch, argv)

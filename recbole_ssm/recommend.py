@@ -6,6 +6,7 @@ import json
 import sys
 
 from recbole_ssm.errors import UsageError
+from recbole_ssm.options import Opt, parse, wants_help
 
 USAGE = """\
 usage: run_recbole_ssm.py recommend --checkpoint=PATH (--users=U1,U2,... | --history_file=PATH)
@@ -26,31 +27,28 @@ Causal SSM models (Mamba4Rec, Mamba2Rec, RecMamba) keep each user's state and st
 new items; other models re-encode the last MAX_ITEM_LIST_LENGTH items.
 """
 
-OPTIONS = ("checkpoint", "users", "items", "history_file", "k", "exclude_seen", "format", "output")
+OPTIONS = {
+    **{k: Opt(None) for k in ("checkpoint", "users", "items", "history_file", "output")},
+    "k": Opt(10, "whole", minimum=1),
+    "exclude_seen": Opt(False, "flag"),
+    "format": Opt("tsv", "choice", choices=("tsv", "jsonl")),
+}
 
 
-def parse(argv: list[str]) -> dict[str, str]:
-    opts: dict[str, str] = {}
-    for arg in argv:
-        key, sep, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
-        if key == "exclude_seen" and not sep:
-            key, sep, value = "exclude_seen", "=", "True"
-        if not sep or key not in OPTIONS:
-            raise UsageError(f"recommend: unknown or malformed option {arg!r}; options: --"
-                             + ", --".join(OPTIONS))
-        opts[key] = value
-    if "checkpoint" not in opts:
+def check(opts: dict) -> dict:
+    """The options that must come together, or apart."""
+    if opts["checkpoint"] is None:
         raise UsageError("recommend needs --checkpoint=PATH (a .pth file written by a training run)")
-    if ("users" in opts or "items" in opts) and "history_file" in opts:
+    if (opts["users"] or opts["items"]) and opts["history_file"]:
         raise UsageError("recommend: give --users/--items or --history_file, not both")
-    if not any(k in opts for k in ("users", "items", "history_file")):
+    if not any(opts[k] for k in ("users", "items", "history_file")):
         raise UsageError("recommend needs --users=U1,U2, --items=I1,I2 or --history_file=PATH")
     return opts
 
 
 def requests(opts: dict[str, str]) -> list[tuple[str | None, list[str]]]:
     """(user token or None, new item tokens) for each request."""
-    if "history_file" in opts:
+    if opts["history_file"]:
         path = opts["history_file"]
         try:
             with open(path, encoding="utf-8") as f:
@@ -64,28 +62,17 @@ def requests(opts: dict[str, str]) -> list[tuple[str | None, list[str]]]:
                 raise UsageError(f"{path}, line {number}: expected USER<TAB>ITEM ITEM ..., got {line!r}")
             out.append((None if user.strip() in ("", "-") else user.strip(), items.split()))
         return out
-    items = [t for t in opts.get("items", "").split(",") if t]
-    users = [u for u in opts.get("users", "").split(",") if u]
+    items = [t for t in (opts["items"] or "").split(",") if t]
+    users = [u for u in (opts["users"] or "").split(",") if u]
     return [(u, items) for u in users] if users else [(None, items)]
 
 
 def main(argv: list[str]) -> int:
-    if any(a in ("-h", "--help") for a in argv):
+    if wants_help(argv) or any(a in ("-h", "--help") for a in argv):
         print(USAGE, end="")
         return 0
-    opts = parse(argv)
-    try:
-        k = int(opts.get("k", "10"))
-    except ValueError:
-        k = 0
-    if k < 1:
-        raise UsageError(f"--k takes a whole number >= 1, got {opts['k']!r}")
-    exclude = opts.get("exclude_seen", "False")
-    if exclude not in ("True", "False", "true", "false"):
-        raise UsageError(f"--exclude_seen takes True or False, got {exclude!r}")
-    fmt = opts.get("format", "tsv")
-    if fmt not in ("tsv", "jsonl"):
-        raise UsageError(f"--format takes tsv or jsonl, got {fmt!r}")
+    opts = check(parse(argv, OPTIONS, "recommend", settings=False)[0])
+    k, exclude, fmt = opts["k"], opts["exclude_seen"], opts["format"]
     todo = requests(opts)
 
     from recbole_ssm.serve import from_checkpoint
@@ -93,14 +80,14 @@ def main(argv: list[str]) -> int:
     rec = from_checkpoint(opts["checkpoint"])
     lines = []
     for user, items in todo:
-        top = rec.recommend(user, items, k=k, exclude_seen=exclude.lower() == "true")
+        top = rec.recommend(user, items, k=k, exclude_seen=exclude)
         if fmt == "jsonl":
             lines.append(json.dumps({"user": user, "items": [r.item for r in top],
                                      "scores": [round(r.score, 6) for r in top]}))
         else:
             lines.extend(f"{user or '-'}\t{rank}\t{r.item}\t{r.score:.6f}" for rank, r in enumerate(top, 1))
     text = "".join(line + "\n" for line in lines)
-    if "output" in opts:
+    if opts["output"]:
         from recbole_ssm.utils import atomic_write_text
 
         atomic_write_text(opts["output"], text)

@@ -108,7 +108,7 @@ def test_recommend_command_end_to_end(mamba2_checkpoint, tmp_path, capsys):
     (["--checkpoint=CKPT", "--users=nobody"], "unknown user token 'nobody'"),
     (["--checkpoint=CKPT", "--users=1", "--items=zzz"], "unknown item token 'zzz'"),
     (["--checkpoint=CKPT", "--users=1", "--k=0"], "--k takes a whole number >= 1"),
-    (["--checkpoint=CKPT", "--users=1", "--format=xml"], "--format takes tsv or jsonl"),
+    (["--checkpoint=CKPT", "--users=1", "--format=xml"], "--format takes one of tsv, jsonl"),
     (["--checkpoint=CKPT", "--user=1"], "unknown or malformed option '--user=1'"),
     (["--checkpoint=CKPT"], "recommend needs --users"),
 ])

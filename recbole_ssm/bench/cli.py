@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from recbole_ssm.errors import UsageError
+from recbole_ssm.options import wants_help
 
 USAGE = """\
 usage: run_recbole_ssm.py bench table --models=A,B --dataset=NAME [--seeds=3] [--output=DIR] [...]
@@ -37,7 +38,7 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     """Dispatch to a bench command; returns its exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
+    if not argv or wants_help(argv):
         print(USAGE, end="")
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]

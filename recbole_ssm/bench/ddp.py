@@ -13,7 +13,7 @@ import os
 import sys
 
 from recbole_ssm.bench import common
-from recbole_ssm.errors import UsageError
+from recbole_ssm.options import Opt, parse, wants_help
 from recbole_ssm.utils import atomic_write_text
 
 USAGE = """\
@@ -25,19 +25,16 @@ and writes DIR/ddp.md and DIR/ddp.csv (default results/ddp): median epoch time, 
 first count, and test metrics. Other --KEY=VALUE settings go to every run.
 """
 
-DEFAULTS = {"model": "Mamba2Rec", "dataset": "ml-100k", "nprocs": "1,2", "epochs": "3", "train_targets": "all",
-            "output": ""}
+OPTIONS = {"model": Opt("Mamba2Rec"), "dataset": Opt("ml-100k"), "nprocs": Opt("1,2", "ints", minimum=1),
+           "epochs": Opt(3, "whole", minimum=1), "train_targets": Opt("all"), "output": Opt("")}
 
 
 def main(argv: list[str]) -> int:
-    if any(a in ("-h", "--help", "help") for a in argv[:1]):
+    if wants_help(argv):
         print(USAGE, end="")
         return 0
-    own, overrides = common.split_bench_args(argv, DEFAULTS)
-    nprocs = common.parse_int_list(own["nprocs"], "--nprocs")
-    epochs = common.as_number(own["epochs"], "epochs", int, 1)
-    if any(n < 1 for n in nprocs):
-        raise UsageError("--nprocs takes process counts >= 1, e.g. --nprocs=1,2")
+    own, overrides = parse(argv, OPTIONS, "bench ddp")
+    nprocs, epochs = own["nprocs"], own["epochs"]
     output = own["output"] or os.path.join("results", "ddp")
 
     from recbole_ssm.quick_start import run

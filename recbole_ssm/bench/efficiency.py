@@ -28,7 +28,6 @@ from recbole_ssm.bench.common import (
     CpuPeakMemory,
     ModelSpec,
     Point,
-    as_number,
     csv_text,
     exit_on_sigterm,
     fingerprint,
@@ -36,15 +35,14 @@ from recbole_ssm.bench.common import (
     markdown_table,
     measure_points,
     median,
-    parse_int_list,
     parse_model_specs,
     record_name,
     reuse_or_schedule,
     settings_files_digest,
-    split_bench_args,
     worker_main,
 )
 from recbole_ssm.errors import UsageError
+from recbole_ssm.options import Opt, parse, wants_help
 from recbole_ssm.utils import atomic_write_text
 
 USAGE = """\
@@ -62,24 +60,24 @@ the same run. Finished points are reused by a later call with the same settings.
 --KEY=VALUE settings apply to every model; NAME:key=value to one (e.g. SASRec:n_layers=1).
 """
 
-DEFAULTS: dict[str, Any] = {
-    "models": None,
-    "lengths": None,
-    "batch": "16",
-    "infer_batch": None,
-    "device": "cpu",
-    "hidden_size": "64",
-    "n_items": "3000",
-    "repeats": "3",
-    "time_budget": "30",
-    "timeout": "600",
-    "memory_limit_gb": "0",
-    "threads": "0",
-    "baseline": None,
-    "output": None,
-    "overwrite": False,
-    "progress": "true",
-    "seed": "2020",
+OPTIONS = {
+    "models": Opt(None),
+    "lengths": Opt(None, "ints", minimum=1),
+    "batch": Opt(16, "whole", minimum=1),
+    "infer_batch": Opt(None, "whole", minimum=1),
+    "device": Opt("cpu", "choice", choices=("cpu", "cuda")),
+    "hidden_size": Opt(64, "whole", minimum=1),
+    "n_items": Opt(3000, "whole", minimum=2),
+    "repeats": Opt(3, "whole", minimum=1),
+    "time_budget": Opt(30, "number"),
+    "timeout": Opt(600, "number"),
+    "memory_limit_gb": Opt(0, "number"),
+    "threads": Opt(0, "whole"),
+    "baseline": Opt(None),
+    "output": Opt(None),
+    "overwrite": Opt(False, "flag"),
+    "progress": Opt(True, "flag"),
+    "seed": Opt(2020, "whole"),
 }
 
 SYNTH = "bench-synth"
@@ -360,7 +358,7 @@ def plot(rows: list[dict], path_time: str, path_mem: str, title: str) -> None:
 
 def main(argv: list[str]) -> int:
     """Entry point of ``bench efficiency``."""
-    if any(a in ("-h", "--help", "help") for a in argv[:1]):
+    if wants_help(argv):
         print(USAGE, end="")
         return 0
     exit_on_sigterm()
@@ -389,25 +387,14 @@ def main(argv: list[str]) -> int:
 
 def _options(argv: list[str]) -> dict:
     """The command's options, checked (one-line errors), and the settings passed to every model."""
-    own, overrides = split_bench_args(argv, DEFAULTS)
+    own, overrides = parse(argv, OPTIONS, "bench efficiency")
     opt = {
-        "specs": parse_model_specs(own["models"]),
-        "lengths": parse_int_list(own["lengths"], "--lengths"),
-        "batch": as_number(own["batch"], "batch", int, 1),
-        "hidden": as_number(own["hidden_size"], "hidden_size", int, 1),
-        "n_items": as_number(own["n_items"], "n_items", int, 2),
-        "repeats": as_number(own["repeats"], "repeats", int, 1),
-        "budget": as_number(own["time_budget"], "time_budget", float, 0),
-        "timeout": as_number(own["timeout"], "timeout", float, 0) or None,
-        "mem_limit": as_number(own["memory_limit_gb"], "memory_limit_gb", float, 0) or None,
-        "threads": as_number(own["threads"], "threads", int, 0),
-        "seed": as_number(own["seed"], "seed", int, 0),
-        "show": str(own["progress"]).lower() not in ("0", "false", "no", "off"),
-        "device": own["device"], "overrides": overrides, "overwrite": own["overwrite"],
+        "specs": parse_model_specs(own["models"]), "lengths": own["lengths"], "batch": own["batch"],
+        "infer_batch": own["infer_batch"] or own["batch"], "hidden": own["hidden_size"], "n_items": own["n_items"],
+        "repeats": own["repeats"], "budget": own["time_budget"], "timeout": own["timeout"] or None,
+        "mem_limit": own["memory_limit_gb"] or None, "threads": own["threads"], "seed": own["seed"],
+        "show": own["progress"], "device": own["device"], "overrides": overrides, "overwrite": own["overwrite"],
     }
-    opt["infer_batch"] = as_number(own["infer_batch"] or opt["batch"], "infer_batch", int, 1)
-    if opt["device"] not in ("cpu", "cuda"):
-        raise UsageError(f"--device takes cpu or cuda, got {opt['device']!r}")
     if opt["device"] == "cuda":
         import torch
 

@@ -14,12 +14,10 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any
 
 from recbole_ssm.bench.common import (
     CpuPeakMemory,
     Point,
-    as_number,
     csv_text,
     exit_on_sigterm,
     fingerprint,
@@ -30,10 +28,10 @@ from recbole_ssm.bench.common import (
     record_name,
     reuse_or_schedule,
     settings_files_digest,
-    split_bench_args,
     worker_main,
 )
 from recbole_ssm.errors import UsageError
+from recbole_ssm.options import Opt, parse, wants_help
 from recbole_ssm.utils import atomic_write_text
 
 USAGE = """\
@@ -47,9 +45,9 @@ results/regimes/<dataset>/) with the ratio last/all per model. --batches=N times
 steps after a warm-up step and extrapolates to the epoch; --batches=0 times whole epochs.
 """
 
-DEFAULTS: dict[str, Any] = {
-    "models": None, "dataset": "ml-100k", "batches": "5", "threads": "0", "output": None,
-    "timeout": "0", "overwrite": False, "progress": "true",
+OPTIONS = {
+    "models": Opt(None), "dataset": Opt("ml-100k"), "batches": Opt(5, "whole"), "threads": Opt(0, "whole"),
+    "output": Opt(None), "timeout": Opt(0, "number"), "overwrite": Opt(False, "flag"), "progress": Opt(True, "flag"),
 }
 REGIMES = ("last", "all")
 
@@ -154,17 +152,14 @@ def _rows(specs, records) -> tuple[list[str], list[list], list[str], list[list]]
 
 def main(argv: list[str]) -> int:
     """Entry point of ``bench regimes``."""
-    if any(a in ("-h", "--help", "help") for a in argv[:1]):
+    if wants_help(argv):
         print(USAGE, end="")
         return 0
-    own, overrides = split_bench_args(argv, DEFAULTS)
+    own, overrides = parse(argv, OPTIONS, "bench regimes")
     exit_on_sigterm()
     specs = parse_model_specs(own["models"])
     dataset = own["dataset"]
-    batches = as_number(own["batches"], "batches", int, 0)
-    threads = as_number(own["threads"], "threads", int, 0)
-    timeout = as_number(own["timeout"], "timeout", float, 0) or None
-    show = str(own["progress"]).lower() not in ("0", "false", "no", "off")
+    batches, threads, timeout, show = own["batches"], own["threads"], own["timeout"] or None, own["progress"]
     if "train_targets" in overrides:
         raise UsageError("--train_targets is set by bench regimes itself: it measures both")
     output = own["output"] or os.path.join("results", "regimes", dataset)

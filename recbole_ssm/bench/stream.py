@@ -16,17 +16,15 @@ import sys
 import time
 
 from recbole_ssm.bench.common import (
-    as_number,
     csv_text,
     machine_line,
     markdown_table,
     median,
-    parse_int_list,
     parse_model_specs,
-    split_bench_args,
 )
 from recbole_ssm.bench.efficiency import SYNTH, synthetic_config, write_synthetic_dataset
 from recbole_ssm.errors import UsageError
+from recbole_ssm.options import Opt, parse, wants_help
 from recbole_ssm.utils import atomic_write_text
 
 USAGE = """\
@@ -41,9 +39,12 @@ each latency's ratio to the baseline's re-encoding at the same length, and the b
 user's cached state.
 """
 
-DEFAULTS = {"models": "Mamba4Rec,Mamba2Rec,SASRec", "lengths": "100,500,1000,2000,4000", "baseline": "SASRec",
-            "repeats": "30", "k": "10", "threads": "1", "hidden_size": "64", "n_items": "3416", "seed": "2020",
-            "output": ""}
+OPTIONS = {
+    "models": Opt("Mamba4Rec,Mamba2Rec,SASRec"), "lengths": Opt("100,500,1000,2000,4000", "ints", minimum=1),
+    "baseline": Opt("SASRec"), "repeats": Opt(30, "whole", minimum=1), "k": Opt(10, "whole", minimum=1),
+    "threads": Opt(1, "whole"), "hidden_size": Opt(64, "whole", minimum=1), "n_items": Opt(3416, "whole", minimum=2),
+    "seed": Opt(2020, "whole"), "output": Opt(""),
+}
 
 
 def build(name: str, data_root: str, length: int, hidden: int, seed: int, overrides: dict):
@@ -100,18 +101,13 @@ def measure(model, n_items: int, torch, n: int, repeats: int, k: int, seed: int)
 
 
 def main(argv: list[str]) -> int:
-    if any(a in ("-h", "--help", "help") for a in argv[:1]):
+    if wants_help(argv):
         print(USAGE, end="")
         return 0
-    own, overrides = split_bench_args(argv, DEFAULTS)
+    own, overrides = parse(argv, OPTIONS, "bench stream")
     specs = parse_model_specs(own["models"])
-    lengths = parse_int_list(own["lengths"], "--lengths")
-    repeats = as_number(own["repeats"], "repeats", int, 1)
-    k = as_number(own["k"], "k", int, 1)
-    threads = as_number(own["threads"], "threads", int, 0)
-    hidden = as_number(own["hidden_size"], "hidden_size", int, 1)
-    n_items = as_number(own["n_items"], "n_items", int, 2)
-    seed = as_number(own["seed"], "seed", int, 0)
+    lengths, repeats, k, threads = own["lengths"], own["repeats"], own["k"], own["threads"]
+    hidden, n_items, seed = own["hidden_size"], own["n_items"], own["seed"]
     labels = [s.label for s in specs]
     baseline = own["baseline"]
     if baseline not in labels:

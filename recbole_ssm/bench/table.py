@@ -17,13 +17,11 @@ import math
 import os
 import sys
 import time
-from typing import Any
 
 from recbole_ssm.bench.common import (
     CpuPeakMemory,
     ModelSpec,
     Point,
-    as_number,
     csv_text,
     exit_on_sigterm,
     fingerprint,
@@ -37,10 +35,10 @@ from recbole_ssm.bench.common import (
     record_name,
     reuse_or_schedule,
     settings_files_digest,
-    split_bench_args,
     worker_main,
 )
 from recbole_ssm.errors import UsageError
+from recbole_ssm.options import Opt, parse, wants_help
 from recbole_ssm.utils import atomic_write_text
 
 USAGE = """\
@@ -58,20 +56,20 @@ same settings; --report_only writes the table from the finished runs without tra
 NAME:key=value applies to one (e.g. SASRec:n_layers=1, Mamba4Rec:trim_padding=False).
 """
 
-DEFAULTS: dict[str, Any] = {
-    "models": None,
-    "dataset": "ml-100k",
-    "seeds": "3",
-    "first_seed": "2020",
-    "output": None,
-    "config_files": "",
-    "timeout": "0",
-    "latency_repeats": "50",
-    "latency_batch": "256",
-    "overwrite": False,
-    "report_only": False,
-    "progress": "true",
-    "threads": "0",
+OPTIONS = {
+    "models": Opt(None),
+    "dataset": Opt("ml-100k"),
+    "seeds": Opt(3, "whole", minimum=1),
+    "first_seed": Opt(2020, "whole"),
+    "output": Opt(None),
+    "config_files": Opt(""),
+    "timeout": Opt(0, "number"),
+    "latency_repeats": Opt(50, "whole", minimum=1),
+    "latency_batch": Opt(256, "whole", minimum=1),
+    "overwrite": Opt(False, "flag"),
+    "report_only": Opt(False, "flag"),
+    "progress": Opt(True, "flag"),
+    "threads": Opt(0, "whole"),
 }
 
 # (record key, column header) of the test metrics shown when present, in this order.
@@ -257,22 +255,18 @@ def _data_path(dataset: str, files: list[str], overrides: dict) -> str | None:
 
 def main(argv: list[str]) -> int:
     """Entry point of ``bench table``."""
-    if any(a in ("-h", "--help", "help") for a in argv[:1]):
+    if wants_help(argv):
         print(USAGE, end="")
         return 0
-    own, overrides = split_bench_args(argv, DEFAULTS)
+    own, overrides = parse(argv, OPTIONS, "bench table")
     exit_on_sigterm()
     specs = parse_model_specs(own["models"])
     dataset = own["dataset"]
-    n_seeds = as_number(own["seeds"], "seeds", int, 1)
-    first = as_number(own["first_seed"], "first_seed", int, 0)
-    seeds = list(range(first, first + n_seeds))
-    timeout = as_number(own["timeout"], "timeout", float, 0) or None
-    lat_repeats = as_number(own["latency_repeats"], "latency_repeats", int, 1)
-    lat_batch = as_number(own["latency_batch"], "latency_batch", int, 1)
-    threads = as_number(own["threads"], "threads", int, 0)
-    show = str(own["progress"]).lower() not in ("0", "false", "no", "off")
-    files = own["config_files"].split() if own["config_files"] else []
+    seeds = list(range(own["first_seed"], own["first_seed"] + own["seeds"]))
+    timeout = own["timeout"] or None
+    lat_repeats, lat_batch = own["latency_repeats"], own["latency_batch"]
+    threads, show = own["threads"], own["progress"]
+    files = own["config_files"].split()
     for key in ("model", "seed"):
         if key in overrides:
             raise UsageError(f"--{key} is set by bench table itself: use --models / --seeds")

@@ -3,6 +3,7 @@
 import sys
 
 from recbole_ssm.errors import UsageError
+from recbole_ssm.options import wants_help
 
 USAGE = "usage: python -m recbole_ssm.data prepare {movielens,amazon2023,seqtext} --input PATH [...]\n"
 
@@ -16,7 +17,7 @@ def _prepare(argv: list[str]) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help", "help"):
+    if not argv or wants_help(argv):
         print(USAGE + "run `python -m recbole_ssm.data prepare --help` for the options", flush=True)
         return 0 if argv else 2
     from recbole_ssm.entry import guarded

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
-from typing import Any
 
 from recbole_ssm.errors import UsageError
+from recbole_ssm.options import Opt, parse, wants_help
 
 USAGE = """\
 usage: run_recbole_ssm.py tune --model=NAME [--dataset=NAME] [--space=FILE] [--num_samples=N]
@@ -34,53 +33,28 @@ best first, and writes <storage>/<name>/trials.csv and best.yaml (use it with --
   --KEY=VALUE       any other RecBole or model setting, fixed for every trial (e.g. --epochs=10)
 """
 
+# Every option defaults to None here ("not given": --resume compares only what was repeated);
+# build_settings fills in the defaults the usage names.
 OPTIONS = {
-    "model", "dataset", "space", "num_samples", "scheduler", "search", "cpus_per_trial", "gpus_per_trial",
-    "max_concurrent", "address", "storage", "name", "resume", "grace_period", "reduction_factor",
-    "config_files",
+    **{k: Opt(None) for k in ("model", "dataset", "space", "address", "storage", "name", "config_files")},
+    "num_samples": Opt(None, "whole", minimum=1),
+    "scheduler": Opt(None, "choice", choices=("asha", "fifo")),
+    "search": Opt(None, "choice", choices=("random", "grid")),
+    "cpus_per_trial": Opt(None, "number", strict=True),
+    "gpus_per_trial": Opt(None, "number"),
+    "max_concurrent": Opt(None, "whole", minimum=1),
+    "grace_period": Opt(None, "whole", minimum=1),
+    "reduction_factor": Opt(None, "number", minimum=1, strict=True),
+    "resume": Opt(None, "flag"),
 }
 DEFAULT_STORAGE = "ray_results"
 
 
-def _number(opts: dict, key: str, default: Any, kind: type, minimum: float, strict: bool = False) -> Any:
-    value = opts.get(key, default)
-    if value is None:
-        return None
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok and kind is int:
-        ok = float(value).is_integer()
-    if not ok or (value <= minimum if strict else value < minimum):
-        bound = f"> {minimum}" if strict else f">= {minimum}"
-        raise UsageError(f"--{key} takes a {'whole ' if kind is int else ''}number {bound}, got {value!r}")
-    return kind(value)
-
-
-def _choice(opts: dict, key: str, default: str, allowed: tuple) -> str:
-    value = opts.get(key, default)
-    if value not in allowed:
-        raise UsageError(f"--{key} takes one of {', '.join(allowed)}, got {value!r}")
-    return value
-
-
 def parse_args(argv: list[str]) -> tuple[dict, dict, bool]:
-    """``argv`` -> (tune options, fixed overrides, resume)."""
-    from recbole_ssm.config import parse_overrides
-
-    resume = False
-    rest = []
-    for arg in argv:
-        if arg in ("--resume", "--resume=true", "--resume=True"):
-            resume = True
-        elif arg in ("--resume=false", "--resume=False"):
-            continue
-        else:
-            rest.append(arg)
-    parsed = parse_overrides(rest)
-    opts = {k: parsed.pop(k) for k in list(parsed) if k in OPTIONS}
-    for key in ("model", "dataset", "space", "address", "storage", "name", "config_files"):
-        if key in opts and not isinstance(opts[key], str):
-            opts[key] = str(opts[key])
-    return opts, parsed, resume
+    """``argv`` -> (the tune options given, fixed overrides, resume)."""
+    own, fixed = parse(argv, OPTIONS, "tune")
+    opts = {k: v for k, v in own.items() if v is not None}
+    return opts, fixed, bool(opts.pop("resume", False))
 
 
 def build_settings(opts: dict, fixed: dict):
@@ -117,7 +91,7 @@ def build_settings(opts: dict, fixed: dict):
         space = {k: v for k, v in space.items() if k not in fixed}
         if not space:
             raise UsageError(f"every key of {space_file} is fixed on the command line: nothing to search")
-    search = _choice(opts, "search", "random", ("random", "grid"))
+    search = opts.get("search", "random")
     if "data_path" in fixed and isinstance(fixed["data_path"], str):
         fixed = {**fixed, "data_path": os.path.abspath(fixed["data_path"])}
     return SweepSettings(
@@ -125,14 +99,14 @@ def build_settings(opts: dict, fixed: dict):
         dataset=dataset,
         space=space,
         space_file=os.path.abspath(space_file),
-        num_samples=_number(opts, "num_samples", 1 if search == "grid" else 8, int, 1),
-        scheduler=_choice(opts, "scheduler", "asha", ("asha", "fifo")),
+        num_samples=opts.get("num_samples", 1 if search == "grid" else 8),
+        scheduler=opts.get("scheduler", "asha"),
         search=search,
-        cpus_per_trial=_number(opts, "cpus_per_trial", 1.0, float, 0, strict=True),
-        gpus_per_trial=_number(opts, "gpus_per_trial", 0.0, float, 0),
-        max_concurrent=_number(opts, "max_concurrent", None, int, 1),
-        grace_period=_number(opts, "grace_period", 1, int, 1),
-        reduction_factor=_number(opts, "reduction_factor", 2.0, float, 1, strict=True),
+        cpus_per_trial=float(opts.get("cpus_per_trial", 1.0)),
+        gpus_per_trial=float(opts.get("gpus_per_trial", 0.0)),
+        max_concurrent=opts.get("max_concurrent"),
+        grace_period=opts.get("grace_period", 1),
+        reduction_factor=float(opts.get("reduction_factor", 2.0)),
         config_files=files,
         fixed=fixed,
     )
@@ -165,7 +139,7 @@ def _check_resume(stored, given, opts: dict, fixed: dict, run_dir: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``run_recbole_ssm.py tune``; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help", "help") for a in argv[:1]):
+    if wants_help(argv):
         print(USAGE, end="")
         return 0
     from recbole_ssm.config import EMBEDDED_DATASETS

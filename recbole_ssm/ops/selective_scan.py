@@ -26,16 +26,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from recbole_ssm.ops import backend as _backend
+from recbole_ssm.ops.common import compute_dtype, skip_and_gate, step_sizes
 
 ScanOut = Union[Tensor, tuple[Tensor, Tensor]]
 
 # Elements of one (T, batch, dim, N) chunk buffer in the pure-PyTorch path (~32 MB float32).
 _CHUNK_ELEMENTS = 1 << 23
-
-
-def _compute_dtype(t: Tensor) -> torch.dtype:
-    """float64 stays float64 (tests); everything else is computed in float32 like mamba-ssm."""
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
 def _check_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> None:
@@ -63,26 +59,6 @@ def _check_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> 
 def _as_groups(t: Tensor) -> Tensor:
     """(batch, N, L) -> (batch, 1, N, L); (batch, G, N, L) unchanged."""
     return t.unsqueeze(1) if t.dim() == 3 else t
-
-
-def _prepare_delta(
-    delta: Tensor, delta_bias: Tensor | None, delta_softplus: bool, dtype: torch.dtype
-) -> Tensor:
-    delta = delta.to(dtype)  # (batch, dim, L)
-    if delta_bias is not None:
-        delta = delta + delta_bias.to(dtype)[:, None]
-    if delta_softplus:
-        delta = F.softplus(delta)
-    return delta
-
-
-def _finish(y: Tensor, u: Tensor, D: Tensor | None, z: Tensor | None) -> Tensor:
-    """y + D*u, then y * silu(z); all (batch, dim, L)."""
-    if D is not None:
-        y = y + u * D.to(y.dtype)[:, None]
-    if z is not None:
-        y = y * F.silu(z.to(y.dtype))
-    return y
 
 
 # ----------------------------------------------------------------------------------------------
@@ -116,10 +92,10 @@ def selective_scan_ref(
     """
     _check_shapes(u, delta, A, B, C)
     dtype_in = u.dtype
-    cdt = _compute_dtype(u)
+    cdt = compute_dtype(u)
     batch, dim, L = u.shape
     u_c = u.to(cdt)  # (batch, dim, L)
-    delta_c = _prepare_delta(delta, delta_bias, delta_softplus, cdt)  # (batch, dim, L)
+    delta_c = step_sizes(delta, delta_bias, delta_softplus, cdt, channel_dim=1)  # (batch, dim, L)
     A_c = A.to(cdt)  # (dim, N)
     Bg, Cg = _as_groups(B).to(cdt), _as_groups(C).to(cdt)  # (batch, G, N, L)
     Bd = Bg.repeat_interleave(dim // Bg.shape[1], dim=1)  # (batch, dim, N, L)
@@ -132,7 +108,7 @@ def selective_scan_ref(
         x = torch.exp(d_t * A_c) * x + d_t * B_t * u_t.unsqueeze(-1)  # (batch, dim, N)
         ys.append((x * C_t).sum(-1))  # (batch, dim)
     y = torch.stack(ys, dim=-1) if ys else u_c.new_zeros(batch, dim, 0)  # (batch, dim, L)
-    out = _finish(y, u_c, D, z).to(dtype_in)
+    out = skip_and_gate(y, u_c, D, z).to(dtype_in)
     return (out, x) if return_last_state else out
 
 
@@ -295,7 +271,7 @@ def selective_scan_torch(
     """
     _check_shapes(u, delta, A, B, C)
     dtype_in = u.dtype
-    cdt = _compute_dtype(u)
+    cdt = compute_dtype(u)
     if impl == "auto":
         impl = "cpp" if u.device.type == "cpu" and _cpu_kernel() is not None else "torch"
     elif impl == "cpp" and (u.device.type != "cpu" or _cpu_kernel() is None):
@@ -303,12 +279,12 @@ def selective_scan_torch(
             "the fused CPU selective-scan kernel is unavailable (see the log) or inputs are not on CPU"
         )
     u_c = u.to(cdt).contiguous()  # (batch, dim, L)
-    delta_c = _prepare_delta(delta, delta_bias, delta_softplus, cdt).contiguous()  # (batch, dim, L)
+    delta_c = step_sizes(delta, delta_bias, delta_softplus, cdt, channel_dim=1).contiguous()  # (batch, dim, L)
     A_c = A.to(cdt).contiguous()  # (dim, N)
     Bt = _as_groups(B).to(cdt).transpose(-1, -2).contiguous()  # (batch, G, L, N)
     Ct = _as_groups(C).to(cdt).transpose(-1, -2).contiguous()  # (batch, G, L, N)
     y, last = _SelectiveScanCore.apply(u_c, delta_c, A_c, Bt, Ct, impl)  # (batch, dim, L), (batch, dim, N)
-    out = _finish(y, u_c, D, z).to(dtype_in)
+    out = skip_and_gate(y, u_c, D, z).to(dtype_in)
     return (out, last) if return_last_state else out
 
 
@@ -373,7 +349,7 @@ def _state_update_torch(
         bias_h = dt_bias.unsqueeze(0) if dt_bias is not None else None
     else:
         state_h, x_h, dt_h, A_h, B_h, C_h, D_h, z_h, bias_h = state, x, dt, A, B, C, D, z, dt_bias
-    cdt = _compute_dtype(state)
+    cdt = compute_dtype(state)
     heads = state_h.shape[1]
     groups = B_h.shape[1]
     d = dt_h.to(cdt)  # (batch, heads, dim)

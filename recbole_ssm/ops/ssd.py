@@ -24,13 +24,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from recbole_ssm.ops import backend as _backend
+from recbole_ssm.ops.common import NO_LIMIT, compute_dtype, skip_and_gate, step_sizes
 
 SSDOut = Union[Tensor, tuple[Tensor, Tensor]]
-_NO_LIMIT = (0.0, float("inf"))
-
-
-def _compute_dtype(t: Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
 def _check_shapes(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor) -> None:
@@ -50,29 +46,6 @@ def _check_shapes(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Non
         raise ValueError(f"B and C must have the same shape; got {tuple(B.shape)} and {tuple(C.shape)}")
 
 
-def _prepare_dt(
-    dt: Tensor, dt_bias: Tensor | None, dt_softplus: bool, dt_limit: tuple[float, float], dtype: torch.dtype
-) -> Tensor:
-    dt = dt.to(dtype)  # (batch, L, heads)
-    if dt_bias is not None:
-        dt = dt + dt_bias.to(dtype)
-    if dt_softplus:
-        dt = F.softplus(dt)
-    if tuple(dt_limit) != _NO_LIMIT:
-        dt = dt.clamp(min=dt_limit[0], max=dt_limit[1])
-    return dt
-
-
-def _skip_and_gate(y: Tensor, x: Tensor, D: Tensor | None, z: Tensor | None) -> Tensor:
-    """y + D*x, then y * silu(z); y, x, z: (batch, L, heads, headdim); D: (heads,) or (heads, headdim)."""
-    if D is not None:
-        Dc = D.to(y.dtype)
-        y = y + x * (Dc[:, None] if Dc.dim() == 1 else Dc)
-    if z is not None:
-        y = y * F.silu(z.to(y.dtype))
-    return y
-
-
 # ----------------------------------------------------------------------------------------------
 # Reference
 # ----------------------------------------------------------------------------------------------
@@ -90,7 +63,7 @@ def ssd_ref(
     dt_bias: Tensor | None = None,
     initial_states: Tensor | None = None,
     dt_softplus: bool = False,
-    dt_limit: tuple[float, float] = _NO_LIMIT,
+    dt_limit: tuple[float, float] = NO_LIMIT,
     return_final_states: bool = False,
 ) -> SSDOut:
     """SSD as a plain loop over positions (slow, obviously right; used by tests).
@@ -107,11 +80,11 @@ def ssd_ref(
         (batch, heads, headdim, N) when asked.
     """
     _check_shapes(x, dt, A, B, C)
-    cdt = _compute_dtype(x)
+    cdt = compute_dtype(x)
     batch, L, heads, headdim = x.shape
     groups, N = B.shape[2], B.shape[3]
     xc = x.to(cdt)  # (batch, L, heads, headdim)
-    dtc = _prepare_dt(dt, dt_bias, dt_softplus, dt_limit, cdt)  # (batch, L, heads)
+    dtc = step_sizes(dt, dt_bias, dt_softplus, cdt, limit=dt_limit)  # (batch, L, heads)
     Ac = A.to(cdt)  # (heads,)
     Bh = B.to(cdt).repeat_interleave(heads // groups, dim=2)  # (batch, L, heads, N)
     Ch = C.to(cdt).repeat_interleave(heads // groups, dim=2)  # (batch, L, heads, N)
@@ -127,7 +100,7 @@ def ssd_ref(
         h = decay * h + inp
         ys.append((h * C_t.unsqueeze(2)).sum(-1))  # (batch, heads, headdim)
     y = torch.stack(ys, dim=1) if ys else xc.new_zeros(batch, 0, heads, headdim)  # (batch, L, heads, headdim)
-    out = _skip_and_gate(y, xc, D, z).to(x.dtype)
+    out = skip_and_gate(y, xc, D, z).to(x.dtype)
     return (out, h) if return_final_states else out
 
 
@@ -285,7 +258,7 @@ class _ChunkedSSD(torch.autograd.Function):
         for sl in _batch_blocks(batch, L, heads * p, x.device):
             ch = _Chunks(x[sl], dt[sl], A, B[sl], C[sl], h0[sl] if h0 is not None else None, T, want_final)
             y = ch.from_chunks(ch.output(), p)  # (bb, L, heads, p)
-            out[sl] = _skip_and_gate(y, x[sl], D, z[sl] if z is not None else None)
+            out[sl] = skip_and_gate(y, x[sl], D, z[sl] if z is not None else None)
             if want_final:
                 h_final[sl] = ch.h_final
         ctx.save_for_backward(x, dt, A, B, C, D, z, h0)
@@ -312,7 +285,7 @@ class _ChunkedSSD(torch.autograd.Function):
             x_b = x[sl]
             # out = (y + D x) * silu(z)
             if z is not None:
-                pre = _skip_and_gate(ch.from_chunks(ch.output(), p), x_b, D, None)
+                pre = skip_and_gate(ch.from_chunks(ch.output(), p), x_b, D, None)
                 sig = torch.sigmoid(z[sl])
                 dz[sl] = dout_b * pre * sig * (1 + z[sl] * (1 - sig))
                 dy = dout_b * (z[sl] * sig)
@@ -358,7 +331,7 @@ def ssd_chunked(
     dt_bias: Tensor | None = None,
     initial_states: Tensor | None = None,
     dt_softplus: bool = False,
-    dt_limit: tuple[float, float] = _NO_LIMIT,
+    dt_limit: tuple[float, float] = NO_LIMIT,
     return_final_states: bool = False,
 ) -> SSDOut:
     """recbole-ssm's chunked SSD in PyTorch (any device), with a hand-written backward.
@@ -373,11 +346,11 @@ def ssd_chunked(
     _check_shapes(x, dt, A, B, C)
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive; got {chunk_size}")
-    cdt = _compute_dtype(x)
+    cdt = compute_dtype(x)
     L = x.shape[1]
     n_chunks = max(1, -(-L // chunk_size))
     T = max(1, -(-L // n_chunks))  # equal chunks of at most chunk_size: the least padding
-    dtc = _prepare_dt(dt, dt_bias, dt_softplus, dt_limit, cdt)  # (batch, L, heads)
+    dtc = step_sizes(dt, dt_bias, dt_softplus, cdt, limit=dt_limit)  # (batch, L, heads)
 
     def cast(t: Tensor | None) -> Tensor | None:
         return t.to(cdt).contiguous() if t is not None else None
@@ -405,7 +378,7 @@ def mamba_chunk_scan_combined(
     seq_idx: Tensor | None = None,
     cu_seqlens: Tensor | None = None,
     dt_softplus: bool = False,
-    dt_limit: tuple[float, float] = _NO_LIMIT,
+    dt_limit: tuple[float, float] = NO_LIMIT,
     return_final_states: bool = False,
     return_varlen_states: bool = False,
 ) -> SSDOut:
@@ -457,7 +430,7 @@ def ssd_state_update(
     z: Tensor | None = None,
     dt_bias: Tensor | None = None,
     dt_softplus: bool = False,
-    dt_limit: tuple[float, float] = _NO_LIMIT,
+    dt_limit: tuple[float, float] = NO_LIMIT,
 ) -> Tensor:
     """Advance the SSD state by one position; ``state`` is updated in place.
 
@@ -473,10 +446,10 @@ def ssd_state_update(
     Returns:
         y: (batch, heads, headdim) in ``x``'s dtype.
     """
-    cdt = _compute_dtype(state)
+    cdt = compute_dtype(state)
     heads = state.shape[1]
     groups = B.shape[1]
-    d = _prepare_dt(dt, dt_bias, dt_softplus, dt_limit, cdt)  # (batch, heads)
+    d = step_sizes(dt, dt_bias, dt_softplus, cdt, limit=dt_limit)  # (batch, heads)
     Bh = B.to(cdt).repeat_interleave(heads // groups, dim=1)  # (batch, heads, N)
     Ch = C.to(cdt).repeat_interleave(heads // groups, dim=1)  # (batch, heads, N)
     xc = x.to(cdt)  # (batch, heads, headdim)

@@ -200,6 +200,11 @@ class ClozeDataLoader(AllPositionsDataLoader):
         super().__init__(config, dataset, sampler, shuffle=shuffle)
         self.mask_id = self.n_items
 
+    @property
+    def n_targets(self) -> int:
+        """Masked items per epoch, expected (the masks are random; at least one per window)."""
+        return round(self.mask_ratio * int((self.sizes + 1).sum()))
+
     def collate_fn(self, index):
         index = torch.as_tensor(np.asarray(index), dtype=torch.long)
         lengths, starts = self.sizes[index] + 1, self.starts[index]  # (B,) items, inputs and the last target

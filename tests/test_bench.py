@@ -261,15 +261,21 @@ def test_ops_benchmark_prints_every_row_on_tiny_sizes(capsys):
 
 def test_regimes_end_to_end_and_resume(tiny_data, tmp_path, capsys):
     out = str(tmp_path / "reg")
-    argv = ["regimes", "--models=Mamba2Rec,SASRec", "--dataset=ml-tiny", f"--data_path={tiny_data}", "--batches=2",
+    argv = ["regimes", "--models=Mamba2Rec,SASRec,Hydra4Rec", "--dataset=ml-tiny", f"--data_path={tiny_data}",
+            "--batches=2",
             f"--output={out}", "--MAX_ITEM_LIST_LENGTH=20", "--hidden_size=16", "--inner_size=32", "--n_layers=1",
             "--headdim=16", "--train_batch_size=256", "--train_window_batch_size=16", "--state=WARNING",
             "--threads=1", "--progress=false"]
     assert bench_main(argv) == 0
     rows = read_csv(os.path.join(out, "regimes.csv"))
     assert [(r["model"], r["regime"]) for r in rows] == [("Mamba2Rec", "last"), ("Mamba2Rec", "all"),
-                                                         ("SASRec", "last"), ("SASRec", "all")]
+                                                         ("SASRec", "last"), ("SASRec", "all"),
+                                                         ("Hydra4Rec", "last"), ("Hydra4Rec", "cloze")]
     by = {(r["model"], r["regime"]): r for r in rows}
+    cloze = by[("Hydra4Rec", "cloze")]  # the bidirectional model's window regime: the same windows, masked
+    assert cloze["samples_per_epoch"] == by[("Mamba2Rec", "all")]["samples_per_epoch"]
+    assert 0 < int(cloze["targets_per_epoch"]) < int(by[("Hydra4Rec", "last")]["targets_per_epoch"])
+    assert float(cloze["epoch_ratio_last_all"]) > 0
     for model in ("Mamba2Rec", "SASRec"):
         last, every = by[(model, "last")], by[(model, "all")]
         assert last["targets_per_epoch"] == every["targets_per_epoch"]  # the same targets, fewer samples
@@ -278,15 +284,15 @@ def test_regimes_end_to_end_and_resume(tiny_data, tmp_path, capsys):
         ratio = float(last["epoch_s"]) / float(every["epoch_s"])
         assert float(every["epoch_ratio_last_all"]) == pytest.approx(ratio, rel=1e-4)
         assert float(last["peak_mib"]) >= 0
-    assert "Epoch last/all" in open(os.path.join(out, "regimes.md"), encoding="utf-8").read()
+    assert "Epoch last/windows" in open(os.path.join(out, "regimes.md"), encoding="utf-8").read()
     record = os.path.join(out, "runs", "SASRec-all.json")
     before = json.load(open(record, encoding="utf-8"))
     capsys.readouterr()
     assert bench_main(argv) == 0  # resume: nothing re-measured
     assert json.load(open(record, encoding="utf-8")) == before
-    assert cli_main(["bench", "regimes", "--models=Hydra4Rec", "--dataset=ml-tiny", f"--data_path={tiny_data}",
-                     f"--output={out}"]) == 2  # Hydra4Rec cannot train under `all`: refused up front
-    assert "bidirectional" in capsys.readouterr().err
+    assert cli_main(["bench", "regimes", "--models=BERT4Rec", "--dataset=ml-tiny", f"--data_path={tiny_data}",
+                     f"--output={out}"]) == 2  # RecBole's BERT4Rec has no window regime: refused up front
+    assert "train_targets=all is not available for BERT4Rec" in capsys.readouterr().err
 
 
 def test_bench_stream_writes_latencies_and_state_sizes(tmp_path):

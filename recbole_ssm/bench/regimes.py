@@ -1,4 +1,5 @@
-"""``bench regimes``: training epoch time and memory of ``train_targets: last`` against ``all``.
+"""``bench regimes``: training epoch time and memory of ``train_targets: last`` against the
+window regime of each model: ``all`` for the causal ones, ``cloze`` for the bidirectional Hydra4Rec.
 
 Each (model, regime) point runs in its own process on the real data set: RecBole's data
 pipeline, the regime's training loader, the model and an Adam optimizer, then timed training
@@ -38,10 +39,11 @@ USAGE = """\
 usage: run_recbole_ssm.py bench regimes --models=A,B [--dataset=ml-100k] [--batches=5] [--threads=0]
            [--output=DIR] [--timeout=SECONDS] [--overwrite] [--KEY=VALUE ...]
 
-Times training under train_targets=last (RecBole's one sample per prefix) and train_targets=all
-(whole history windows, a target at every position) for each model on the real data set, in
-separate processes of one run, and writes DIR/regimes.md and DIR/regimes.csv (default DIR:
-results/regimes/<dataset>/) with the ratio last/all per model. --batches=N times N training
+Times training under train_targets=last (RecBole's one sample per prefix) and under the model's
+window regime (all: whole history windows, a target at every position; cloze for Hydra4Rec:
+the same windows, masked items as targets) for each model on the real data set, in separate
+processes of one run, and writes DIR/regimes.md and DIR/regimes.csv (default DIR:
+results/regimes/<dataset>/) with the ratio of the epochs per model. --batches=N times N training
 steps after a warm-up step and extrapolates to the epoch; --batches=0 times whole epochs.
 """
 
@@ -49,7 +51,14 @@ OPTIONS = {
     "models": Opt(None), "dataset": Opt("ml-100k"), "batches": Opt(5, "whole"), "threads": Opt(0, "whole"),
     "output": Opt(None), "timeout": Opt(0, "number"), "overwrite": Opt(False, "flag"), "progress": Opt(True, "flag"),
 }
-REGIMES = ("last", "all")
+
+
+def regimes_of(name: str) -> tuple[str, str]:
+    """("last", the model's window regime): ``all``, or ``cloze`` for a model that only has that."""
+    from recbole_ssm.regime import supported_targets
+    from recbole_ssm.registry import get_model
+
+    return ("last", "cloze" if "cloze" in supported_targets(get_model(name)) else "all")
 
 
 def _work(spec: dict) -> dict:
@@ -123,15 +132,16 @@ def _timed_steps(step, batches, limit: int) -> tuple[list[float], CpuPeakMemory]
 
 def _rows(specs, records) -> tuple[list[str], list[list], list[str], list[list]]:
     md_header = ["Model", "Regime", "Samples/epoch", "Targets/epoch", "Steps/epoch", "Step (s)", "Epoch (s)",
-                 "Train peak (MiB)", "Epoch last/all"]
+                 "Train peak (MiB)", "Epoch last/windows"]
     csv_header = ["model", "regime", "samples_per_epoch", "targets_per_epoch", "steps_per_epoch", "steps_timed",
                   "step_s", "epoch_s", "extrapolated", "peak_mib", "epoch_ratio_last_all"]
     md_rows, csv_rows = [], []
     for spec in specs:
-        last, every = records.get((spec.label, "last"), {}), records.get((spec.label, "all"), {})
+        regimes = regimes_of(spec.name)
+        last, every = records.get((spec.label, "last"), {}), records.get((spec.label, regimes[1]), {})
         ok = last.get("status") == "ok" and every.get("status") == "ok"
         ratio = last["epoch_s"] / every["epoch_s"] if ok else None
-        for regime in REGIMES:
+        for regime in regimes:
             r = records.get((spec.label, regime))
             if r is None:
                 continue
@@ -143,7 +153,7 @@ def _rows(specs, records) -> tuple[list[str], list[list], list[str], list[list]]
             epoch = f"{r['epoch_s']:.0f}" if r["epoch_s"] >= 100 else f"{r['epoch_s']:.1f}"
             md_rows.append([spec.label, regime, r["samples_per_epoch"], r["targets_per_epoch"], r["steps_per_epoch"],
                             f"{r['step_s']:.3f}", est + epoch, f"{r['peak_mib']:.0f}",
-                            f"{ratio:.1f}x" if ratio and regime == "all" else ""])
+                            f"{ratio:.1f}x" if ratio and regime != "last" else ""])
             csv_rows.append([spec.label, regime, r["samples_per_epoch"], r["targets_per_epoch"], r["steps_per_epoch"],
                              r["steps_timed"], f"{r['step_s']:.6g}", f"{r['epoch_s']:.6g}", r["extrapolated"],
                              f"{r['peak_mib']:.6g}", f"{ratio:.6g}" if ratio else ""])
@@ -167,12 +177,12 @@ def main(argv: list[str]) -> int:
     from recbole_ssm.quick_start import build_config
 
     for spec in specs:  # invalid settings (e.g. a model without `all`) fail before any work
-        for regime in REGIMES:
+        for regime in regimes_of(spec.name):
             build_config(spec.name, dataset, [], {**overrides, **spec.overrides, "train_targets": regime})
 
     points = []
     for spec in specs:
-        for regime in REGIMES:
+        for regime in regimes_of(spec.name):
             work = {"model": spec.name, "dataset": dataset, "overrides": {**overrides, **spec.overrides},
                     "regime": regime, "batches": batches, "threads": threads}
             fp = fingerprint({"dataset": dataset, "model": spec.name, "spec": spec.overrides, "regime": regime,
@@ -189,7 +199,7 @@ def main(argv: list[str]) -> int:
     table = markdown_table(md_header, md_rows)
     done = [r for r in records.values() if r.get("status") == "ok"]
     header = (
-        f"# {dataset}: training epoch, train_targets=last against all\n\n"
+        f"# {dataset}: training epoch, train_targets=last against the window regime (all, or cloze)\n\n"
         f"Command: `python run_recbole_ssm.py bench regimes {' '.join(argv)}`\n\n"
         f"Machine: {machine_line()}; runs used {done[0]['torch_threads'] if done else '?'} torch threads.\n\n"
         + ("'~': epoch time extrapolated from the timed steps (mean step time x steps per epoch).\n\n"

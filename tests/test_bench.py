@@ -295,6 +295,17 @@ def test_regimes_end_to_end_and_resume(tiny_data, tmp_path, capsys):
     assert "train_targets=all is not available for BERT4Rec" in capsys.readouterr().err
 
 
+def test_regimes_can_measure_the_window_regimes_alone(tiny_data, tmp_path):
+    out = str(tmp_path / "reg")
+    argv = ["regimes", "--models=Mamba2Rec,Hydra4Rec", "--regimes=windows", "--dataset=ml-tiny",
+            f"--data_path={tiny_data}", "--batches=1", f"--output={out}", "--MAX_ITEM_LIST_LENGTH=20",
+            "--hidden_size=16", "--headdim=16", "--train_window_batch_size=16", "--threads=1", "--progress=false"]
+    assert bench_main(argv) == 0
+    rows = read_csv(os.path.join(out, "regimes.csv"))
+    assert [(r["model"], r["regime"]) for r in rows] == [("Mamba2Rec", "all"), ("Hydra4Rec", "cloze")]
+    assert sorted(os.listdir(os.path.join(out, "runs"))) == ["Hydra4Rec-cloze.json", "Mamba2Rec-all.json"]
+
+
 def test_bench_stream_writes_latencies_and_state_sizes(tmp_path):
     out = tmp_path / "stream"
     argv = ["stream", "--models=Mamba2Rec,SASRec", "--lengths=8,24", "--repeats=2", "--hidden_size=16",

@@ -37,7 +37,8 @@ from recbole_ssm.utils import atomic_write_text
 
 USAGE = """\
 usage: run_recbole_ssm.py bench regimes --models=A,B [--dataset=ml-100k] [--batches=5] [--threads=0]
-           [--output=DIR] [--timeout=SECONDS] [--overwrite] [--KEY=VALUE ...]
+           [--regimes=both|last|windows] [--memory_limit_gb=0] [--output=DIR] [--timeout=SECONDS]
+           [--overwrite] [--KEY=VALUE ...]
 
 Times training under train_targets=last (RecBole's one sample per prefix) and under the model's
 window regime (all: whole history windows, a target at every position; cloze for Hydra4Rec:
@@ -45,20 +46,26 @@ the same windows, masked items as targets) for each model on the real data set, 
 processes of one run, and writes DIR/regimes.md and DIR/regimes.csv (default DIR:
 results/regimes/<dataset>/) with the ratio of the epochs per model. --batches=N times N training
 steps after a warm-up step and extrapolates to the epoch; --batches=0 times whole epochs.
+--regimes=windows measures only the window regimes (e.g. long histories, where an epoch of
+prefixes is out of reach). --memory_limit_gb=G caps each point's address space: a point that
+needs more is recorded as OOM (e.g. SASRec at a length where attention no longer fits).
 """
 
 OPTIONS = {
     "models": Opt(None), "dataset": Opt("ml-100k"), "batches": Opt(5, "whole"), "threads": Opt(0, "whole"),
     "output": Opt(None), "timeout": Opt(0, "number"), "overwrite": Opt(False, "flag"), "progress": Opt(True, "flag"),
+    "regimes": Opt("both", "choice", choices=("both", "last", "windows")), "memory_limit_gb": Opt(0, "number"),
 }
 
 
-def regimes_of(name: str) -> tuple[str, str]:
-    """("last", the model's window regime): ``all``, or ``cloze`` for a model that only has that."""
+def regimes_of(name: str, which: str = "both") -> tuple[str, ...]:
+    """("last", the model's window regime), or one of them (``which``: both, last or windows).
+    The window regime is ``all``, or ``cloze`` for a model that only has that."""
     from recbole_ssm.regime import supported_targets
     from recbole_ssm.registry import get_model
 
-    return ("last", "cloze" if "cloze" in supported_targets(get_model(name)) else "all")
+    both = ("last", "cloze" if "cloze" in supported_targets(get_model(name)) else "all")
+    return {"both": both, "last": both[:1], "windows": both[1:]}[which]
 
 
 def _work(spec: dict) -> dict:
@@ -171,18 +178,19 @@ def main(argv: list[str]) -> int:
     dataset = own["dataset"]
     batches, threads, timeout, show = own["batches"], own["threads"], own["timeout"] or None, own["progress"]
     if "train_targets" in overrides:
-        raise UsageError("--train_targets is set by bench regimes itself: it measures both")
+        raise UsageError("--train_targets is set by bench regimes itself: choose with --regimes=both|last|windows")
     output = own["output"] or os.path.join("results", "regimes", dataset)
 
     from recbole_ssm.quick_start import build_config
 
+    which = own["regimes"]
     for spec in specs:  # invalid settings (e.g. a model without `all`) fail before any work
-        for regime in regimes_of(spec.name):
+        for regime in regimes_of(spec.name, which):
             build_config(spec.name, dataset, [], {**overrides, **spec.overrides, "train_targets": regime})
 
     points = []
     for spec in specs:
-        for regime in regimes_of(spec.name):
+        for regime in regimes_of(spec.name, which):
             work = {"model": spec.name, "dataset": dataset, "overrides": {**overrides, **spec.overrides},
                     "regime": regime, "batches": batches, "threads": threads}
             fp = fingerprint({"dataset": dataset, "model": spec.name, "spec": spec.overrides, "regime": regime,
@@ -193,7 +201,8 @@ def main(argv: list[str]) -> int:
             points.append(Point((spec.label, regime), os.path.join(output, "runs", name), fp, work,
                                 {"model": spec.label, "regime": regime}, log, f"{spec.label} {regime}"))
     records, todo = reuse_or_schedule(points, own["overwrite"])
-    measure_points(todo, "recbole_ssm.bench.regimes", "bench regimes", records, show, timeout)
+    measure_points(todo, "recbole_ssm.bench.regimes", "bench regimes", records, show, timeout,
+                   own["memory_limit_gb"] or None)
 
     md_header, md_rows, csv_header, csv_rows = _rows(specs, records)
     table = markdown_table(md_header, md_rows)

@@ -18,7 +18,7 @@ from recbole_ssm import compat, distributed
 from recbole_ssm.config import DEFAULT_DATASET, property_files, read_yaml, resolve_dataset, user_settings
 from recbole_ssm.data.atomic import check_dataset_files
 from recbole_ssm.errors import Interrupted, UsageError
-from recbole_ssm.regime import check_train_targets, prepare_data
+from recbole_ssm.regime import check_train_targets, create_dataset, prepare_data
 from recbole_ssm.registry import canonical_name, get_model
 from recbole_ssm.settings_check import check_user_settings
 from recbole_ssm.trainer import get_trainer, load_weights
@@ -142,8 +142,6 @@ def run(
 
 def _load_data(config, world):
     """RecBole's data set and loaders (``train_targets`` decides the training loader; sharded per rank)."""
-    from recbole.data import create_dataset
-
     with compat.quiet_recbole():
         data = create_dataset(config)
         logging.getLogger().info(data)
@@ -284,7 +282,6 @@ def load_data_and_model(model_file: str):
     and model classes (``compat.load_checkpoint``), so a file from elsewhere cannot run code.
     Returns ``(config, model, dataset, train, valid, test)``.
     """
-    from recbole.data import create_dataset
     from recbole.utils import init_logger, init_seed
 
     if not os.path.isfile(model_file):

@@ -30,7 +30,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 from recbole.data.dataloader.abstract_dataloader import AbstractDataLoader
+from recbole.data.dataset import SequentialDataset
 from recbole.data.interaction import Interaction
+from recbole.utils.enum_type import FeatureType
 
 from recbole_ssm.errors import ConfigError
 from recbole_ssm.validate import positive_int, require
@@ -108,6 +110,80 @@ def training_histories(dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     return items, offsets, torch.from_numpy(users[first].astype(np.int64))
 
 
+class WindowDataset(SequentialDataset):
+    """RecBole's SequentialDataset for the window regimes (``all``, ``cloze``), without the table
+    of every prefix.
+
+    RecBole's augmentation writes one row per prefix with an item list of width
+    ``MAX_ITEM_LIST_LENGTH``: (interactions x L) for every list field, 16 GB for ML-1M at L=2048.
+    The window regimes read each user's training history only, and the evaluation reads each
+    user's last two prefixes. This dataset keeps the histories flat in ``train_histories``
+    (``training_histories``'s triple) and builds RecBole's prefix rows, exactly as RecBole does,
+    for each user's first target and last three targets only, so that RecBole's leave-one-out
+    split gives the same validation and test samples in the same order (and two training rows a
+    user, which the window loaders do not read).
+    """
+
+    def data_augmentation(self):
+        self._aug_presets()
+        self._check_field("uid_field", "time_field")
+        self.sort(by=[self.uid_field, self.time_field], ascending=True)
+        uids = self.inter_feat[self.uid_field].numpy()
+        n = len(uids)
+        starts = np.flatnonzero(np.r_[True, uids[1:] != uids[:-1]]) if n else np.zeros(0, dtype=np.int64)
+        ends = np.r_[starts[1:], n].astype(np.int64)
+        # the flat training histories: each user's items but the last two (validation and test
+        # targets), for the users with a training target, in the order training_histories gives
+        # them (that of RecBole's training split: users by the time of their first target)
+        items = self.inter_feat[self.iid_field].numpy()
+        times = self.inter_feat[self.time_field].numpy()
+        sizes = np.maximum(ends - 2 - starts, 0)
+        users = np.flatnonzero(sizes >= 2)
+        users = users[np.argsort(times[starts[users] + 1], kind="stable")]
+        parts = [items[starts[u]: starts[u] + sizes[u]] for u in users]
+        self.train_histories = (torch.from_numpy(np.concatenate(parts or [np.zeros(0)]).astype(np.int64)),
+                                torch.from_numpy(np.r_[0, np.cumsum(sizes[users])].astype(np.int64)),
+                                torch.from_numpy(uids[starts[users]].astype(np.int64)))
+        # RecBole's prefix rows for each user's first target and last three targets (a user's first item
+        # is no target). The first keeps the users' order in RecBole's split, which groups rows by
+        # user in the order users first appear in time.
+        start_of, end_of = np.repeat(starts, ends - starts), np.repeat(ends, ends - starts)
+        position = np.arange(n)
+        target = np.flatnonzero((position > start_of) & ((position == start_of + 1) | (position >= end_of - 3)))
+        seq_start = np.maximum(start_of[target], target - self.max_item_list_len)
+        self._prefix_rows(target, seq_start, target - seq_start)
+
+    def _prefix_rows(self, target: np.ndarray, seq_start: np.ndarray, length: np.ndarray) -> None:
+        """Replace ``inter_feat`` with RecBole's augmented rows for these targets."""
+        new_data = self.inter_feat[target]
+        new_dict = {self.item_list_length_field: torch.from_numpy(length.astype(np.int64))}
+        for field in self.inter_feat:
+            if field == self.uid_field:
+                continue
+            list_field = getattr(self, f"{field}_list_field")
+            list_len = self.field2seqlen[list_field]
+            shape = (len(target), list_len) if isinstance(list_len, int) else (len(target),) + list_len
+            if self.field2type[field] in [FeatureType.FLOAT, FeatureType.FLOAT_SEQ] \
+                    and field in self.config["numerical_features"]:
+                shape += (2,)
+            value = self.inter_feat[field]
+            column = torch.zeros(shape, dtype=value.dtype)
+            for row, (first, k) in enumerate(zip(seq_start, length)):
+                column[row][:k] = value[first: first + k]
+            new_dict[list_field] = column
+        new_data.update(Interaction(new_dict))
+        self.inter_feat = new_data
+
+
+def create_dataset(config):
+    """RecBole's ``create_dataset``; under the window regimes a :class:`WindowDataset`."""
+    from recbole.data import create_dataset as recbole_create_dataset
+
+    if (config["train_targets"] or "last") in ("all", "cloze") and config["benchmark_filename"] is None:
+        return WindowDataset(config)
+    return recbole_create_dataset(config)
+
+
 def cut_windows(history_lengths: torch.Tensor, max_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Windows of input positions for histories of the given lengths (see the module docstring).
 
@@ -138,7 +214,8 @@ class AllPositionsDataLoader(AbstractDataLoader):
     """
 
     def __init__(self, config, dataset, sampler=None, shuffle=True):
-        self.items, offsets, self.users = training_histories(dataset)
+        flat = getattr(dataset, "train_histories", None)  # WindowDataset keeps them; else rebuild
+        self.items, offsets, self.users = flat if flat is not None else training_histories(dataset)
         history, start, self.sizes = cut_windows(offsets[1:] - offsets[:-1], config["MAX_ITEM_LIST_LENGTH"])
         self.window_user = self.users[history]  # (W,)
         self.starts = offsets[:-1][history] + start  # (W,) into self.items

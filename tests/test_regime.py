@@ -128,6 +128,37 @@ def test_all_loader_trains_exactly_the_prefix_targets(tiny_dataset):
     assert loader.n_targets == len(train)
 
 
+@pytest.mark.parametrize("max_len", [3, 7, 1000])
+def test_window_dataset_gives_recboles_evaluation_samples_and_training_histories(tiny_data, max_len):
+    """WindowDataset builds only four prefix rows a user, yet splits into RecBole's own
+    validation and test samples, and keeps the training histories RecBole's prefixes chain into."""
+    from recbole.data import create_dataset as recbole_create_dataset
+    from recbole.data import data_preparation
+
+    from recbole_ssm import compat
+    from recbole_ssm.regime import WindowDataset, create_dataset
+
+    config, _ = build_config("Mamba2Rec", "ml-tiny", None, {**TINY, "data_path": tiny_data,
+                                                             "MAX_ITEM_LIST_LENGTH": max_len, "train_targets": "all"})
+    with compat.quiet_recbole():
+        ours_data = create_dataset(config)
+        theirs_data = recbole_create_dataset(config)
+        ours, theirs = data_preparation(config, ours_data), data_preparation(config, theirs_data)
+    assert isinstance(ours_data, WindowDataset) and not isinstance(theirs_data, WindowDataset)
+    assert len(ours_data.inter_feat) <= 4 * ours_data.user_num < len(theirs_data.inter_feat)
+    for split in (1, 2):  # validation, test: every field of every row, in the same order
+        a, b = ours[split]._dataset.inter_feat, theirs[split]._dataset.inter_feat
+        assert sorted(a.columns) == sorted(b.columns) and len(a) == len(b) > 0
+        for field in a.columns:
+            assert torch.equal(a[field], b[field]), field
+    flat = ours[0]._dataset.train_histories
+    rebuilt = training_histories(theirs[0]._dataset)
+    for got, want in zip(flat, rebuilt):
+        assert torch.equal(got, want)
+    a, b = AllPositionsDataLoader(config, ours[0]._dataset), AllPositionsDataLoader(config, theirs[0]._dataset)
+    assert torch.equal(a.starts, b.starts) and torch.equal(a.sizes, b.sizes) and torch.equal(a.items, b.items)
+
+
 def test_all_loader_samples_bpr_negatives_that_are_not_the_target(tiny_dataset):
     config, train, _test = tiny_dataset
     config["loss_type"] = "BPR"

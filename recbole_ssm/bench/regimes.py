@@ -73,12 +73,11 @@ def _work(spec: dict) -> dict:
     import logging
 
     import torch
-    from recbole.data import create_dataset
     from recbole.utils import init_seed
 
     from recbole_ssm import compat
     from recbole_ssm.quick_start import build_config
-    from recbole_ssm.regime import prepare_data
+    from recbole_ssm.regime import create_dataset, prepare_data
 
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])

@@ -12,6 +12,7 @@ import os
 import re
 
 from recbole_ssm.data.common import (
+    BadLine,
     Interactions,
     LineReader,
     SideResult,
@@ -32,23 +33,21 @@ ITEM_FIELDS = (("title", "token"), ("main_category", "token"), ("store", "token"
 
 
 def parse_review(n: int, raw: bytes):
-    """``(user, item, rating, ts_ms)`` from one review line, or why it is malformed."""
+    """``(user, item, rating, ts_ms)`` from one review line; BadLine where it is malformed."""
     obj = parse_json(raw)
-    if isinstance(obj, str):
-        return obj
     for key in REQUIRED:
         if obj.get(key) is None:
-            return f"missing {key}"
+            raise BadLine(f"missing {key}")
     user = valid_id(obj["user_id"])
     item = valid_id(obj["parent_asin"])
     if user is None or item is None:
-        return "empty id or id with a tab/newline"
+        raise BadLine("empty id or id with a tab/newline")
     rating = to_float(obj["rating"])
     if rating is None:
-        return "non-numeric rating"
+        raise BadLine("non-numeric rating")
     ts = to_int_timestamp(obj["timestamp"])
     if ts is None:
-        return "non-numeric timestamp"
+        raise BadLine("non-numeric timestamp")
     return user, item, rating, ts
 
 
@@ -88,20 +87,19 @@ def write_items(meta_path: str, folder, name: str, table: Interactions, order) -
     state = {"written": set(), "unused": 0, "repeated": 0}
     rows = []
 
-    def parse(n: int, raw: bytes):
+    def parse(n: int, raw: bytes) -> list:
+        """The line's ``.item`` row: one for a kept item seen first here, none otherwise."""
         obj = parse_json(raw)
-        if isinstance(obj, str):
-            return obj
         item = valid_id(obj.get("parent_asin"))
         if item is None:
-            return "missing parent_asin"
+            raise BadLine("missing parent_asin")
         code = codes.get(item)
         if code is None or code not in kept:
             state["unused"] += 1
-            return ()
+            return []
         if code in state["written"]:
             state["repeated"] += 1
-            return ()
+            return []
         state["written"].add(code)
         row = [cell(item)]
         for key, kind in ITEM_FIELDS:
@@ -111,10 +109,13 @@ def write_items(meta_path: str, folder, name: str, table: Interactions, order) -
                 row.append("" if f is None else f"{f:g}")
             else:
                 row.append(cell(v if isinstance(v, str) else ""))
-        rows.append(row)
-        return (row,)
+        return [row]
 
-    reader.run(parse, iter_lines(meta_path), add=len)
+    def keep(found: list) -> int:
+        rows.extend(found)
+        return len(found)
+
+    reader.run(parse, iter_lines(meta_path), add=keep)
     header = ["item_id:token"] + [f"{k}:{kind}" for k, kind in ITEM_FIELDS]
     write_table(folder.path(f"{name}.item"), header, rows)
     missing = len(kept) - len(state["written"])

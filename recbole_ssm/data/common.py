@@ -79,6 +79,10 @@ def guess_source(line: bytes) -> str:
     return "seqtext"
 
 
+class BadLine(ValueError):
+    """A malformed input line; the message says why (e.g. "non-numeric rating")."""
+
+
 @dataclass
 class BadLines:
     """Malformed lines of one input file: how many, why, and the first few line numbers."""
@@ -156,10 +160,12 @@ def valid_id(value: object) -> str | None:
 
 
 class LineReader:
-    """Reads one input file line by line into :class:`Interactions`, keeping the accounting.
+    """Reads one input file line by line, keeping the accounting.
 
-    ``parse(line_no, raw)`` returns ``(user, item, rating, ts)``, or a string naming why the
-    line is malformed. It may also return None for a line that is not data (a header).
+    ``parse(line_no, raw)`` returns what a data line holds, None for a line that is not data (a
+    header), and raises :class:`BadLine` for a malformed line. ``add(result)`` stores a result
+    and returns how many rows it wrote; by default the result is one ``(user, item, rating, ts)``
+    row of the :class:`Interactions` table.
     """
 
     def __init__(self, source: str, path: str, table: Interactions) -> None:
@@ -172,8 +178,13 @@ class LineReader:
         self.rows = 0
         self.skipped = 0  # header lines
 
+    def _add_interaction(self, row: tuple) -> int:
+        self.table.add(*row)
+        return 1
+
     def run(self, parse: Callable[[int, bytes], object], lines: Iterator[tuple[int, bytes]],
-            add: Callable[[tuple], int] | None = None) -> None:
+            add: Callable[[object], int] | None = None) -> None:
+        add = add or self._add_interaction
         first_line: bytes | None = None
         good = 0
         for n, raw in lines:
@@ -183,21 +194,18 @@ class LineReader:
                 continue
             if first_line is None:
                 first_line = raw
-            out = parse(n, raw)
-            if out is None:
-                self.skipped += 1
-                continue
-            if isinstance(out, str):
-                self.bad.add(n, out)
+            try:
+                out = parse(n, raw)
+            except BadLine as why:
+                self.bad.add(n, str(why))
                 if good == 0 and self.bad.count >= SNIFF_LINES:
                     self.wrong_source(first_line)
                 continue
+            if out is None:
+                self.skipped += 1
+                continue
             good += 1
-            if add is None:
-                self.table.add(*out)
-                self.rows += 1
-            else:
-                self.rows += add(out)
+            self.rows += add(out)
         if good == 0:
             if first_line is None:
                 raise DataFormatError(f"{self.path} holds no data lines: check --input")
@@ -231,14 +239,14 @@ class LineReader:
                 "malformed": self.bad.as_dict()}
 
 
-def parse_json(raw: bytes) -> object:
-    """A JSON object, or a string saying why the line is not one."""
+def parse_json(raw: bytes) -> dict:
+    """A JSON object; BadLine saying why the line is not one."""
     try:
         obj = json.loads(raw)
     except ValueError:
-        return "bad JSON"
+        raise BadLine("bad JSON") from None
     if not isinstance(obj, dict):
-        return "not a JSON object"
+        raise BadLine("not a JSON object")
     return obj
 
 

@@ -16,6 +16,7 @@ import zipfile
 from typing import Callable, Iterator
 
 from recbole_ssm.data.common import (
+    BadLine,
     DataFormatError,
     Interactions,
     LineReader,
@@ -83,25 +84,25 @@ class Files:
 
 
 def _rating_row(parts: list[str]):
-    """(user, item, rating, timestamp) from four text fields, or the reason they are malformed."""
+    """(user, item, rating, timestamp) from four text fields; BadLine where they are malformed."""
     user, item, rating, ts = (p.strip() for p in parts)
     if not user or not item:
-        return "empty id"
+        raise BadLine("empty id")
     try:
         r = float(rating)
     except ValueError:
-        return "non-numeric rating"
+        raise BadLine("non-numeric rating") from None
     try:
         t = int(ts)
     except ValueError:
-        return "non-numeric timestamp"
+        raise BadLine("non-numeric timestamp") from None
     return user, item, r, t
 
 
 def _parse_dat(n: int, raw: bytes):
     parts = raw.decode("latin-1").split("::")
     if len(parts) != 4:
-        return "not 4 fields separated by '::'"
+        raise BadLine("not 4 fields separated by '::'")
     return _rating_row(parts)
 
 
@@ -110,10 +111,10 @@ def _parse_csv(n: int, raw: bytes):
     if n == 1 and text.strip().replace(" ", "") == CSV_HEADER:
         return None
     if n == 1:
-        return f"header is not {CSV_HEADER}"
+        raise BadLine(f"header is not {CSV_HEADER}")
     parts = text.split(",")
     if len(parts) != 4:
-        return "not 4 comma-separated fields"
+        raise BadLine("not 4 comma-separated fields")
     return _rating_row(parts)
 
 
@@ -146,7 +147,8 @@ def _side_file(files: Files, key: str, codes: dict, kept: set, make_row: Callabl
     state = {"unused": 0}
     is_csv = key.endswith(".csv")
 
-    def parse(n: int, raw: bytes):
+    def parse(n: int, raw: bytes) -> list | None:
+        """The line's output rows: one for a kept id, none for another; None for the header."""
         text = raw.decode(decode, "replace")
         if is_csv:
             if n == 1:
@@ -154,19 +156,22 @@ def _side_file(files: Files, key: str, codes: dict, kept: set, make_row: Callabl
             try:
                 parts = next(csv.reader(io.StringIO(text)))
             except (csv.Error, StopIteration):
-                return "bad CSV"
+                raise BadLine("bad CSV") from None
         else:
             parts = text.split("::")
         if len(parts) != n_fields or not parts[0].strip():
-            return f"not {n_fields} fields"
+            raise BadLine(f"not {n_fields} fields")
         code = codes.get(parts[0].strip())
         if code is None or code not in kept:
             state["unused"] += 1
-            return ()
-        rows.append(make_row(*parts))
-        return (1,)
+            return []
+        return [make_row(*parts)]
 
-    reader.run(parse, files.lines(key), add=len)
+    def keep(found: list) -> int:
+        rows.extend(found)
+        return len(found)
+
+    reader.run(parse, files.lines(key), add=keep)
     return rows, reader, state
 
 

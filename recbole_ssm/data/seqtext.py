@@ -8,7 +8,7 @@ ordering then keeps the given order. There is no rating column.
 
 from __future__ import annotations
 
-from recbole_ssm.data.common import Interactions, LineReader, SourceData, iter_lines
+from recbole_ssm.data.common import BadLine, Interactions, LineReader, SourceData, iter_lines
 
 DEFAULT_MAX_LEN = 50
 
@@ -16,27 +16,29 @@ DEFAULT_MAX_LEN = 50
 def read(path: str, table: Interactions) -> SourceData:
     """Read one seqtext file into ``table``."""
     reader = LineReader("seqtext", path, table)
-    position = [0]
+    position = 0  # the next row's synthetic timestamp
 
-    def parse(n: int, raw: bytes):
+    def parse(n: int, raw: bytes) -> list:
+        """``[user, item, item, ...]`` from one line; BadLine where it is malformed."""
         if b"\t" in raw.strip():
-            return "tab-separated (seqtext is space-separated `user item ...`)"
+            raise BadLine("tab-separated (seqtext is space-separated `user item ...`)")
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
-            return "not UTF-8"
+            raise BadLine("not UTF-8") from None
         parts = text.split()
         if len(parts) < 2:
-            return "a user with no item"
+            raise BadLine("a user with no item")
         if any(c in text for c in ("{", "::", ",")):
-            return "not `user item ...` (found '{', '::' or ',')"
+            raise BadLine("not `user item ...` (found '{', '::' or ',')")
         return parts
 
     def add(parts: list) -> int:
+        nonlocal position
         user = parts[0]
         for item in parts[1:]:
-            table.add(user, item, 1.0, position[0])
-            position[0] += 1
+            table.add(user, item, 1.0, position)
+            position += 1
         return len(parts) - 1
 
     reader.run(parse, iter_lines(path), add=add)

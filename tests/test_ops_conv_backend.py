@@ -78,6 +78,24 @@ def test_backend_env_var(monkeypatch):
         get_backend()
 
 
+def test_dispatch_names_the_implementation_of_each_op(monkeypatch):
+    from recbole_ssm.ops import cpu_kernel, dispatch
+
+    monkeypatch.setenv(B.ENV_VAR, "auto")
+    cpu = torch.device("cpu")
+    assert dispatch("selective_scan", cpu) == ("cpp" if cpu_kernel.load() is not None else "torch", None)
+    for op in ("ssd", "causal_conv1d", "selective_state_update"):
+        assert dispatch(op, cpu) == ("torch", None)
+    stand_in = object()  # a CUDA device with the kernels importable: their entry point is returned
+    monkeypatch.setattr(B, "mamba_ssd", lambda: {"mamba_chunk_scan_combined": stand_in})
+    assert dispatch("ssd", torch.device("cuda")) == ("cuda", stand_in)
+    monkeypatch.setenv(B.ENV_VAR, "torch")
+    assert dispatch("ssd", torch.device("cuda")) == ("torch", None)
+    monkeypatch.setenv(B.ENV_VAR, "cuda")
+    with pytest.raises(BackendUnavailableError, match="RECBOLE_SSM_BACKEND=cuda"):
+        dispatch("causal_conv1d", cpu)
+
+
 def test_cuda_backend_without_kernels_is_a_clear_error(monkeypatch):
     monkeypatch.setenv(B.ENV_VAR, "cuda")
     monkeypatch.setattr(B, "mamba_selective_scan", lambda: None)

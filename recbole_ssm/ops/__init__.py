@@ -1,11 +1,12 @@
 """SSM sequence-mixing ops: selective scan (Mamba), chunked SSD (Mamba2 / Hydra), causal conv.
 
-Each op has a ``*_ref`` sequential reference and a fast path chosen by
-:func:`get_backend` (``RECBOLE_SSM_BACKEND=auto|torch|cuda``): mamba-ssm / causal-conv1d
-kernels on CUDA where they import, recbole-ssm's own PyTorch / fused CPU paths elsewhere.
+Each op has a ``*_ref`` sequential reference and a fast path chosen in one place,
+:func:`dispatch` (``RECBOLE_SSM_BACKEND=auto|torch|cuda``): mamba-ssm / causal-conv1d
+kernels on CUDA where they import ("cuda"), recbole-ssm's fused C++ selective scan on the CPU
+("cpp"), recbole-ssm's own PyTorch paths elsewhere ("torch").
 """
 
-from recbole_ssm.ops.backend import BackendUnavailableError, get_backend
+from recbole_ssm.ops.backend import BackendUnavailableError, dispatch, get_backend
 from recbole_ssm.ops.conv import causal_conv1d_fn, causal_conv1d_ref, causal_conv1d_update
 from recbole_ssm.ops.selective_scan import (
     selective_scan_fn,
@@ -26,6 +27,7 @@ __all__ = [
     "causal_conv1d_fn",
     "causal_conv1d_ref",
     "causal_conv1d_update",
+    "dispatch",
     "get_backend",
     "mamba_chunk_scan_combined",
     "mamba_chunk_scan_combined_ref",

@@ -104,3 +104,30 @@ def get_backend(device: torch.device | None = None, kernels: Any | None = None) 
             )
         return "cuda"
     return "cuda" if on_cuda and kernels is not None else "torch"
+
+
+# op -> (the function giving its guarded kernel table, looked up when called; the entry point in it)
+_KERNELS = {
+    "selective_scan": ("mamba_selective_scan", "selective_scan_fn"),
+    "selective_state_update": ("mamba_state_update", "selective_state_update"),
+    "ssd": ("mamba_ssd", "mamba_chunk_scan_combined"),
+    "causal_conv1d": ("causal_conv1d_kernels", "causal_conv1d_fn"),
+}
+
+
+def dispatch(op: str, device: torch.device | None) -> tuple[str, Any]:
+    """Which implementation runs ``op`` on ``device``, in one place: ``("cuda", kernel)`` for
+    mamba-ssm / causal-conv1d's kernel, ``("cpp", None)`` for recbole-ssm's fused C++ CPU kernel
+    (the selective scan on the CPU, where it builds), else ``("torch", None)`` for recbole-ssm's
+    PyTorch path. ``RECBOLE_SSM_BACKEND`` applies as in :func:`get_backend`."""
+    table, entry = _KERNELS[op]
+    kernels = globals()[table]()
+    if get_backend(device, kernels) == "cuda":
+        return "cuda", kernels[entry]
+    on_cpu = device is None or torch.device(device).type == "cpu"
+    if op == "selective_scan" and on_cpu:
+        from recbole_ssm.ops import cpu_kernel
+
+        if cpu_kernel.load() is not None:
+            return "cpp", None
+    return "torch", None

@@ -56,9 +56,9 @@ def causal_conv1d_fn(
     Returns:
         (batch, dim, L) in ``x``'s dtype.
     """
-    kernels = _backend.causal_conv1d_kernels()
-    if _backend.get_backend(x.device, kernels) == "cuda":
-        return kernels["causal_conv1d_fn"](x, weight, bias, activation=activation)
+    impl, kernel = _backend.dispatch("causal_conv1d", x.device)
+    if impl == "cuda":
+        return kernel(x, weight, bias, activation=activation)
     W = weight.shape[1]
     y = F.conv1d(F.pad(x, (W - 1, 0)), weight.unsqueeze(1), bias, groups=x.shape[1])  # (batch, dim, L)
     return _activate(y, activation)

@@ -273,7 +273,7 @@ def selective_scan_torch(
     dtype_in = u.dtype
     cdt = compute_dtype(u)
     if impl == "auto":
-        impl = "cpp" if u.device.type == "cpu" and _cpu_kernel() is not None else "torch"
+        impl = "cpp" if _backend.dispatch("selective_scan", u.device)[0] == "cpp" else "torch"
     elif impl == "cpp" and (u.device.type != "cpu" or _cpu_kernel() is None):
         raise RuntimeError(
             "the fused CPU selective-scan kernel is unavailable (see the log) or inputs are not on CPU"
@@ -302,7 +302,7 @@ def selective_scan_fn(
 ) -> ScanOut:
     """Selective scan with the signature and semantics of mamba-ssm's ``selective_scan_fn``.
 
-    Dispatches with :func:`recbole_ssm.ops.backend.get_backend`: mamba-ssm's CUDA kernel for
+    Dispatches with :func:`recbole_ssm.ops.backend.dispatch`: mamba-ssm's CUDA kernel for
     CUDA tensors when it imports, else :func:`selective_scan_torch`.
 
     Args:
@@ -316,10 +316,10 @@ def selective_scan_fn(
         out (batch, dim, L) in ``u``'s dtype; with ``return_last_state``, ``(out, last_state)``
         where last_state is (batch, dim, N).
     """
-    if _backend.get_backend(u.device, _backend.mamba_selective_scan()) == "cuda":
-        fn = _backend.mamba_selective_scan()["selective_scan_fn"]
-        return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
-    return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    impl, kernel = _backend.dispatch("selective_scan", u.device)
+    if impl == "cuda":
+        return kernel(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, impl=impl)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -399,7 +399,7 @@ def selective_state_update(
     Returns:
         y: (batch, dim) / (batch, heads, dim), in ``x``'s dtype.
     """
-    kernels = _backend.mamba_state_update()
-    if _backend.get_backend(x.device, kernels) == "cuda":
-        return kernels["selective_state_update"](state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+    impl, kernel = _backend.dispatch("selective_state_update", x.device)
+    if impl == "cuda":
+        return kernel(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
     return _state_update_torch(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)

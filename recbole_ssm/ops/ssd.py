@@ -384,7 +384,7 @@ def mamba_chunk_scan_combined(
 ) -> SSDOut:
     """Chunked SSD with the signature and semantics of mamba-ssm's ``mamba_chunk_scan_combined``.
 
-    Dispatches with :func:`recbole_ssm.ops.backend.get_backend`: mamba-ssm's Triton kernel for
+    Dispatches with :func:`recbole_ssm.ops.backend.dispatch`: mamba-ssm's Triton kernel for
     CUDA tensors when it imports, else :func:`ssd_chunked`. ``seq_idx``, ``cu_seqlens`` and
     ``return_varlen_states`` (packed variable-length batches) exist only on the mamba-ssm path.
 
@@ -399,9 +399,9 @@ def mamba_chunk_scan_combined(
     Returns:
         out (batch, L, heads, headdim) in ``x``'s dtype, or ``(out, final_states)``.
     """
-    kernels = _backend.mamba_ssd()
-    if _backend.get_backend(x.device, kernels) == "cuda":
-        return kernels["mamba_chunk_scan_combined"](
+    impl, kernel = _backend.dispatch("ssd", x.device)
+    if impl == "cuda":
+        return kernel(
             x, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias, initial_states=initial_states,
             seq_idx=seq_idx, cu_seqlens=cu_seqlens, dt_softplus=dt_softplus, dt_limit=dt_limit,
             return_final_states=return_final_states, return_varlen_states=return_varlen_states,

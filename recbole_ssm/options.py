@@ -4,11 +4,13 @@ Each command declares its own options as ``{name: Opt}``; :func:`parse` reads ``
 arguments, converts and checks the command's own against that declaration (one-line
 ``UsageError``s, the same wording everywhere), and passes any other ``--KEY=VALUE`` on as RecBole
 or model settings (parsed like the main command's overrides), or refuses it where the command
-takes none. ``prepare`` keeps argparse for its positional SOURCE, with the same one-line errors.
+takes none. The commands with GNU-style options (``prepare SOURCE --input PATH``, the data
+generators, ``bench ops``) use :class:`ArgParser`: argparse, with the same one-line errors.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 import re
 from dataclasses import dataclass
@@ -18,6 +20,14 @@ from recbole_ssm.errors import UsageError
 
 HELP = ("-h", "--help", "help")
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+class ArgParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line (a UsageError: exit code 2 under ``entry.guarded``),
+    not argparse's usage dump."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see: {self.prog} --help)")
 
 
 def wants_help(argv: list[str]) -> bool:

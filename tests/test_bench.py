@@ -13,6 +13,7 @@ import pytest
 from recbole_ssm.bench import common
 from recbole_ssm.bench.cli import main as bench_main
 from recbole_ssm.cli import main as cli_main
+from recbole_ssm.errors import UsageError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -255,7 +256,7 @@ def test_ops_benchmark_prints_every_row_on_tiny_sizes(capsys):
     assert len(rows) == 2
     assert "x (B=2)" in rows[0] and "not run" in rows[1]  # references only up to --ref-max-len
     assert "| scan step (batch 2) |" in out and "| ssd step (batch 2) |" in out
-    with pytest.raises(SystemExit):
+    with pytest.raises(UsageError, match="--threads must be >= 0"):
         ops.main(["--threads=-1"])
 
 

@@ -29,6 +29,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from recbole_ssm.options import ArgParser
+
 OPS = ("scan", "ssd", "attention", "scan_ref", "ssd_ref")
 
 
@@ -168,7 +170,7 @@ def machine() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m recbole_ssm.bench.ops", description=__doc__.split("\n\n")[0])
+    p = ArgParser(prog="python -m recbole_ssm.bench.ops", description=__doc__.split("\n\n")[0])
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--d-state", type=int, default=32)
@@ -240,4 +242,6 @@ def _length_row(L: int, a) -> list:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from recbole_ssm.entry import guarded
+
+    sys.exit(guarded(main))

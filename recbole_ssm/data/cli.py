@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from recbole_ssm.data.common import SOURCES
-from recbole_ssm.errors import UsageError
+from recbole_ssm.options import ArgParser
 
 DESCRIPTION = """\
 Convert raw data to RecBole atomic files (DATA_PATH/NAME/NAME.inter, .item/.user, NAME.yaml,
@@ -22,13 +22,8 @@ Sources:
 """
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line and exit code 2 through UsageError, not argparse's usage dump
-        raise UsageError(f"{message} (see: prepare --help)")
-
-
 def build_parser(prog: str = "python -m recbole_ssm.data prepare") -> argparse.ArgumentParser:
-    p = _Parser(prog=prog, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgParser(prog=prog, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", choices=SOURCES, help="raw layout of --input")
     p.add_argument("--input", required=True, help="raw file (or MovieLens zip / folder)")
     p.add_argument("--output", help="output folder (default dataset/NAME)")

@@ -26,6 +26,7 @@ import tempfile
 import numpy as np
 
 from recbole_ssm.errors import UsageError
+from recbole_ssm.options import ArgParser
 
 
 def generate(users: int, length: int, items: int, topics: int, personal: int, rate: float,
@@ -70,8 +71,12 @@ def write(output: str, users: int = 500, length: int = 2000, items: int = 4000, 
 def main(argv: list[str] | None = None) -> int:
     from recbole_ssm.entry import guarded
 
-    p = argparse.ArgumentParser(prog="python -m recbole_ssm.data.lifelong", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    return guarded(_main, sys.argv[1:] if argv is None else argv)
+
+
+def _main(argv: list[str]) -> int:
+    p = ArgParser(prog="python -m recbole_ssm.data.lifelong", description=__doc__,
+                  formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", required=True,
                    help="output folder, named like the data set (e.g. dataset/lifelong-synth)")
     p.add_argument("--users", type=int, default=500)
@@ -83,13 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-item-list-length", type=int, help="MAX_ITEM_LIST_LENGTH in NAME.yaml (default --length)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
-    args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    def generate_and_write() -> int:
-        write(args.output, args.users, args.length, args.items, args.topics, args.personal, args.rate, args.seed,
-              args.max_item_list_length, args.force)
-        return 0
-
-    return guarded(generate_and_write)
+    args = p.parse_args(argv)
+    write(args.output, args.users, args.length, args.items, args.topics, args.personal, args.rate, args.seed,
+          args.max_item_list_length, args.force)
+    return 0
 
 
 if __name__ == "__main__":

@@ -7,11 +7,12 @@ items follow a skewed (Zipf-like) popularity so k-core filtering has work to do.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import os
 import random
+
+from recbole_ssm.options import ArgParser
 
 _WORDS = ("good great fine bad okay smells lovely works broke cheap price quality skin hair "
           "color soft dry oily bottle cream would buy again return small large").split()
@@ -52,7 +53,7 @@ def write_amazon2023(path: str, lines: int, users: int, items: int, seed: int = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m recbole_ssm.data.synthetic", description=__doc__)
+    p = ArgParser(prog="python -m recbole_ssm.data.synthetic", description=__doc__)
     p.add_argument("--out", required=True, help="review file to write (.jsonl or .jsonl.gz)")
     p.add_argument("--lines", type=int, default=2_000_000)
     p.add_argument("--users", type=int, default=0, help="default lines/8")
@@ -69,4 +70,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from recbole_ssm.entry import guarded
+
+    raise SystemExit(guarded(main))

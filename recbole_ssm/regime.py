@@ -121,7 +121,8 @@ class WindowDataset(SequentialDataset):
     (``training_histories``'s triple) and builds RecBole's prefix rows, exactly as RecBole does,
     for each user's first target and last three targets only, so that RecBole's leave-one-out
     split gives the same validation and test samples in the same order (and two training rows a
-    user, which the window loaders do not read).
+    user, which the window loaders do not read). ``user_sequences`` holds every user's items in
+    time order, for serving.
     """
 
     def data_augmentation(self):
@@ -140,6 +141,7 @@ class WindowDataset(SequentialDataset):
         sizes = np.maximum(ends - 2 - starts, 0)
         users = np.flatnonzero(sizes >= 2)
         users = users[np.argsort(times[starts[users] + 1], kind="stable")]
+        self.user_sequences = {int(uids[a]): items[a:b].astype(np.int64) for a, b in zip(starts, ends)}
         parts = [items[starts[u]: starts[u] + sizes[u]] for u in users]
         self.train_histories = (torch.from_numpy(np.concatenate(parts or [np.zeros(0)]).astype(np.int64)),
                                 torch.from_numpy(np.r_[0, np.cumsum(sizes[users])].astype(np.int64)),

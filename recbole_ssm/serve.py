@@ -167,17 +167,27 @@ class Recommender:
 
 
 def user_histories(dataset) -> dict[int, np.ndarray]:
-    """Every user's items (internal ids) in time order, over all of the data set's interactions."""
+    """Every user's items (internal ids) in time order, over all of the data set's interactions.
+
+    A :class:`~recbole_ssm.regime.WindowDataset` keeps them (``user_sequences``). RecBole's
+    SequentialDataset holds one row per prefix: a user's first row lists the first item, and
+    the rows' targets are the items after it.
+    """
+    kept = getattr(dataset, "user_sequences", None)
+    if kept is not None:
+        return kept
     inter = dataset.inter_feat
     users = inter[dataset.uid_field].numpy()
     items = inter[dataset.iid_field].numpy()
+    lists = inter[dataset.item_id_list_field].numpy()
     keys: list[np.ndarray] = [users]
     if dataset.time_field and dataset.time_field in inter:
         keys.insert(0, inter[dataset.time_field].numpy())
     order = np.lexsort(keys)  # by user, then time; stable
-    users, items = users[order], items[order]
+    users, items, lists = users[order], items[order], lists[order]
     cuts = np.flatnonzero(np.diff(users)) + 1
-    return {int(u[0]): i for u, i in zip(np.split(users, cuts), np.split(items, cuts)) if len(u)}
+    return {int(u[0]): np.r_[first[0, :1], i] for u, i, first in
+            zip(np.split(users, cuts), np.split(items, cuts), np.split(lists, cuts)) if len(u)}
 
 
 def from_checkpoint(path: str, max_bytes: int = 256 << 20) -> Recommender:

@@ -40,6 +40,31 @@ def test_state_cache_keeps_its_byte_bound_and_evicts_the_least_recently_used():
         StateCache(max_bytes=one - 1).put(9, fake_state(400))
 
 
+@pytest.mark.parametrize("regime", ["last", "all"])
+def test_user_histories_hold_every_interaction_of_each_user(tiny_data, regime):
+    """From RecBole's prefix rows (last) and from the window data set (all): each user's whole
+    history, first item included; the reference is the test sample, whose item list holds the
+    whole history before the test item when MAX_ITEM_LIST_LENGTH exceeds every history."""
+    from recbole.data import data_preparation
+
+    from recbole_ssm import compat
+    from recbole_ssm.quick_start import build_config
+    from recbole_ssm.regime import create_dataset
+    from recbole_ssm.serve import user_histories
+
+    config, _ = build_config("Mamba2Rec", "ml-tiny", None, {**TINY, "data_path": tiny_data,
+                                                             "MAX_ITEM_LIST_LENGTH": 1000, "train_targets": regime})
+    with compat.quiet_recbole():
+        dataset = create_dataset(config)
+        test = data_preparation(config, dataset)[2]._dataset.inter_feat
+    want = {int(u): np.r_[seq[:n].numpy(), int(t)] for u, seq, n, t in
+            zip(test["user_id"], test["item_id_list"], test["item_length"], test["item_id"])}
+    got = user_histories(dataset)
+    assert set(got) == set(want) and len(want) > 50
+    for user, items in want.items():
+        assert got[user].tolist() == items.tolist(), user
+
+
 def _train(model, tiny_data, folder):
     cwd = os.getcwd()
     os.chdir(folder)

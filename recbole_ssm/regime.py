@@ -38,6 +38,7 @@ from recbole_ssm.errors import ConfigError
 from recbole_ssm.validate import positive_int, require
 
 TRAIN_TARGETS = ("last", "all", "cloze")
+WINDOW_REGIMES = ("all", "cloze")  # trained on history windows (WindowDataset and a window loader)
 # Interaction fields of an ``all`` batch besides RecBole's item list and its length:
 TARGETS = "target_item_id_list"  # (B, L) the next item at every input position, 0 on padding
 NEG_TARGETS = "neg_target_item_id_list"  # (B, L) one sampled negative per position (BPR only)
@@ -67,7 +68,7 @@ def check_train_targets(config, model_class) -> str:
             f"train_targets={value} is not available for {name}; models that support it: "
             + ", ".join(models_supporting(value))
         )
-    if value in ("all", "cloze"):
+    if value in WINDOW_REGIMES:
         require(config, "train_window_batch_size", positive_int, "a positive integer (windows per batch)")
     if value == "cloze":
         require(config, "mask_ratio", lambda v: 0.0 < float(v) < 1.0, "a fraction in (0, 1) of items to mask")
@@ -181,7 +182,7 @@ def create_dataset(config):
     """RecBole's ``create_dataset``; under the window regimes a :class:`WindowDataset`."""
     from recbole.data import create_dataset as recbole_create_dataset
 
-    if (config["train_targets"] or "last") in ("all", "cloze") and config["benchmark_filename"] is None:
+    if (config["train_targets"] or "last") in WINDOW_REGIMES and config["benchmark_filename"] is None:
         return WindowDataset(config)
     return recbole_create_dataset(config)
 
@@ -238,17 +239,22 @@ class AllPositionsDataLoader(AbstractDataLoader):
         """Targets trained per epoch (the number of prefix samples of the ``last`` regime)."""
         return int(self.sizes.sum())
 
-    def collate_fn(self, index):
+    def _window_items(self, index) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Windows ``index`` -> (index (B,), their numbers of inputs n (B,), their items (B, W + 1):
+        the n inputs and the target after the last one, right-padded with 0), W = max n."""
         index = torch.as_tensor(np.asarray(index), dtype=torch.long)
         sizes, starts = self.sizes[index], self.starts[index]  # (B,)
-        width = int(sizes.max())
-        pos = torch.arange(width)
-        real = pos.unsqueeze(0) < sizes.unsqueeze(1)  # (B, W)
-        at = (starts.unsqueeze(1) + pos).clamp_max(len(self.items) - 2)  # (B, W) clipped where not real
-        seq = torch.where(real, self.items[at], 0)
-        targets = torch.where(real, self.items[at + 1], 0)
-        batch = {self.uid_field: self.window_user[index], self.seq_field: seq, self.len_field: sizes,
-                 TARGETS: targets}
+        pos = torch.arange(int(sizes.max()) + 1)
+        real = pos.unsqueeze(0) <= sizes.unsqueeze(1)  # (B, W + 1)
+        at = (starts.unsqueeze(1) + pos).clamp_max(len(self.items) - 1)  # clipped where not real
+        return index, sizes, torch.where(real, self.items[at], 0)
+
+    def collate_fn(self, index):
+        index, sizes, items = self._window_items(index)
+        real = torch.arange(items.size(1) - 1).unsqueeze(0) < sizes.unsqueeze(1)  # (B, W) inputs
+        targets = items[:, 1:]  # the next item of every input, 0 after the last
+        batch = {self.uid_field: self.window_user[index], self.seq_field: torch.where(real, items[:, :-1], 0),
+                 self.len_field: sizes, TARGETS: targets}
         if self.bpr:
             batch[NEG_TARGETS] = torch.where(real, self._negatives(targets), 0)
         return Interaction(batch)
@@ -285,14 +291,9 @@ class ClozeDataLoader(AllPositionsDataLoader):
         return round(self.mask_ratio * int((self.sizes + 1).sum()))
 
     def collate_fn(self, index):
-        index = torch.as_tensor(np.asarray(index), dtype=torch.long)
-        lengths, starts = self.sizes[index] + 1, self.starts[index]  # (B,) items, inputs and the last target
-        width = int(lengths.max())
-        pos = torch.arange(width)
-        real = pos.unsqueeze(0) < lengths.unsqueeze(1)  # (B, W)
-        at = (starts.unsqueeze(1) + pos).clamp_max(len(self.items) - 1)
-        items = torch.where(real, self.items[at], 0)
-        masked = real & (torch.rand(real.shape) < self.mask_ratio)
+        index, sizes, items = self._window_items(index)
+        lengths = sizes + 1  # the inputs and the last target
+        masked = (items > 0) & (torch.rand(items.shape) < self.mask_ratio)
         none = ~masked.any(1)
         masked[none, lengths[none] - 1] = True
         batch = {self.uid_field: self.window_user[index], self.seq_field: torch.where(masked, self.mask_id, items),
@@ -308,8 +309,7 @@ def prepare_data(config, dataset):
     from recbole.data import data_preparation
 
     train, valid, test = data_preparation(config, dataset)
-    regime = config["train_targets"] or "last"
-    if regime in ("all", "cloze"):
-        loader = AllPositionsDataLoader if regime == "all" else ClozeDataLoader
+    loader = {"all": AllPositionsDataLoader, "cloze": ClozeDataLoader}.get(config["train_targets"] or "last")
+    if loader is not None:
         train = loader(config, train._dataset, shuffle=config["shuffle"])
     return train, valid, test

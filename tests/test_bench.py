@@ -332,8 +332,9 @@ def test_table_run_stopped_mid_training_continues_from_its_last_epoch(tiny_data,
 
     import torch
 
-    tiny = [a for a in TABLE_TINY if a != "--epochs=1"] + ["--epochs=4", "--stopping_step=10",
-                                                          "--train_targets=all", "--train_window_batch_size=8"]
+    tiny = [a for a in TABLE_TINY if a not in ("--epochs=1", "--state=WARNING")] + [
+        "--epochs=4", "--stopping_step=10", "--train_targets=all", "--train_window_batch_size=8",
+        "--state=INFO"]  # INFO: the worker log shows each attempt's epochs
     args = ["table", "--models=GRU4Rec", "--dataset=ml-tiny", f"--data_path={tiny_data}", "--seeds=1", *tiny]
     whole = str(tmp_path / "whole")
     assert bench_main([*args, f"--output={whole}"]) == 0
@@ -360,6 +361,7 @@ def test_table_run_stopped_mid_training_continues_from_its_last_epoch(tiny_data,
     assert bench_main([*args, f"--output={stopped}"]) == 0
     log = open(os.path.join(stopped, "logs", "GRU4Rec-seed-2020.log"), encoding="utf-8").read()
     assert f"resuming from {state}" in log
+    assert "epoch 0 training" in log.split(f"resuming from {state}")[0]  # the first attempt's lines are kept
     assert not os.path.exists(state)
     a, b = (json.load(open(os.path.join(d, "runs", "GRU4Rec-seed-2020.json"), encoding="utf-8"))
             for d in (whole, stopped))

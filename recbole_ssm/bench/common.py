@@ -162,7 +162,9 @@ def run_worker(module: str, spec: dict, timeout_s: float | None, memory_limit_gb
         os.makedirs(os.path.dirname(os.path.abspath(err_path)), exist_ok=True)
         limit = int(memory_limit_gb * 2**30) if memory_limit_gb else None
         t0 = time.perf_counter()
-        with open(err_path, "w", encoding="utf-8") as log:
+        # appended to: a run resumed after a stop keeps the lines of its earlier attempts
+        with open(err_path, "a", encoding="utf-8") as log:
+            start = log.tell()
             proc = subprocess.Popen(
                 [sys.executable, "-m", module, "--worker", spec_path],
                 stdout=log, stderr=subprocess.STDOUT, env=package_env(),
@@ -183,7 +185,8 @@ def run_worker(module: str, spec: dict, timeout_s: float | None, memory_limit_gb
         if rc == 0 and result is not None:
             return {**result, "wall_s": wall}
         with open(err_path, encoding="utf-8", errors="replace") as f:
-            tail = f.read()[-4000:]
+            f.seek(start)
+            tail = f.read()[-4000:]  # this attempt's output only
         if rc == -signal.SIGKILL or any(p in tail.lower() for p in OOM_PATTERNS):
             return {"status": "OOM", "error": last_line(tail) or f"killed (exit {rc})", "wall_s": wall}
         return {"status": "failed", "error": last_line(tail) or f"exit code {rc}", "wall_s": wall}

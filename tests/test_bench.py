@@ -319,6 +319,14 @@ def test_bench_stream_writes_latencies_and_state_sizes(tmp_path):
     assert float(ssm["Step (ms/event)"]) > 0 and ssm["State (bytes/user)"] == rows[1]["State (bytes/user)"]
     assert sasrec["Step (ms/event)"] == "-" and sasrec["Re-encode / baseline re-encode"] == "1.00"
     assert "slowest step / fastest step" in (out / "stream.md").read_text()
+    assert (out / "stream.png").read_bytes()[:8] == PNG_MAGIC
+    assert not [p for p in os.listdir(out) if p.endswith(".tmp.png")]
+    table = (out / "stream.csv").read_text()
+    (out / "stream.png").unlink()
+    assert bench_main(["stream", "--plot_only", f"--output={out}"]) == 0  # redrawn from the csv, nothing measured
+    assert (out / "stream.png").read_bytes()[:8] == PNG_MAGIC and (out / "stream.csv").read_text() == table
+    with pytest.raises(UsageError, match="no .*stream.csv; run bench stream"):
+        bench_main(["stream", "--plot_only", f"--output={tmp_path / 'none'}"])
 
 
 @pytest.mark.slow

@@ -30,20 +30,21 @@ from recbole_ssm.utils import atomic_write_text
 USAGE = """\
 usage: run_recbole_ssm.py bench stream [--models=Mamba4Rec,Mamba2Rec,SASRec] [--lengths=100,500,1000,2000,4000]
                                        [--baseline=SASRec] [--repeats=30] [--k=10] [--threads=1]
-                                       [--hidden_size=64] [--n_items=3416] [--output=DIR]
+                                       [--hidden_size=64] [--n_items=3416] [--output=DIR] [--plot_only]
 
 Per-event latency of a recommendation (one new item, top-k over all items) against the length of
 the history before it: causal SSMs step a cached state ("step"), every model also re-encodes the
 last n items ("re-encode"). Writes DIR/stream.md and DIR/stream.csv (default results/stream) with
 each latency's ratio to the baseline's re-encoding at the same length, and the bytes of one
-user's cached state.
+user's cached state, and DIR/stream.png (both latencies against n, log-log). --plot_only redraws
+DIR/stream.png from DIR/stream.csv without measuring.
 """
 
 OPTIONS = {
     "models": Opt("Mamba4Rec,Mamba2Rec,SASRec"), "lengths": Opt("100,500,1000,2000,4000", "ints", minimum=1),
     "baseline": Opt("SASRec"), "repeats": Opt(30, "whole", minimum=1), "k": Opt(10, "whole", minimum=1),
     "threads": Opt(1, "whole"), "hidden_size": Opt(64, "whole", minimum=1), "n_items": Opt(3416, "whole", minimum=2),
-    "seed": Opt(2020, "whole"), "output": Opt(""),
+    "seed": Opt(2020, "whole"), "output": Opt(""), "plot_only": Opt(False, "flag"),
 }
 
 
@@ -113,6 +114,8 @@ def main(argv: list[str]) -> int:
     if baseline not in labels:
         raise UsageError(f"--baseline={baseline} is not one of --models ({', '.join(labels)})")
     output = own["output"] or os.path.join("results", "stream")
+    if own["plot_only"]:
+        return _replot(output)
     data_root = os.path.abspath(os.path.join(output, "synthetic", f"items{n_items}"))
     if not os.path.isfile(os.path.join(data_root, SYNTH, f"{SYNTH}.inter")):
         write_synthetic_dataset(data_root, n_items)
@@ -139,7 +142,67 @@ def main(argv: list[str]) -> int:
     os.makedirs(output, exist_ok=True)
     atomic_write_text(os.path.join(output, "stream.md"), text)
     atomic_write_text(os.path.join(output, "stream.csv"), csv_text(header, rows))
+    plot(results, labels, lengths, os.path.join(output, "stream.png"),
+         f"one event, top-{k} of {n_items} items, hidden {hidden}, {torch.get_num_threads()} thread(s)")
     print(text)
+    return 0
+
+
+def plot(results: dict, labels, lengths, path: str, title: str) -> None:
+    """Per-event latency against history length, log-log: one line per model for re-encoding the
+    history, one dashed line per model that steps a cached state (PNG, written whole or not at all)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, label in enumerate(labels):
+        colour = f"C{i}"
+        ax.plot(lengths, [results[label, n]["reencode_ms"] for n in lengths], marker="o", color=colour,
+                label=f"{label}: re-encode history")
+        steps = [results[label, n].get("step_ms") for n in lengths]
+        if all(steps):
+            ax.plot(lengths, steps, marker="s", linestyle="--", color=colour, label=f"{label}: step cached state")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("events in the history before the new one (n)")
+    ax.set_ylabel("ms per new event")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), "." + os.path.basename(path) + ".tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _replot(output: str) -> int:
+    """stream.png from a finished run's stream.csv (the measurements it holds, nothing new)."""
+    import csv
+
+    path = os.path.join(output, "stream.csv")
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f))
+    except FileNotFoundError:
+        raise UsageError(f"--plot_only: no {path}; run bench stream with --output={output} first") from None
+    if not rows or "Re-encode (ms/event)" not in rows[0]:
+        raise UsageError(f"--plot_only: {path} is not a bench stream table")
+    labels = list(dict.fromkeys(r["Model"] for r in rows))
+    lengths = sorted({int(r["History n"]) for r in rows})
+    results = {}
+    for r in rows:
+        point = {"reencode_ms": float(r["Re-encode (ms/event)"])}
+        if r["Step (ms/event)"] != "-":
+            point["step_ms"] = float(r["Step (ms/event)"])
+        results[r["Model"], int(r["History n"])] = point
+    missing = [(m, n) for m in labels for n in lengths if (m, n) not in results]
+    if missing:
+        raise UsageError(f"--plot_only: {path} lacks {missing[0][0]} at n={missing[0][1]}")
+    plot(results, labels, lengths, os.path.join(output, "stream.png"), f"per-event latency (bench stream), from {path}")
+    print(f"bench stream: wrote {os.path.join(output, 'stream.png')}", file=sys.stderr)
     return 0
 
 

@@ -157,3 +157,94 @@ def test_a_cloze_run_trains_and_its_checkpoint_reproduces_the_test_metrics(tiny_
     assert out.result["best_valid_result"]["hit@10"] > 0
     again = evaluate_checkpoint(out.saved_model_file, "test")
     assert {k: float(v) for k, v in again.items()} == {k: float(v) for k, v in out.result["test_result"].items()}
+
+
+# ---------------------------------------------------------------------------------------
+# BERT4Rec: RecBole's model under `last`, trained on the same masked windows under `cloze`
+
+BERT_SMALL = {"hidden_size": 16, "inner_size": 32, "n_layers": 2, "n_heads": 2, "hidden_dropout_prob": 0.0,
+              "attn_dropout_prob": 0.0}
+
+
+def make_bert(dataset, tiny_data, train_targets="cloze"):
+    config, cls = build_config("BERT4Rec", "ml-tiny", None, {**TINY, **BERT_SMALL, **CLOZE, "data_path": tiny_data,
+                                                              "train_targets": train_targets})
+    torch.manual_seed(6)
+    return cls(config, dataset)
+
+
+def fitted(items: list[int], length: int) -> tuple[torch.Tensor, int]:
+    """One row as BERT4Rec reads it: the newest ``length`` items, right-padded to ``length``."""
+    kept = items[-length:]
+    row = torch.zeros(1, length, dtype=torch.long)
+    row[0, : len(kept)] = torch.tensor(kept)
+    return row, len(kept)
+
+
+def test_bert4rec_is_recboles_model_under_last(cloze_data, tiny_data):
+    import recbole.model.sequential_recommender as rs
+
+    _config, train = cloze_data
+    ours = make_bert(train, tiny_data, "last").eval()
+    assert type(ours).__mro__[1] is rs.BERT4Rec and not ours.cloze
+    config, _ = build_config("BERT4Rec", "ml-tiny", None, {**TINY, **BERT_SMALL, **CLOZE, "data_path": tiny_data})
+    theirs = rs.BERT4Rec(config, train).eval()
+    theirs.load_state_dict(ours.state_dict())
+    g = torch.Generator().manual_seed(41)
+    lens = torch.tensor([7, 1, 4, 6])
+    seq = torch.randint(1, train.item_num, (4, 7), generator=g)
+    seq[torch.arange(7).unsqueeze(0) >= lens.unsqueeze(1)] = 0
+    batch = {"item_id_list": seq, "item_length": lens}
+    with torch.no_grad():
+        torch.testing.assert_close(ours.full_sort_predict(batch), theirs.full_sort_predict(batch), rtol=0, atol=0)
+
+
+def test_cloze_bert4rec_loss_is_cross_entropy_at_the_masked_positions_of_each_fitted_window(cloze_data, tiny_data):
+    """Reference: each window on its own, cut to the position embedding's 7 rows by hand (a full
+    window of 7 inputs and its target drops its oldest item), CE at its masked positions (float64)."""
+    config, train = cloze_data
+    model = make_bert(train, tiny_data).double().eval()
+    torch.manual_seed(2)
+    batch = next(iter(ClozeDataLoader(config, train)))
+    seq, n, tgt = batch["item_id_list"], batch["item_length"], batch[TARGETS]
+    assert int(n.max()) == 8  # some windows are longer than the position embedding
+    loss = model.calculate_loss(batch)
+    logits, targets = [], []
+    with torch.no_grad():
+        for r in range(len(n)):
+            k = int(n[r])
+            row, m = fitted(seq[r, :k].tolist(), 7)
+            want, _ = fitted(tgt[r, :k].tolist(), 7)
+            hidden = model.forward(row)[0, :m]
+            at = want[0, :m] > 0
+            logits.append(hidden[at] @ model.item_embedding.weight[: model.n_items].t() + model.output_bias)
+            targets.append(want[0, :m][at])
+        ref = torch.nn.functional.cross_entropy(torch.cat(logits), torch.cat(targets))
+    torch.testing.assert_close(loss.detach(), ref)
+
+
+def test_cloze_bert4rec_reads_a_mask_token_after_the_history(cloze_data, tiny_data):
+    _config, train = cloze_data
+    model = make_bert(train, tiny_data).double().eval()
+    g = torch.Generator().manual_seed(43)
+    lens = torch.tensor([7, 1, 3, 6, 7])
+    seq = torch.randint(1, train.item_num, (5, 7), generator=g)
+    seq[torch.arange(7).unsqueeze(0) >= lens.unsqueeze(1)] = 0
+    with torch.no_grad():
+        scores = model.full_sort_predict({"item_id_list": seq, "item_length": lens})
+        for r in range(5):
+            k = int(lens[r])
+            row, m = fitted(seq[r, :k].tolist() + [model.mask_token], 7)
+            want = model.forward(row)[0, m - 1] @ model.item_embedding.weight[: model.n_items].t() + model.output_bias
+            torch.testing.assert_close(scores[r], want)
+        one = model.predict({"item_id_list": seq, "item_length": lens, "item_id": torch.arange(1, 6)})
+    torch.testing.assert_close(one, scores[torch.arange(5), torch.arange(1, 6)])
+
+
+def test_a_cloze_bert4rec_run_trains_and_reproduces_its_test_metrics(tiny_config):
+    from recbole_ssm.quick_start import evaluate_checkpoint, run
+
+    out = run("BERT4Rec", "ml-tiny", None, {**tiny_config, **BERT_SMALL, "train_targets": "cloze", "epochs": 2})
+    assert out.model.cloze and out.result["best_valid_result"]["hit@10"] > 0
+    again = evaluate_checkpoint(out.saved_model_file, "test")
+    assert {k: float(v) for k, v in again.items()} == {k: float(v) for k, v in out.result["test_result"].items()}

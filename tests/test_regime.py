@@ -301,11 +301,12 @@ def test_bidirectional_hydra_refuses_all_with_a_config_error(tiny_data):
 
 
 @pytest.mark.parametrize("over,match", [
-    ({"model": "BERT4Rec", "train_targets": "all"}, "models that support it: GRU4Rec, Mamba2Rec"),
+    ({"model": "NARM", "train_targets": "all"}, "models that support it: GRU4Rec, Mamba2Rec"),
+    ({"model": "BERT4Rec", "train_targets": "all"}, "cannot train BERT4Rec: it is bidirectional"),
     ({"train_targets": "every"}, "invalid train_targets='every'"),
     ({"train_targets": "all", "train_window_batch_size": 0}, "invalid train_window_batch_size=0"),
     ({"train_targets": "cloze"}, "train_targets=cloze is not available for Mamba2Rec; models that support it: "
-                                 "Hydra4Rec"),
+                                 "BERT4Rec, Hydra4Rec"),
     ({"model": "Hydra4Rec", "train_targets": "all"}, "use train_targets=cloze"),
     ({"model": "Hydra4Rec", "train_targets": "cloze", "mask_ratio": 0}, "invalid mask_ratio=0"),
     ({"model": "Hydra4Rec", "train_targets": "cloze", "mask_ratio": 1.5}, "invalid mask_ratio=1.5"),

@@ -1,9 +1,11 @@
 """recbole-ssm's RecBole models. ``MODELS`` maps each name to its class.
 
 ``SASRec`` and ``GRU4Rec`` are RecBole's own models with an ``encode`` added, so that the
-baselines train under ``train_targets: all`` too; under ``last`` they are RecBole's exactly.
+baselines train under ``train_targets: all`` too; ``BERT4Rec`` is RecBole's with the ``cloze``
+regime added. Under ``last`` all three are RecBole's exactly.
 """
 
+from recbole_ssm.models.bert4rec import BERT4Rec
 from recbole_ssm.models.gru4rec import GRU4Rec
 from recbole_ssm.models.hydra4rec import Hydra4Rec
 from recbole_ssm.models.mamba2rec import Mamba2Rec
@@ -20,6 +22,7 @@ MODELS: dict = {
     "SeqPop": SeqPop,
     "SASRec": SASRec,
     "GRU4Rec": GRU4Rec,
+    "BERT4Rec": BERT4Rec,
 }
 
-__all__ = ["MODELS", "GRU4Rec", "Hydra4Rec", "Mamba2Rec", "Mamba4Rec", "RecMamba", "SASRec", "SeqPop"]
+__all__ = ["MODELS", "BERT4Rec", "GRU4Rec", "Hydra4Rec", "Mamba2Rec", "Mamba4Rec", "RecMamba", "SASRec", "SeqPop"]

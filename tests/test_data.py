@@ -531,6 +531,35 @@ def test_lifelong_generator_is_deterministic_with_personal_topics_recurring_and_
     assert [r[1] for r in rows[:60]] == [f"i{i}" for i in first[0].tolist()]
 
 
+def test_lifelong_counting_rule_matches_a_plain_ranking_and_gains_from_the_long_history(capsys):
+    from collections import Counter
+
+    from recbole_ssm.data.lifelong import counting_hit, generate, main
+
+    items, topics = 240, 240  # one item a topic: a user's own items recur
+    hist, _ = generate(40, 600, items, topics, 3, 0.03, seed=9)
+
+    def reference(length):
+        hits = 0
+        for seq in hist:
+            context = [int(v) for v in seq[:-1][-length:]]
+            size = items // topics
+            tc = Counter((i - 1) // size for i in context)
+            ic = Counter(context)
+            ranked = sorted(range(1, items + 1), key=lambda i: (-tc[(i - 1) // size], -ic[i], i))
+            hits += int(seq[-1]) in ranked[:10]
+        return hits / len(hist)
+
+    for length in (7, 50, 599):
+        assert counting_hit(hist, items, topics, length) == reference(length)
+    assert counting_hit(hist, items, topics, 599) > counting_hit(hist, items, topics, 50) + 0.2
+    assert main(["--users=40", "--length=600", "--items=240", "--topics=240", "--rate=0.03", "--seed=9",
+                 "--counting-hit", "50,599"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"L=50\thit@10={reference(50):.4f}", f"L=599\thit@10={reference(599):.4f}"]
+    assert main(["--counting-hit", "0"]) == 2 and main([]) == 2  # one-line errors, exit code 2
+
+
 @pytest.mark.slow
 def test_recmamba_trains_on_lifelong_histories_of_1024_through_the_cli(tmp_path, capsys):
     """Synthetic users with 1,100 events each, MAX_ITEM_LIST_LENGTH=1024, `all` regime, tiny width."""

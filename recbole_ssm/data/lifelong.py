@@ -12,6 +12,11 @@ to the last 50 items mostly cannot. Items within a topic are uniform, so the bes
 Hit@10 is about ``10 / topic size`` for a model that knows the user's topics (and much less
 for one that does not). The same seed gives the same files.
 
+``--topics`` equal to ``--items`` makes every topic one item: a user's own items then recur
+through the whole history. ``--counting-hit 50,2000`` prints, instead of writing files, the Hit@10
+on each user's last event of a rule that knows the topics and counts them in the last L events
+(``counting_hit``): what reading L events can give.
+
 The events are written in the seqtext layout and converted by ``prepare`` (no k-core filter),
 so the output is ordinary RecBole atomic files with their ``NAME.yaml``.
 """
@@ -52,6 +57,24 @@ def generate(users: int, length: int, items: int, topics: int, personal: int, ra
     return out, owns
 
 
+def counting_hit(histories: list[np.ndarray], items: int, topics: int, length: int, k: int = 10) -> float:
+    """Hit@k on each user's last event of a rule that knows the topics and reads the ``length``
+    events before it: items ranked by how often their topic occurs there, then by how often the
+    item itself does (ties by item id). What a model reading that many events can reach (about),
+    and what one reading fewer cannot."""
+    size = items // topics
+    topic_of = (np.arange(1, items + 1) - 1) // size  # item id - 1 -> topic
+    hits = 0
+    for seq in histories:
+        context = seq[:-1][-length:]
+        topic_count = np.bincount(topic_of[context - 1], minlength=topics)
+        item_count = np.bincount(context, minlength=items + 1)[1:]
+        score = topic_count[topic_of] * (len(context) + 1) + item_count  # topic first, then the item
+        top = np.argsort(-score, kind="stable")[:k] + 1
+        hits += int(seq[-1] in top)
+    return hits / len(histories)
+
+
 def write(output: str, users: int = 500, length: int = 2000, items: int = 4000, topics: int = 200,
           personal: int = 3, rate: float = 0.02, seed: int = 0, max_item_list_length: int | None = None,
           force: bool = False, verbose: bool = True) -> dict:
@@ -77,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str]) -> int:
     p = ArgParser(prog="python -m recbole_ssm.data.lifelong", description=__doc__,
                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output", required=True,
+    p.add_argument("--output",
                    help="output folder, named like the data set (e.g. dataset/lifelong-synth)")
     p.add_argument("--users", type=int, default=500)
     p.add_argument("--length", type=int, default=2000, help="events per user")
@@ -88,7 +111,25 @@ def _main(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-item-list-length", type=int, help="MAX_ITEM_LIST_LENGTH in NAME.yaml (default --length)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.add_argument("--counting-hit", metavar="L,L,...",
+                   help="print Hit@10 on the last event of the counting rule (counting_hit) reading L events, "
+                        "for each L, instead of writing files")
     args = p.parse_args(argv)
+    if args.counting_hit:
+        try:
+            lengths = [int(v) for v in args.counting_hit.split(",")]
+        except ValueError:
+            raise UsageError(f"--counting-hit takes whole numbers separated by commas, got {args.counting_hit!r}") \
+                from None
+        if min(lengths) < 1:
+            raise UsageError(f"--counting-hit takes lengths >= 1, got {args.counting_hit!r}")
+        histories, _ = generate(args.users, args.length, args.items, args.topics, args.personal, args.rate, args.seed)
+        for n in lengths:
+            print(f"L={n}\thit@10={counting_hit(histories, args.items, args.topics, n):.4f}")
+        return 0
+    if not args.output:
+        raise UsageError("lifelong: --output is required: the folder to write, named like the data set "
+                         "(e.g. --output dataset/lifelong-synth)")
     write(args.output, args.users, args.length, args.items, args.topics, args.personal, args.rate, args.seed,
           args.max_item_list_length, args.force)
     return 0

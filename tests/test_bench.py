@@ -291,9 +291,9 @@ def test_regimes_end_to_end_and_resume(tiny_data, tmp_path, capsys):
     capsys.readouterr()
     assert bench_main(argv) == 0  # resume: nothing re-measured
     assert json.load(open(record, encoding="utf-8")) == before
-    assert cli_main(["bench", "regimes", "--models=BERT4Rec", "--dataset=ml-tiny", f"--data_path={tiny_data}",
-                     f"--output={out}"]) == 2  # RecBole's BERT4Rec has no window regime: refused up front
-    assert "train_targets=all is not available for BERT4Rec" in capsys.readouterr().err
+    assert cli_main(["bench", "regimes", "--models=NARM", "--dataset=ml-tiny", f"--data_path={tiny_data}",
+                     f"--output={out}"]) == 2  # RecBole's NARM has no window regime: refused up front
+    assert "train_targets=all is not available for NARM" in capsys.readouterr().err
 
 
 def test_regimes_can_measure_the_window_regimes_alone(tiny_data, tmp_path):

@@ -56,12 +56,13 @@ def check_train_targets(config, model_class) -> str:
         raise ConfigError(f"invalid train_targets={value!r}: 'last' (one sample per prefix), 'all' (every "
                           "position; causal models) or 'cloze' (masked items; bidirectional models)")
     name = model_class.__name__
+    if value == "all" and getattr(model_class, "bidirectional", False) and config["causal"] is not True:
+        causal = " or causal=True (its forward direction only)" if "all" in supported_targets(model_class) else ""
+        raise ConfigError(
+            f"train_targets=all cannot train {name}: it is bidirectional, so every position would see "
+            f"its own target; use train_targets=cloze (masked items) or last{causal}"
+        )
     if value not in supported_targets(model_class):
-        if value == "all" and getattr(model_class, "bidirectional", False):
-            raise ConfigError(
-                f"train_targets=all cannot train {name}: it is bidirectional, so every position would see "
-                "its own target; use train_targets=cloze (masked items) or last"
-            )
         from recbole_ssm.registry import models_supporting
 
         raise ConfigError(

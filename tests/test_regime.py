@@ -265,6 +265,45 @@ def test_padding_of_a_window_carries_no_loss_and_no_gradient(name, tiny_dataset,
         torch.testing.assert_close(junk[1][key], clean[1][key], rtol=1e-10, atol=1e-12, msg=key)
 
 
+@pytest.mark.parametrize("loss_type", ["CE", "BPR"])
+def test_causal_hydra_all_positions_loss_equals_its_prefix_loss_with_gradients(loss_type, tiny_dataset, tiny_data):
+    """Hydra4Rec with causal=True (no conv taps after the centre, no backward scan) is a causal model:
+    `all` trains exactly its `last` targets. Conv weights are random on both sides of the centre,
+    so a tap after it that was still read would show."""
+    _config, train, _test = tiny_dataset
+    bpr = {"loss_type": loss_type, **({"train_neg_sample_args": {"distribution": "uniform", "sample_num": 1}}
+                                      if loss_type == "BPR" else {})}
+    model = make_model("Hydra4Rec", train, tiny_data, num_layers=2, d_conv=5, causal=True, **bpr)
+    with torch.no_grad():
+        for layer in model.layers:
+            conv = layer.mixer.conv1d.weight
+            conv.copy_(torch.randn(conv.shape, generator=torch.Generator().manual_seed(26), dtype=conv.dtype))
+    histories = random_histories(model.n_items, [13, 2, 7, 10, 5], seed=24)
+    neg_of = (lambda t: (t * 5 + 2) % (model.n_items - 1) + 1) if loss_type == "BPR" else None
+    prefixes = prefix_batch(histories, 12, neg_of)
+    n = len(prefixes)
+    loss_all, grads_all = loss_and_grads(model, window_batch(histories, 12, neg_of), n)
+    loss_last, grads_last = loss_and_grads(model, prefixes, n)
+    torch.testing.assert_close(loss_all, loss_last, rtol=1e-10, atol=1e-10)
+    assert grads_all.keys() == grads_last.keys()
+    for key in grads_all:
+        torch.testing.assert_close(grads_all[key], grads_last[key], rtol=1e-8, atol=1e-10, msg=key)
+
+
+def test_causal_hydra_reads_nothing_after_each_position(tiny_dataset, tiny_data):
+    _config, train, _test = tiny_dataset
+    model = make_model("Hydra4Rec", train, tiny_data, num_layers=2, causal=True, trim_padding=False).eval()
+    g = torch.Generator().manual_seed(25)
+    seq = torch.randint(1, model.n_items, (3, 11), generator=g)
+    lens = torch.tensor([11, 11, 11])
+    later = seq.clone()
+    later[:, 6:] = torch.randint(1, model.n_items, (3, 5), generator=g)
+    with torch.no_grad():
+        a, b = model.encode(seq, lens), model.encode(later, lens)
+    torch.testing.assert_close(a[:, :6], b[:, :6], rtol=1e-12, atol=1e-12)
+    assert (a[:, 6:] - b[:, 6:]).abs().max() > 1e-6
+
+
 # ---------------------------------------------------------------------------------------
 # the baselines are RecBole's models under `last`
 
@@ -301,13 +340,15 @@ def test_bidirectional_hydra_refuses_all_with_a_config_error(tiny_data):
 
 
 @pytest.mark.parametrize("over,match", [
-    ({"model": "NARM", "train_targets": "all"}, "models that support it: GRU4Rec, Mamba2Rec"),
+    ({"model": "NARM", "train_targets": "all"}, "models that support it: GRU4Rec, Hydra4Rec, Mamba2Rec"),
+    ({"model": "Hydra4Rec", "train_targets": "cloze", "causal": True}, "causal=True cannot train with "
+                                                                       "train_targets=cloze"),
     ({"model": "BERT4Rec", "train_targets": "all"}, "cannot train BERT4Rec: it is bidirectional"),
     ({"train_targets": "every"}, "invalid train_targets='every'"),
     ({"train_targets": "all", "train_window_batch_size": 0}, "invalid train_window_batch_size=0"),
     ({"train_targets": "cloze"}, "train_targets=cloze is not available for Mamba2Rec; models that support it: "
                                  "BERT4Rec, Hydra4Rec"),
-    ({"model": "Hydra4Rec", "train_targets": "all"}, "use train_targets=cloze"),
+    ({"model": "Hydra4Rec", "train_targets": "all"}, "use train_targets=cloze (masked items) or last or causal=True"),
     ({"model": "Hydra4Rec", "train_targets": "cloze", "mask_ratio": 0}, "invalid mask_ratio=0"),
     ({"model": "Hydra4Rec", "train_targets": "cloze", "mask_ratio": 1.5}, "invalid mask_ratio=1.5"),
 ])

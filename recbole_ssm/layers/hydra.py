@@ -31,11 +31,18 @@ class HydraMixer(nn.Module):
     With ``mask`` (B, L) of real positions, the output at real positions does not depend on
     what follows them: masked inputs are zeroed before the projection and after the
     convolution, so the backward scan starts empty at the last real position.
+
+    ``causal=True`` keeps the forward direction only: the convolution's taps after the centre
+    are left out and the backward scan is not run, so position t reads positions 0..t and the
+    mixer can be trained at every position at once. It is not the bidirectional mixer read at
+    the last real item: there the forward scan reads convolution outputs of earlier positions
+    that looked ahead up to the read position.
     """
 
     def __init__(self, d_model: int, d_state: int = 64, d_conv: int = 7, expand: int = 2, headdim: int = 64,
-                 ngroups: int = 1, chunk_size: int = 256):
+                 ngroups: int = 1, chunk_size: int = 256, causal: bool = False):
         super().__init__()
+        self.causal = causal
         self.d_inner = expand * d_model
         assert d_conv % 2 == 1 and self.d_inner % headdim == 0 and (self.d_inner // headdim) % ngroups == 0
         self.d_state, self.headdim, self.ngroups, self.chunk_size = d_state, headdim, ngroups, chunk_size
@@ -44,12 +51,21 @@ class HydraMixer(nn.Module):
         self.conv_dim = self.d_inner + 4 * gn  # x, then B and C for each direction
         self.in_proj = nn.Linear(d_model, self.d_inner + self.conv_dim + 2 * self.nheads, bias=False)
         self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, d_conv, groups=self.conv_dim, padding=d_conv // 2)
+        # 1 for the taps at or before the centre (what a causal mixer may read)
+        self.register_buffer("past_taps", (torch.arange(d_conv) <= d_conv // 2).float(), persistent=False)
         self.dt_bias = nn.Parameter(dt_bias_init(self.nheads))
         self.A_log = nn.Parameter(torch.zeros(self.nheads))  # A = -1
         self.fc_D = nn.Linear(self.d_inner, self.nheads, bias=False)  # data-dependent diagonal
         self.D = nn.Parameter(torch.ones(self.nheads))
         self.norm = RMSNormGated(self.d_inner, eps=1e-5, norm_before_gate=True)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
+
+    def _conv(self, xbc: torch.Tensor) -> torch.Tensor:
+        """The depthwise convolution of (B, C, L), centred; causal: the taps after the centre left out."""
+        if not self.causal:
+            return self.conv1d(xbc)
+        return F.conv1d(xbc, self.conv1d.weight * self.past_taps, self.conv1d.bias, padding=self.conv1d.padding,
+                        groups=self.conv1d.groups)
 
     @staticmethod
     def reads_last_real(mask: Optional[torch.Tensor], index: torch.Tensor, seqlen: int) -> bool:
@@ -88,13 +104,13 @@ class HydraMixer(nn.Module):
             hidden = hidden * keep
         z, rest = gated_projection(self.in_proj, hidden, self.d_inner, gate_first=True, index=index)
         xbc, dt = torch.split(rest, [self.conv_dim, 2 * self.nheads], dim=-1)
-        xbc = F.silu(self.conv1d(xbc.transpose(1, 2)).transpose(1, 2))  # (B, L, conv_dim), same length
+        xbc = F.silu(self._conv(xbc.transpose(1, 2)).transpose(1, 2))  # (B, L, conv_dim), same length
         if keep is not None:
             xbc = xbc * keep  # conv bias makes padding non-zero; the backward scan must start empty
         gn = self.ngroups * self.d_state
         x, bc = torch.split(xbc, [self.d_inner, 4 * gn], dim=-1)
         A = -torch.exp(self.A_log.float())
-        if index is not None and self.reads_last_real(mask, index, seqlen):
+        if self.causal or (index is not None and self.reads_last_real(mask, index, seqlen)):
             # The backward scan at index + 1 sees only masked (zero) inputs, so its contribution
             # at the read position is exactly 0: only the forward scan is computed.
             y = mamba_chunk_scan_combined(
@@ -103,8 +119,11 @@ class HydraMixer(nn.Module):
                 bc[..., gn: 2 * gn].reshape(bsz, seqlen, self.ngroups, self.d_state),
                 self.chunk_size, dt_bias=self.dt_bias.float(), dt_softplus=True,
             ).reshape(bsz, seqlen, self.d_inner)
-            y = take(y, (index - 1).clamp_min(0)) * (index > 0).unsqueeze(-1)  # shifted: reads t-1
-            x = take(x, index)  # (B, D)
+            if index is None:
+                y = _shift_right(y)  # position t reads the scan at t-1
+            else:
+                y = take(y, (index - 1).clamp_min(0)) * (index > 0).unsqueeze(-1)  # shifted: reads t-1
+                x = take(x, index)  # (B, D)
         else:
             y, x = self._both_directions(x, bc, dt, A, bsz, seqlen, gn, index)
         diag = F.linear(x, self.fc_D.weight, self.D)  # (B, [L,] H)

@@ -4,7 +4,9 @@ import torch
 import torch.nn as nn
 
 from recbole_ssm.layers import HydraMixer
+from recbole_ssm.errors import ConfigError
 from recbole_ssm.models.base import SSMRecommender, ssd_settings
+from recbole_ssm.validate import require
 
 
 class Hydra4Rec(SSMRecommender):
@@ -21,16 +23,23 @@ class Hydra4Rec(SSMRecommender):
       masked items predicted from the outputs at their positions. The next item is predicted
       from the output at a mask token appended after the history, so the model has one more
       embedding, the mask token's.
+    - ``causal: True``: the forward direction only (no convolution taps after the centre, no
+      backward scan), a causal model that trains under ``all`` (or ``last``): Hydra's layer
+      without its look-ahead, for comparison with the bidirectional one.
     """
 
     bidirectional = True
-    TRAIN_TARGETS = ("last", "cloze")  # every position would see its own target under ``all``
+    TRAIN_TARGETS = ("last", "all", "cloze")  # ``all`` with ``causal: True`` only (regime.check_train_targets)
     # read at the last real position, the last layer skips its backward scan: its parameters get no
     # gradient in that step (distributed training must not wait for them)
     may_leave_parameters_unused = True
 
     def __init__(self, config, dataset):
         self.cloze = (config["train_targets"] or "last") == "cloze"
+        self.causal = require(config, "causal", lambda v: isinstance(v, bool), "True or False", default=False)
+        if self.causal and self.cloze:
+            raise ConfigError("causal=True cannot train with train_targets=cloze (a masked item would not see "
+                              "the items after it); use train_targets=all or last, or causal=False")
         super().__init__(config, dataset)
         if self.cloze:
             self.mask_id = self.n_items  # one past the last item id: never scored
@@ -38,7 +47,7 @@ class Hydra4Rec(SSMRecommender):
             self.mask_embedding.weight.data.normal_(mean=0.0, std=0.02)
 
     def make_mixer(self, config):
-        return HydraMixer(self.hidden_size, **ssd_settings(self, config, odd_conv=True))
+        return HydraMixer(self.hidden_size, **ssd_settings(self, config, odd_conv=True), causal=self.causal)
 
     def embed(self, item_seq: torch.Tensor) -> torch.Tensor:
         if not self.cloze:

@@ -11,6 +11,17 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 TORCH_VERSION=${TORCH_VERSION:-2.13.0}
 
+# From a shell with $VENV activated, $VENV/bin comes first on PATH: look for interpreters as if
+# it were not (picking $VENV's own python3 would delete it while recreating $VENV with it).
+if [ -d "$VENV/bin" ]; then
+    path=""
+    IFS=: read -r -a entries <<< "$PATH"
+    for entry in "${entries[@]}"; do
+        if [ -n "$entry" ] && ! [ "$entry" -ef "$VENV/bin" ]; then path="${path:+$path:}$entry"; fi
+    done
+    PATH=$path
+fi
+
 version_of() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null; }
 supported() { case "$1" in 3.10|3.11|3.12|3.13) return 0 ;; *) return 1 ;; esac; }
 

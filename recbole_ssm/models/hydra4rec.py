@@ -3,8 +3,8 @@
 import torch
 import torch.nn as nn
 
-from recbole_ssm.layers import HydraMixer
 from recbole_ssm.errors import ConfigError
+from recbole_ssm.layers import HydraMixer
 from recbole_ssm.models.base import SSMRecommender, ssd_settings
 from recbole_ssm.validate import require
 

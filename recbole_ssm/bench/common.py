@@ -416,3 +416,15 @@ def worker_main(argv: list[str], work, command: str) -> int:
         print(f"error: this module is run by `run_recbole_ssm.py bench {command}`", file=sys.stderr)
         code = 2
     return code
+
+
+def save_png(fig, path: str) -> None:
+    """Write a matplotlib figure to ``path`` whole or not at all (a temp file, then a rename) and
+    close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), "." + os.path.basename(path) + ".tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)

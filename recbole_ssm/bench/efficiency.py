@@ -38,6 +38,7 @@ from recbole_ssm.bench.common import (
     parse_model_specs,
     record_name,
     reuse_or_schedule,
+    save_png,
     settings_files_digest,
     worker_main,
 )
@@ -346,11 +347,7 @@ def plot(rows: list[dict], path_time: str, path_mem: str, title: str) -> None:
         if axes[0].get_legend_handles_labels()[0]:
             axes[0].legend(fontsize=8)
         fig.suptitle(title, fontsize=9)
-        fig.tight_layout()
-        tmp = os.path.join(os.path.dirname(os.path.abspath(path)), "." + os.path.basename(path) + ".tmp.png")
-        fig.savefig(tmp, dpi=90)
-        plt.close(fig)
-        os.replace(tmp, path)
+        save_png(fig, path)
 
 
 # ---------------------------------------------------------------------------------------

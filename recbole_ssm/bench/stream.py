@@ -21,6 +21,7 @@ from recbole_ssm.bench.common import (
     markdown_table,
     median,
     parse_model_specs,
+    save_png,
 )
 from recbole_ssm.bench.efficiency import SYNTH, synthetic_config, write_synthetic_dataset
 from recbole_ssm.errors import UsageError
@@ -171,11 +172,7 @@ def plot(results: dict, labels, lengths, path: str, title: str) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     ax.set_title(title, fontsize=8)
-    fig.tight_layout()
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), "." + os.path.basename(path) + ".tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_png(fig, path)
 
 
 def _replot(output: str) -> int:

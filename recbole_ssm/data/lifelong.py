@@ -31,7 +31,7 @@ import tempfile
 import numpy as np
 
 from recbole_ssm.errors import UsageError
-from recbole_ssm.options import ArgParser
+from recbole_ssm.options import ArgParser, Opt
 
 
 def generate(users: int, length: int, items: int, topics: int, personal: int, rate: float,
@@ -116,13 +116,7 @@ def _main(argv: list[str]) -> int:
                         "for each L, instead of writing files")
     args = p.parse_args(argv)
     if args.counting_hit:
-        try:
-            lengths = [int(v) for v in args.counting_hit.split(",")]
-        except ValueError:
-            raise UsageError(f"--counting-hit takes whole numbers separated by commas, got {args.counting_hit!r}") \
-                from None
-        if min(lengths) < 1:
-            raise UsageError(f"--counting-hit takes lengths >= 1, got {args.counting_hit!r}")
+        lengths = Opt(None, "ints", minimum=1).read("counting-hit", args.counting_hit)
         histories, _ = generate(args.users, args.length, args.items, args.topics, args.personal, args.rate, args.seed)
         for n in lengths:
             print(f"L={n}\thit@10={counting_hit(histories, args.items, args.topics, n):.4f}")

@@ -41,6 +41,9 @@ user's cached state, and DIR/stream.png (both latencies against n, log-log). --p
 DIR/stream.png from DIR/stream.csv without measuring.
 """
 
+# stream.csv's columns that --plot_only reads back
+MODEL, HISTORY, STEP, REENCODE = "Model", "History n", "Step (ms/event)", "Re-encode (ms/event)"
+
 OPTIONS = {
     "models": Opt("Mamba4Rec,Mamba2Rec,SASRec"), "lengths": Opt("100,500,1000,2000,4000", "ints", minimum=1),
     "baseline": Opt("SASRec"), "repeats": Opt(30, "whole", minimum=1), "k": Opt(10, "whole", minimum=1),
@@ -185,16 +188,16 @@ def _replot(output: str) -> int:
             rows = list(csv.DictReader(f))
     except FileNotFoundError:
         raise UsageError(f"--plot_only: no {path}; run bench stream with --output={output} first") from None
-    if not rows or "Re-encode (ms/event)" not in rows[0]:
+    if not rows or not {MODEL, HISTORY, STEP, REENCODE} <= rows[0].keys():
         raise UsageError(f"--plot_only: {path} is not a bench stream table")
-    labels = list(dict.fromkeys(r["Model"] for r in rows))
-    lengths = sorted({int(r["History n"]) for r in rows})
+    labels = list(dict.fromkeys(r[MODEL] for r in rows))
+    lengths = sorted({int(r[HISTORY]) for r in rows})
     results = {}
     for r in rows:
-        point = {"reencode_ms": float(r["Re-encode (ms/event)"])}
-        if r["Step (ms/event)"] != "-":
-            point["step_ms"] = float(r["Step (ms/event)"])
-        results[r["Model"], int(r["History n"])] = point
+        point = {"reencode_ms": float(r[REENCODE])}
+        if r[STEP] != "-":
+            point["step_ms"] = float(r[STEP])
+        results[r[MODEL], int(r[HISTORY])] = point
     missing = [(m, n) for m in labels for n in lengths if (m, n) not in results]
     if missing:
         raise UsageError(f"--plot_only: {path} lacks {missing[0][0]} at n={missing[0][1]}")
@@ -206,7 +209,7 @@ def _replot(output: str) -> int:
 def _report(results: dict, labels, lengths, baseline: str, argv, k: int, n_items: int, hidden: int, repeats: int,
             torch) -> tuple[str, list, list]:
     """stream.md's text, and the table's header and rows (for stream.csv)."""
-    header = ["Model", "History n", "Step (ms/event)", "Re-encode (ms/event)", f"{baseline} re-encode / step",
+    header = [MODEL, HISTORY, STEP, REENCODE, f"{baseline} re-encode / step",
               "Re-encode / baseline re-encode", "State (bytes/user)"]
     rows = []
     for label in labels:

@@ -111,8 +111,8 @@ class HydraMixer(nn.Module):
         x, bc = torch.split(xbc, [self.d_inner, 4 * gn], dim=-1)
         A = -torch.exp(self.A_log.float())
         if self.causal or (index is not None and self.reads_last_real(mask, index, seqlen)):
-            # The backward scan at index + 1 sees only masked (zero) inputs, so its contribution
-            # at the read position is exactly 0: only the forward scan is computed.
+            # Causal: the forward scan only. Read at the last real position: the backward scan at
+            # index + 1 sees only masked (zero) inputs, so its contribution there is exactly 0.
             y = mamba_chunk_scan_combined(
                 x.reshape(bsz, seqlen, self.nheads, self.headdim), dt[..., : self.nheads], A,
                 bc[..., :gn].reshape(bsz, seqlen, self.ngroups, self.d_state),

@@ -61,6 +61,30 @@ def restore_numpy_aliases() -> list[str]:
     return missing
 
 
+# RecBole's sine.py runs torch.autograd.set_detect_anomaly(True) when it is imported, and it is
+# imported with recbole.model.sequential_recommender (for SASRec, GRU4Rec, BERT4Rec, any model
+# lookup, any checkpoint): from then on every backward pass of every model in the process checks
+# each gradient for NaN and every forward op records a traceback (about a fifth of a CPU training
+# step; docs/results.md). That package is imported here, and the process's anomaly setting is put
+# back as it was before the import.
+RECBOLE_SEQUENTIAL = "recbole.model.sequential_recommender"
+
+
+def import_recbole_sequential_models() -> types.ModuleType:
+    """``recbole.model.sequential_recommender``, imported without leaving anomaly mode switched on."""
+    import importlib
+
+    import torch
+
+    if RECBOLE_SEQUENTIAL in sys.modules:
+        return sys.modules[RECBOLE_SEQUENTIAL]
+    enabled, check_nan = torch.is_anomaly_enabled(), torch.is_anomaly_check_nan_enabled()
+    try:
+        return importlib.import_module(RECBOLE_SEQUENTIAL)
+    finally:
+        torch.autograd.set_detect_anomaly(enabled, check_nan)
+
+
 # RecBole pickles its checkpoints with protocol 4, which torch's weights_only loader cannot
 # read at all (it rejects the FRAME opcode), and they hold the Config object. A checkpoint
 # is read by an unpickler that may build only the types below, so a file cannot run code.
@@ -111,6 +135,7 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     """Read a RecBole checkpoint written anywhere, without letting it run code."""
     import torch
 
+    import_recbole_sequential_models()  # the unpickler may import RecBole's model classes
     return torch.load(path, map_location=map_location, weights_only=False, pickle_module=_checkpoint_pickle)
 
 

@@ -30,7 +30,9 @@ def plugin_models() -> dict:
 def recbole_sequential_models() -> list[str]:
     from recbole.model.abstract_recommender import SequentialRecommender
 
-    mod = importlib.import_module("recbole.model.sequential_recommender")
+    from recbole_ssm import compat
+
+    mod = compat.import_recbole_sequential_models()
     return sorted(
         name
         for name, obj in vars(mod).items()

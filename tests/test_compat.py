@@ -140,3 +140,25 @@ def test_recbole_syntax_warnings_are_silenced_for_recboles_files_only():
         compile(source, os.path.join("elsewhere", "mine.py"), "exec")
     files = {w.filename for w in seen if issubclass(w.category, SyntaxWarning)}
     assert files == {os.path.join("elsewhere", "mine.py")}  # effective, and only for RecBole's files
+
+
+def _anomaly_after(code: str) -> list[str]:
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", code + "\nprint(torch.is_anomaly_enabled())"],
+                         capture_output=True, text=True, timeout=300, check=True)
+    return out.stdout.split()
+
+
+def test_importing_recboles_models_leaves_anomaly_mode_as_it_was():
+    # needed: RecBole's sequential models package switches autograd's anomaly mode on for good
+    assert _anomaly_after("import torch; import recbole.model.sequential_recommender") == ["True"]
+    # effective, by every path recbole-ssm imports it: the plugin's models, a RecBole model by name,
+    # and a checkpoint's classes
+    assert _anomaly_after("import torch; import recbole_ssm.models.sasrec") == ["False"]
+    assert _anomaly_after("import torch; from recbole_ssm import get_model; get_model('NARM')") == ["False"]
+    assert _anomaly_after("import torch; from recbole_ssm import compat; compat.import_recbole_sequential_models()"
+                          ) == ["False"]
+    # a process that asked for anomaly mode keeps it
+    assert _anomaly_after("import torch; torch.autograd.set_detect_anomaly(True); import recbole_ssm.models\n"
+                          "print(torch.is_anomaly_check_nan_enabled())") == ["True", "True"]

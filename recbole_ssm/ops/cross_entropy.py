@@ -40,11 +40,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
             h = hidden[start : start + rows]  # (p, d)
             t = targets[start : start + rows]  # (p,)
             logits = h @ weight.t()  # (p, n)
-            lse = torch.logsumexp(logits, dim=-1)  # (p,)
-            total += (lse - logits.gather(1, t.unsqueeze(1)).squeeze(1)).sum()
+            target_logit = logits.gather(1, t.unsqueeze(1))  # (p, 1), before the logits are overwritten
+            # log-sum-exp with one exp pass, in place: the exponentials are reused for the softmax
+            top = logits.amax(dim=1, keepdim=True)  # (p, 1); finite for finite inputs
+            expd = logits.sub_(top).exp_()  # exp(logits - top), in (0, 1]
+            norm = expd.sum(dim=1, keepdim=True)  # (p, 1), >= 1
+            total += (top + norm.log() - target_logit).sum()
             if want_grad:
                 # d(sum of CE)/d(logits) = softmax - onehot, formed in place over the logits
-                dlogits = logits.sub_(lse.unsqueeze(1)).exp_()
+                dlogits = expd.div_(norm)
                 dlogits[torch.arange(t.numel(), device=t.device), t] -= 1.0
                 if dhidden is not None:
                     dhidden[start : start + rows] = dlogits @ weight  # (p, d)

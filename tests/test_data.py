@@ -531,6 +531,37 @@ def test_lifelong_generator_is_deterministic_with_personal_topics_recurring_and_
     assert [r[1] for r in rows[:60]] == [f"i{i}" for i in first[0].tolist()]
 
 
+def test_lifelong_bursts_hide_the_targets_interest_from_the_last_gap_events(tmp_path):
+    from recbole_ssm.data.lifelong import counting_hit, generate, write
+
+    args = (60, 503, 400, 80, 5, 0.3)
+    a, own = generate(*args, seed=4, burst=7, gap=40)
+    b, _ = generate(*args, seed=4, burst=7, gap=40)
+    assert all((x == y).all() for x, y in zip(a, b))
+    size = 400 // 80
+    hidden = 0
+    for seq, topics in zip(a, own):
+        topic = (seq - 1) // size
+        assert len(seq) == 503 and seq.min() >= 1 and seq.max() <= 400
+        body = topic[:-2]
+        for start in range(0, len(body), 7):  # one topic per burst of 7
+            assert len(set(body[start : start + 7].tolist())) == 1
+        for j in (501, 502):  # each target: a personal topic absent from the 40 events before it, when one is
+            assert topic[j] in topics
+            recent = set(topic[j - 40 : j].tolist())
+            if not set(topics.tolist()) <= recent:
+                assert topic[j] not in recent
+                hidden += 1
+    assert hidden > 100  # the rule above was exercised, not skipped
+    # reading the last 40 events gives next to nothing; the whole history tells the personal topics
+    assert counting_hit(a, 400, 80, 40) < 0.1 < counting_hit(a, 400, 80, 502) - 0.15
+    write(str(tmp_path / "data" / "t-burst"), users=3, length=50, items=100, topics=10, seed=3, burst=5,
+          verbose=False)
+    _, rows = read_inter(tmp_path, "t-burst")
+    first, _ = generate(3, 50, 100, 10, 3, 0.02, seed=3, burst=5)
+    assert [r[1] for r in rows[:50]] == [f"i{i}" for i in first[0].tolist()]
+
+
 def test_lifelong_counting_rule_matches_a_plain_ranking_and_gains_from_the_long_history(capsys):
     from collections import Counter
 
@@ -558,6 +589,7 @@ def test_lifelong_counting_rule_matches_a_plain_ranking_and_gains_from_the_long_
     out = capsys.readouterr().out.splitlines()
     assert out == [f"L=50\thit@10={reference(50):.4f}", f"L=599\thit@10={reference(599):.4f}"]
     assert main(["--counting-hit", "0"]) == 2 and main([]) == 2  # one-line errors, exit code 2
+    assert main(["--burst=-1", "--counting-hit", "50"]) == 2
 
 
 @pytest.mark.slow

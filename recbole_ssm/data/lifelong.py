@@ -13,8 +13,17 @@ Hit@10 is about ``10 / topic size`` for a model that knows the user's topics (an
 for one that does not). The same seed gives the same files.
 
 ``--topics`` equal to ``--items`` makes every topic one item: a user's own items then recur
-through the whole history. ``--counting-hit 50,2000`` prints, instead of writing files, the Hit@10
-on each user's last event of a rule that knows the topics and counts them in the last L events
+through the whole history.
+
+``--burst B`` makes the events come in bursts of ``B`` on one topic (personal with probability
+``rate``, else random), so most next items follow from the last few events and the model learns
+the topics; the two targets are then each from a personal topic that does *not* occur in the
+``--gap`` events before it (default 50; if every personal topic does, any personal topic). A model
+that reads only the last ``gap`` events cannot tell which personal topics are left, one that reads
+the whole history can: the interest it needs last showed up long before.
+
+``--counting-hit 50,2000`` prints, instead of writing files, the Hit@10 on each user's last event
+of a rule that knows the topics and counts them in the last L events
 (``counting_hit``): what reading L events can give.
 
 The events are written in the seqtext layout and converted by ``prepare`` (no k-core filter),
@@ -35,23 +44,39 @@ from recbole_ssm.options import ArgParser, Opt
 
 
 def generate(users: int, length: int, items: int, topics: int, personal: int, rate: float,
-             seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Each user's item ids (1..items) in time order, and each user's personal topics."""
+             seed: int, burst: int = 0, gap: int = 50) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each user's item ids (1..items) in time order, and each user's personal topics.
+
+    ``burst`` 0: every event draws its own topic. ``burst`` B >= 1: events come in bursts of B on
+    one topic, and each of the last two events is from a personal topic absent from the ``gap``
+    events before it (when one is)."""
     if not (users >= 1 and length >= 3 and topics >= 1 and 1 <= personal <= topics and items >= topics
-            and 0.0 <= rate <= 1.0):
+            and 0.0 <= rate <= 1.0 and burst >= 0 and gap >= 1):
         raise UsageError(
-            f"lifelong: need users >= 1, length >= 3, 1 <= personal <= topics <= items and 0 <= rate <= 1 "
-            f"(got users={users}, length={length}, items={items}, topics={topics}, personal={personal}, "
-            f"rate={rate})"
+            f"lifelong: need users >= 1, length >= 3, 1 <= personal <= topics <= items, 0 <= rate <= 1, "
+            f"burst >= 0 and gap >= 1 (got users={users}, length={length}, items={items}, topics={topics}, "
+            f"personal={personal}, rate={rate}, burst={burst}, gap={gap})"
         )
     rng = np.random.default_rng(seed)
     size = items // topics  # items per topic; the remainder is never used
     out, owns = [], []
     for _ in range(users):
         own = rng.choice(topics, size=personal, replace=False)
-        is_personal = rng.random(length) < rate
-        is_personal[-2:] = True
-        topic = np.where(is_personal, own[rng.integers(0, personal, length)], rng.integers(0, topics, length))
+        if burst:
+            n = -(-(length - 2) // burst)
+            is_personal = rng.random(n) < rate
+            per_burst = np.where(is_personal, own[rng.integers(0, personal, n)], rng.integers(0, topics, n))
+            topic = np.empty(length, dtype=np.int64)
+            topic[: length - 2] = np.repeat(per_burst, burst)[: length - 2]
+            for j in (length - 2, length - 1):
+                recent = topic[max(0, j - gap) : j]
+                left = own[~np.isin(own, recent)]
+                choices = left if len(left) else own
+                topic[j] = choices[rng.integers(0, len(choices))]
+        else:
+            is_personal = rng.random(length) < rate
+            is_personal[-2:] = True
+            topic = np.where(is_personal, own[rng.integers(0, personal, length)], rng.integers(0, topics, length))
         out.append(topic * size + rng.integers(0, size, length) + 1)
         owns.append(np.sort(own))
     return out, owns
@@ -77,11 +102,11 @@ def counting_hit(histories: list[np.ndarray], items: int, topics: int, length: i
 
 def write(output: str, users: int = 500, length: int = 2000, items: int = 4000, topics: int = 200,
           personal: int = 3, rate: float = 0.02, seed: int = 0, max_item_list_length: int | None = None,
-          force: bool = False, verbose: bool = True) -> dict:
+          force: bool = False, verbose: bool = True, burst: int = 0, gap: int = 50) -> dict:
     """Generate and convert to ``output`` (a folder named like the data set); returns the summary."""
     from recbole_ssm.data.pipeline import prepare
 
-    histories, _ = generate(users, length, items, topics, personal, rate, seed)
+    histories, _ = generate(users, length, items, topics, personal, rate, seed, burst, gap)
     with tempfile.TemporaryDirectory() as tmp:
         text = os.path.join(tmp, "lifelong.txt")
         with open(text, "w", encoding="utf-8") as f:
@@ -108,6 +133,10 @@ def _main(argv: list[str]) -> int:
     p.add_argument("--topics", type=int, default=200)
     p.add_argument("--personal", type=int, default=3, help="personal topics per user")
     p.add_argument("--rate", type=float, default=0.02, help="share of events from personal topics")
+    p.add_argument("--burst", type=int, default=0,
+                   help="events come in bursts of this many on one topic (0: each event its own topic)")
+    p.add_argument("--gap", type=int, default=50,
+                   help="with --burst: the targets' topics are absent from this many events before them")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-item-list-length", type=int, help="MAX_ITEM_LIST_LENGTH in NAME.yaml (default --length)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
@@ -117,7 +146,8 @@ def _main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if args.counting_hit:
         lengths = Opt(None, "ints", minimum=1).read("counting-hit", args.counting_hit)
-        histories, _ = generate(args.users, args.length, args.items, args.topics, args.personal, args.rate, args.seed)
+        histories, _ = generate(args.users, args.length, args.items, args.topics, args.personal, args.rate, args.seed,
+                                args.burst, args.gap)
         for n in lengths:
             print(f"L={n}\thit@10={counting_hit(histories, args.items, args.topics, n):.4f}")
         return 0
@@ -125,7 +155,7 @@ def _main(argv: list[str]) -> int:
         raise UsageError("lifelong: --output is required: the folder to write, named like the data set "
                          "(e.g. --output dataset/lifelong-synth)")
     write(args.output, args.users, args.length, args.items, args.topics, args.personal, args.rate, args.seed,
-          args.max_item_list_length, args.force)
+          args.max_item_list_length, args.force, burst=args.burst, gap=args.gap)
     return 0
 
 

@@ -56,11 +56,18 @@ def check_train_targets(config, model_class) -> str:
         raise ConfigError(f"invalid train_targets={value!r}: 'last' (one sample per prefix), 'all' (every "
                           "position; causal models) or 'cloze' (masked items; bidirectional models)")
     name = model_class.__name__
-    if value == "all" and getattr(model_class, "bidirectional", False) and config["causal"] is not True:
-        causal = " or causal=True (its forward direction only)" if "all" in supported_targets(model_class) else ""
+    exact = getattr(model_class, "trains_every_prefix", None)
+    if value == "all" and getattr(model_class, "bidirectional", False) and not (exact and exact(config)):
+        if "all" in supported_targets(model_class):  # Hydra4Rec with more than one layer
+            raise ConfigError(
+                f"train_targets=all cannot train {name} with num_layers={config['num_layers']}: with more than "
+                "one bidirectional layer a position's output would see its own target; use num_layers=1 (its "
+                "every-prefix pass is exact), causal=True (the forward direction only), or "
+                "train_targets=cloze or last"
+            )
         raise ConfigError(
             f"train_targets=all cannot train {name}: it is bidirectional, so every position would see "
-            f"its own target; use train_targets=cloze (masked items) or last{causal}"
+            f"its own target; use train_targets=cloze (masked items) or last"
         )
     if value not in supported_targets(model_class):
         from recbole_ssm.registry import models_supporting

@@ -309,6 +309,57 @@ def test_causal_hydra_all_positions_loss_equals_its_prefix_loss_with_gradients(l
         torch.testing.assert_close(grads_all[key], grads_last[key], rtol=1e-8, atol=1e-10, msg=key)
 
 
+@pytest.mark.parametrize("d_conv,ngroups,chunk,seed", [(7, 1, 256, 31), (5, 2, 4, 32), (3, 1, 3, 33), (1, 2, 5, 34),
+                                                       (9, 1, 4, 35)])
+def test_hydra_prefix_outputs_are_each_prefix_read_at_its_end(d_conv, ngroups, chunk, seed):
+    """HydraMixer.prefix_outputs at position t equals forward on the prefix ending at t (mask cut
+    after t, index t), for every t; float64, random weights everywhere (conv taps both sides of
+    the centre, conv bias, dt bias, A, the diagonal), odd lengths, scan chunks shorter than L."""
+    from recbole_ssm.layers import HydraMixer
+
+    torch.manual_seed(seed)
+    mixer = HydraMixer(8, d_state=4, d_conv=d_conv, expand=2, headdim=4, ngroups=ngroups, chunk_size=chunk).double()
+    with torch.no_grad():
+        for p in mixer.parameters():
+            p.copy_(torch.randn_like(p) * 0.5)
+        mixer.A_log.copy_(torch.rand_like(mixer.A_log) - 0.5)
+    lengths = torch.tensor([13, 1, 6, 9])
+    hidden = torch.randn(4, 13, 8, dtype=torch.float64)
+    mask = torch.arange(13).unsqueeze(0) < lengths.unsqueeze(1)
+    got = mixer.prefix_outputs(hidden, mask)
+    assert got.shape == (4, 13, 8)
+    for t in range(13):
+        cut = mask & (torch.arange(13) <= t).unsqueeze(0)
+        index = torch.full((4,), t)
+        want = mixer(hidden, cut, index)
+        rows = lengths > t  # rows where t is a real position
+        torch.testing.assert_close(got[rows, t], want[rows], rtol=1e-10, atol=1e-10, msg=f"t={t}")
+
+
+@pytest.mark.parametrize("loss_type", ["CE", "BPR"])
+def test_one_layer_hydra_all_positions_loss_equals_its_prefix_loss_with_gradients(loss_type, tiny_dataset,
+                                                                                   tiny_data):
+    """The bidirectional one-layer Hydra4Rec (the default) under `all` trains exactly its `last`
+    targets and outputs: loss and every gradient, float64, random conv taps after the centre."""
+    _config, train, _test = tiny_dataset
+    bpr = {"loss_type": loss_type, **({"train_neg_sample_args": {"distribution": "uniform", "sample_num": 1}}
+                                      if loss_type == "BPR" else {})}
+    model = make_model("Hydra4Rec", train, tiny_data, num_layers=1, d_conv=5, chunk_size=4, **bpr)
+    with torch.no_grad():
+        conv = model.layers[0].mixer.conv1d.weight
+        conv.copy_(torch.randn(conv.shape, generator=torch.Generator().manual_seed(27), dtype=conv.dtype))
+    histories = random_histories(model.n_items, [13, 2, 7, 10, 5], seed=28)
+    neg_of = (lambda t: (t * 5 + 2) % (model.n_items - 1) + 1) if loss_type == "BPR" else None
+    prefixes = prefix_batch(histories, 12, neg_of)
+    n = len(prefixes)
+    loss_all, grads_all = loss_and_grads(model, window_batch(histories, 12, neg_of), n)
+    loss_last, grads_last = loss_and_grads(model, prefixes, n)
+    torch.testing.assert_close(loss_all, loss_last, rtol=1e-10, atol=1e-10)
+    assert grads_all.keys() == grads_last.keys() and grads_all
+    for key in grads_all:
+        torch.testing.assert_close(grads_all[key], grads_last[key], rtol=1e-8, atol=1e-10, msg=key)
+
+
 def test_causal_hydra_reads_nothing_after_each_position(tiny_dataset, tiny_data):
     _config, train, _test = tiny_dataset
     model = make_model("Hydra4Rec", train, tiny_data, num_layers=2, causal=True, trim_padding=False).eval()
@@ -353,9 +404,12 @@ def test_baselines_behave_exactly_as_recboles_under_last(name, tiny_dataset, tin
 # configuration and a whole run
 
 
-def test_bidirectional_hydra_refuses_all_with_a_config_error(tiny_data):
-    with pytest.raises(ConfigError, match="bidirectional"):
-        build_config("Hydra4Rec", "ml-tiny", None, {**TINY, "data_path": tiny_data, "train_targets": "all"})
+def test_bidirectional_hydra_refuses_all_with_more_than_one_layer(tiny_data):
+    with pytest.raises(ConfigError, match="more than one bidirectional layer"):
+        build_config("Hydra4Rec", "ml-tiny", None, {**TINY, "data_path": tiny_data, "train_targets": "all",
+                                                    "num_layers": 2})
+    config, _ = build_config("Hydra4Rec", "ml-tiny", None, {**TINY, "data_path": tiny_data, "train_targets": "all"})
+    assert config["num_layers"] == 1 and config["train_targets"] == "all"
 
 
 @pytest.mark.parametrize("over,match", [
@@ -367,7 +421,7 @@ def test_bidirectional_hydra_refuses_all_with_a_config_error(tiny_data):
     ({"train_targets": "all", "train_window_batch_size": 0}, "invalid train_window_batch_size=0"),
     ({"train_targets": "cloze"}, "train_targets=cloze is not available for Mamba2Rec; models that support it: "
                                  "BERT4Rec, Hydra4Rec"),
-    ({"model": "Hydra4Rec", "train_targets": "all"}, "use train_targets=cloze (masked items) or last or causal=True"),
+    ({"model": "Hydra4Rec", "train_targets": "all", "num_layers": 3}, "cannot train Hydra4Rec with num_layers=3"),
     ({"model": "Hydra4Rec", "train_targets": "cloze", "mask_ratio": 0}, "invalid mask_ratio=0"),
     ({"model": "Hydra4Rec", "train_targets": "cloze", "mask_ratio": 1.5}, "invalid mask_ratio=1.5"),
 ])

@@ -91,7 +91,7 @@ class SSMLayer(nn.Module):
         h = self.LayerNorm(h)
         return self.ffn(h)
 
-    def _after_mixer(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def after_mixer(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         h = self.dropout(h)
         if self.residual:
             h = h + x
@@ -99,12 +99,12 @@ class SSMLayer(nn.Module):
 
     def step(self, x: torch.Tensor, state) -> torch.Tensor:
         """One position: x (B, d) -> (B, d); the mixer's ``state`` is advanced in place (causal mixers)."""
-        return self._after_mixer(self.mixer.step(x, state), x)
+        return self.after_mixer(self.mixer.step(x, state), x)
 
     def prefill(self, x: torch.Tensor, lengths: torch.Tensor):
         """The whole sequence (B, L, d) -> (output (B, L, d), the mixer's state after each row's last real item)."""
         h, state = self.mixer.prefill(x, lengths)
-        return self._after_mixer(h, x), state
+        return self.after_mixer(h, x), state
 
 
 class ResidualMixer(nn.Module):

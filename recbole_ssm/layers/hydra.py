@@ -18,11 +18,21 @@ from recbole_ssm.layers.block import gated_projection, take
 from recbole_ssm.layers.init import dt_bias_init
 from recbole_ssm.layers.norm import RMSNormGated
 from recbole_ssm.ops import mamba_chunk_scan_combined
+from recbole_ssm.ops.common import step_sizes
 
 
-def _shift_right(y: torch.Tensor) -> torch.Tensor:
-    """y[:, t] <- y[:, t-1], y[:, 0] <- 0 along dim 1."""
-    return F.pad(y[:, :-1], (0, 0) * (y.dim() - 2) + (1, 0))
+def _shift_right(y: torch.Tensor, steps: int = 1) -> torch.Tensor:
+    """y[:, t] <- y[:, t-steps], 0 for t < steps, along dim 1."""
+    if steps <= 0:
+        return y
+    return F.pad(y[:, : max(y.size(1) - steps, 0)], (0, 0) * (y.dim() - 2) + (min(steps, y.size(1)), 0))
+
+
+def _shift_left(y: torch.Tensor, steps: int) -> torch.Tensor:
+    """y[:, t] <- y[:, t+steps], 0 for t >= L - steps, along dim 1."""
+    if steps <= 0:
+        return y
+    return F.pad(y[:, steps:], (0, 0) * (y.dim() - 2) + (0, min(steps, y.size(1))))
 
 
 class HydraMixer(nn.Module):
@@ -92,6 +102,71 @@ class HydraMixer(nn.Module):
             return fwd + bwd, take(x, index)
         y2 = _shift_right(y2)  # strictly causal in each direction
         return y2[:bsz] + y2[bsz:].flip(1), x  # (B, L, D)
+
+    def prefix_outputs(self, hidden: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, L, d_model) -> (B, L, d_model): at each real position t, what ``forward`` gives for the
+        prefix that ends at t read at t (``mask`` cut after t, ``index`` t), for every t in one pass.
+
+        Read at the last real position the backward scan contributes nothing, so the output is the
+        forward scan's, whose inputs near t come from the centred convolution: with R = d_conv // 2,
+        the convolution outputs at t-R+1 .. t look ahead past t, where the prefix has zeros. Those
+        few positions are recomputed with the taps that would read past t left out; the positions
+        up to t-R are the whole sequence's. So, with S the scan state after position t-R and dt
+        the step sizes, the output at t is ``C'_{t-1} . (exp(A (dt_{t-R+1} + .. + dt_{t-1})) S
+        + sum over s = t-R+1 .. t-1 of exp(A (dt_{s+1} + .. + dt_{t-1})) dt_s B'_s x'_s)`` plus the
+        diagonal term of x'_t (primes: the prefix's convolution outputs), computed as one SSD scan
+        with the query C'_{t-1} placed at position t-R, plus R-1 position-wise terms.
+        """
+        if self.causal:
+            return self.forward(hidden, mask)  # already position t's own prefix output
+        bsz, seqlen, _ = hidden.shape
+        keep = None if mask is None else mask.unsqueeze(-1).to(hidden.dtype)
+        if keep is not None:
+            hidden = hidden * keep
+        z, rest = gated_projection(self.in_proj, hidden, self.d_inner, gate_first=True)
+        gn, heads, hd = self.ngroups * self.d_state, self.nheads, self.headdim
+        n_fwd = self.d_inner + 2 * gn  # x, B and C of the forward direction
+        u = rest[..., :n_fwd].transpose(1, 2)  # (B, C, L)
+        weight, bias = self.conv1d.weight[:n_fwd], self.conv1d.bias[:n_fwd]
+        k = weight.size(-1)
+        radius = k // 2
+        reach = max(radius, 1)  # positions t-reach+1 .. t differ between the prefix and the sequence
+        offsets = torch.arange(k, device=weight.device) - radius
+
+        def conv(ahead: int):
+            """x (B, L, H, P), B and C (B, L, G, N) from the convolution's taps up to ``ahead`` after the centre."""
+            w = weight if ahead >= radius else weight * (offsets <= ahead).to(weight.dtype)
+            out = F.silu(F.conv1d(u, w, bias, padding=radius, groups=n_fwd).transpose(1, 2))
+            if keep is not None:
+                out = out * keep
+            x_, b_, c_ = torch.split(out, [self.d_inner, gn, gn], dim=-1)
+            return (x_.reshape(bsz, seqlen, heads, hd), b_.reshape(bsz, seqlen, self.ngroups, self.d_state),
+                    c_.reshape(bsz, seqlen, self.ngroups, self.d_state))
+
+        x_all, b_all, _ = conv(radius)
+        _, _, c_one = conv(1)  # C'_{t-1} of the prefix ending at t is read at position t-1: one tap ahead
+        A = -torch.exp(self.A_log.float())
+        cdt = torch.promote_types(hidden.dtype, torch.float32)
+        dt = step_sizes(rest[..., n_fwd + 2 * gn : n_fwd + 2 * gn + heads], self.dt_bias.float(), True, cdt)
+        cum = torch.cumsum(dt, dim=1)  # (B, L, H)
+        query = _shift_left(c_one, reach - 1)  # at position p: C'_{p+reach-1}, the query of output p+reach
+        scan = mamba_chunk_scan_combined(x_all, dt, A, b_all, query, self.chunk_size)  # (B, L, H, P)
+        # output t reads the scan at t-reach, decayed over dt_{t-reach+1} .. dt_{t-1}
+        decay = torch.exp(A * (_shift_right(cum, 1) - _shift_right(cum, reach)))  # (B, L, H)
+        y = _shift_right(scan, reach) * decay.unsqueeze(-1).to(scan.dtype)
+        c_prev = _shift_right(c_one, 1)  # (B, L, G, N): C'_{t-1}
+        per_group = heads // self.ngroups
+        for back in range(1, reach):  # s = t - back, convolved with the taps up to ``back`` ahead
+            x_s, b_s, _ = conv(back)
+            x_s, b_s = _shift_right(x_s, back), _shift_right(b_s, back)
+            cb = (c_prev * b_s).sum(-1).repeat_interleave(per_group, dim=-1)  # (B, L, H)
+            weight_s = torch.exp(A * (_shift_right(cum, 1) - _shift_right(cum, back))) * _shift_right(dt, back)
+            y = y + (cb * weight_s).unsqueeze(-1).to(x_s.dtype) * x_s
+        x_now = conv(0)[0].reshape(bsz, seqlen, self.d_inner)  # x'_t: no tap after the centre
+        y = y.reshape(bsz, seqlen, self.d_inner).to(x_now.dtype)
+        diag = F.linear(x_now, self.fc_D.weight, self.D)
+        y = y + x_now * diag.repeat_interleave(hd, dim=-1)
+        return self.out_proj(self.norm(y, z))
 
     def forward(
         self, hidden: torch.Tensor, mask: Optional[torch.Tensor] = None, index: Optional[torch.Tensor] = None

@@ -23,13 +23,19 @@ class Hydra4Rec(SSMRecommender):
       masked items predicted from the outputs at their positions. The next item is predicted
       from the output at a mask token appended after the history, so the model has one more
       embedding, the mask token's.
+    - ``train_targets: all`` with ``num_layers: 1``: the ``last`` regime's training, exactly, in
+      one pass per window: ``prefix_outputs`` gives at every position t what ``forward`` gives
+      for the prefix ending at t (``HydraMixer.prefix_outputs``), so the loss over a window equals
+      the sum of the ``last`` losses of its prefixes, at about the cost of a causal model's pass.
+      With more layers a position's output depends on the items after it, and ``all`` is refused.
     - ``causal: True``: the forward direction only (no convolution taps after the centre, no
       backward scan), a causal model that trains under ``all`` (or ``last``): Hydra's layer
       without its look-ahead, for comparison with the bidirectional one.
     """
 
     bidirectional = True
-    TRAIN_TARGETS = ("last", "all", "cloze")  # ``all`` with ``causal: True`` only (regime.check_train_targets)
+    # ``all`` with one layer or ``causal: True`` only (regime.check_train_targets)
+    TRAIN_TARGETS = ("last", "all", "cloze")
     # read at the last real position, the last layer skips its backward scan: its parameters get no
     # gradient in that step (distributed training must not wait for them)
     may_leave_parameters_unused = True
@@ -45,6 +51,22 @@ class Hydra4Rec(SSMRecommender):
             self.mask_id = self.n_items  # one past the last item id: never scored
             self.mask_embedding = nn.Embedding(1, self.hidden_size)
             self.mask_embedding.weight.data.normal_(mean=0.0, std=0.02)
+
+    @staticmethod
+    def trains_every_prefix(config) -> bool:
+        """Whether ``prefix_outputs`` is the model's output for each prefix (train_targets=all allowed)."""
+        return config["causal"] is True or config["num_layers"] == 1
+
+    def prefix_outputs(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
+        """(B, W, d): at each real position t, ``forward``'s output for the prefix ending at t."""
+        if self.causal:
+            return self.encode(item_seq, item_seq_len)
+        if self.num_layers != 1 or self.cloze:
+            raise ConfigError(f"Hydra4Rec reads every prefix in one pass only with num_layers=1 and without cloze "
+                              f"(got num_layers={self.num_layers}, cloze={self.cloze})")
+        x, mask = self._layer_inputs(item_seq, item_seq_len)
+        layer = self.layers[0]
+        return layer.after_mixer(layer.mixer.prefix_outputs(x, mask), x)
 
     def make_mixer(self, config):
         return HydraMixer(self.hidden_size, **ssd_settings(self, config, odd_conv=True), causal=self.causal)

@@ -262,7 +262,8 @@ def test_ops_benchmark_prints_every_row_on_tiny_sizes(capsys):
 
 def test_regimes_end_to_end_and_resume(tiny_data, tmp_path, capsys):
     out = str(tmp_path / "reg")
-    argv = ["regimes", "--models=Mamba2Rec,SASRec,Hydra4Rec", "--dataset=ml-tiny", f"--data_path={tiny_data}",
+    argv = ["regimes", "--models=Mamba2Rec,SASRec,Hydra4Rec,Hydra4Rec:num_layers=2", "--dataset=ml-tiny",
+            f"--data_path={tiny_data}",
             "--batches=2",
             f"--output={out}", "--MAX_ITEM_LIST_LENGTH=20", "--hidden_size=16", "--inner_size=32", "--n_layers=1",
             "--headdim=16", "--train_batch_size=256", "--train_window_batch_size=16", "--state=WARNING",
@@ -271,13 +272,16 @@ def test_regimes_end_to_end_and_resume(tiny_data, tmp_path, capsys):
     rows = read_csv(os.path.join(out, "regimes.csv"))
     assert [(r["model"], r["regime"]) for r in rows] == [("Mamba2Rec", "last"), ("Mamba2Rec", "all"),
                                                          ("SASRec", "last"), ("SASRec", "all"),
-                                                         ("Hydra4Rec", "last"), ("Hydra4Rec", "cloze")]
+                                                         ("Hydra4Rec", "last"), ("Hydra4Rec", "all"),
+                                                         ("Hydra4Rec:num_layers=2", "last"),
+                                                         ("Hydra4Rec:num_layers=2", "cloze")]
     by = {(r["model"], r["regime"]): r for r in rows}
-    cloze = by[("Hydra4Rec", "cloze")]  # the bidirectional model's window regime: the same windows, masked
+    # a deeper bidirectional model's window regime: the same windows, masked items as targets
+    cloze = by[("Hydra4Rec:num_layers=2", "cloze")]
     assert cloze["samples_per_epoch"] == by[("Mamba2Rec", "all")]["samples_per_epoch"]
-    assert 0 < int(cloze["targets_per_epoch"]) < int(by[("Hydra4Rec", "last")]["targets_per_epoch"])
+    assert 0 < int(cloze["targets_per_epoch"]) < int(by[("Hydra4Rec:num_layers=2", "last")]["targets_per_epoch"])
     assert float(cloze["epoch_ratio_last_all"]) > 0
-    for model in ("Mamba2Rec", "SASRec"):
+    for model in ("Mamba2Rec", "SASRec", "Hydra4Rec"):
         last, every = by[(model, "last")], by[(model, "all")]
         assert last["targets_per_epoch"] == every["targets_per_epoch"]  # the same targets, fewer samples
         assert int(every["samples_per_epoch"]) < int(last["samples_per_epoch"])
@@ -303,8 +307,8 @@ def test_regimes_can_measure_the_window_regimes_alone(tiny_data, tmp_path):
             "--hidden_size=16", "--headdim=16", "--train_window_batch_size=16", "--threads=1", "--progress=false"]
     assert bench_main(argv) == 0
     rows = read_csv(os.path.join(out, "regimes.csv"))
-    assert [(r["model"], r["regime"]) for r in rows] == [("Mamba2Rec", "all"), ("Hydra4Rec", "cloze")]
-    assert sorted(os.listdir(os.path.join(out, "runs"))) == ["Hydra4Rec-cloze.json", "Mamba2Rec-all.json"]
+    assert [(r["model"], r["regime"]) for r in rows] == [("Mamba2Rec", "all"), ("Hydra4Rec", "all")]
+    assert sorted(os.listdir(os.path.join(out, "runs"))) == ["Hydra4Rec-all.json", "Mamba2Rec-all.json"]
 
 
 def test_bench_stream_writes_latencies_and_state_sizes(tmp_path):

@@ -1,5 +1,6 @@
 """``bench regimes``: training epoch time and memory of ``train_targets: last`` against the
-window regime of each model: ``all`` for the causal ones, ``cloze`` for the bidirectional Hydra4Rec.
+window regime of each model: ``all`` for the causal ones and the one-layer Hydra4Rec, ``cloze`` for
+BERT4Rec and a deeper Hydra4Rec.
 
 Each (model, regime) point runs in its own process on the real data set: RecBole's data
 pipeline, the regime's training loader, the model and an Adam optimizer, then timed training
@@ -41,9 +42,9 @@ usage: run_recbole_ssm.py bench regimes --models=A,B [--dataset=ml-100k] [--batc
            [--overwrite] [--KEY=VALUE ...]
 
 Times training under train_targets=last (RecBole's one sample per prefix) and under the model's
-window regime (all: whole history windows, a target at every position; cloze for Hydra4Rec:
-the same windows, masked items as targets) for each model on the real data set, in separate
-processes of one run, and writes DIR/regimes.md and DIR/regimes.csv (default DIR:
+window regime (all: whole history windows, a target at every position; cloze for BERT4Rec and
+Hydra4Rec with more than one layer: the same windows, masked items as targets) for each model
+on the real data set, in separate processes of one run, and writes DIR/regimes.md and DIR/regimes.csv (default DIR:
 results/regimes/<dataset>/) with the ratio of the epochs per model. --batches=N times N training
 steps after a warm-up step and extrapolates to the epoch; --batches=0 times whole epochs.
 --regimes=windows measures only the window regimes (e.g. long histories, where an epoch of
@@ -58,13 +59,24 @@ OPTIONS = {
 }
 
 
-def regimes_of(name: str, which: str = "both") -> tuple[str, ...]:
-    """("last", the model's window regime), or one of them (``which``: both, last or windows).
-    The window regime is ``all``, or ``cloze`` for a model that only has that."""
+def window_regime(name: str, settings: dict) -> str:
+    """The model's one-pass-per-window regime: ``all`` where it trains every prefix with these
+    settings (the causal models, the one-layer Hydra4Rec), else ``cloze`` where it has that
+    (BERT4Rec, a deeper Hydra4Rec), else ``all`` (whose config error then names the fix)."""
     from recbole_ssm.regime import supported_targets
     from recbole_ssm.registry import get_model
 
-    both = ("last", "cloze" if "cloze" in supported_targets(get_model(name)) else "all")
+    cls = get_model(name)
+    targets = supported_targets(cls)
+    exact = getattr(cls, "trains_every_prefix", None)
+    if "all" in targets and (not getattr(cls, "bidirectional", False) or (exact and exact(settings))):
+        return "all"
+    return "cloze" if "cloze" in targets else "all"
+
+
+def regimes_of(window: str, which: str = "both") -> tuple[str, ...]:
+    """("last", the window regime), or one of them (``which``: both, last or windows)."""
+    both = ("last", window)
     return {"both": both, "last": both[:1], "windows": both[1:]}[which]
 
 
@@ -136,14 +148,14 @@ def _timed_steps(step, batches, limit: int) -> tuple[list[float], CpuPeakMemory]
     return times, mem
 
 
-def _rows(specs, records) -> tuple[list[str], list[list], list[str], list[list]]:
+def _rows(specs, records, windows) -> tuple[list[str], list[list], list[str], list[list]]:
     md_header = ["Model", "Regime", "Samples/epoch", "Targets/epoch", "Steps/epoch", "Step (s)", "Epoch (s)",
                  "Train peak (MiB)", "Epoch last/windows"]
     csv_header = ["model", "regime", "samples_per_epoch", "targets_per_epoch", "steps_per_epoch", "steps_timed",
                   "step_s", "epoch_s", "extrapolated", "peak_mib", "epoch_ratio_last_all"]
     md_rows, csv_rows = [], []
     for spec in specs:
-        regimes = regimes_of(spec.name)
+        regimes = regimes_of(windows[spec.label])
         last, every = records.get((spec.label, "last"), {}), records.get((spec.label, regimes[1]), {})
         ok = last.get("status") == "ok" and every.get("status") == "ok"
         ratio = last["epoch_s"] / every["epoch_s"] if ok else None
@@ -183,13 +195,16 @@ def main(argv: list[str]) -> int:
     from recbole_ssm.quick_start import build_config
 
     which = own["regimes"]
+    windows = {}
     for spec in specs:  # invalid settings (e.g. a model without `all`) fail before any work
-        for regime in regimes_of(spec.name, which):
+        config, _ = build_config(spec.name, dataset, [], {**overrides, **spec.overrides})
+        windows[spec.label] = window_regime(spec.name, config)
+        for regime in regimes_of(windows[spec.label], which):
             build_config(spec.name, dataset, [], {**overrides, **spec.overrides, "train_targets": regime})
 
     points = []
     for spec in specs:
-        for regime in regimes_of(spec.name, which):
+        for regime in regimes_of(windows[spec.label], which):
             work = {"model": spec.name, "dataset": dataset, "overrides": {**overrides, **spec.overrides},
                     "regime": regime, "batches": batches, "threads": threads}
             fp = fingerprint({"dataset": dataset, "model": spec.name, "spec": spec.overrides, "regime": regime,
@@ -203,7 +218,7 @@ def main(argv: list[str]) -> int:
     measure_points(todo, "recbole_ssm.bench.regimes", "bench regimes", records, show, timeout,
                    own["memory_limit_gb"] or None)
 
-    md_header, md_rows, csv_header, csv_rows = _rows(specs, records)
+    md_header, md_rows, csv_header, csv_rows = _rows(specs, records, windows)
     table = markdown_table(md_header, md_rows)
     done = [r for r in records.values() if r.get("status") == "ok"]
     header = (

@@ -39,14 +39,14 @@ class CausalLoss:
             return self.loss_fct(pos_score, neg_score)
         return linear_cross_entropy(hidden, self.item_embedding.weight, pos, budget_mib=self.ce_chunk_mib)
 
-    def prefix_outputs(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
-        """(B, W, d): at each position t, the output the model reads for the prefix that ends at t.
-        A causal model's ``encode`` is exactly that."""
+    def window_outputs(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
+        """(B, W, d): the outputs a window's loss reads at each position. Under ``all``: the output
+        the model reads for the prefix that ends there; a causal model's ``encode`` is exactly that."""
         return self.encode(item_seq, item_seq_len)
 
     def all_positions_loss(self, interaction) -> torch.Tensor:
         """Mean loss over every real position of a batch of windows."""
-        hidden = self.prefix_outputs(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])  # (B, W, d)
+        hidden = self.window_outputs(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])  # (B, W, d)
         targets = interaction[TARGETS][:, : hidden.size(1)]  # (B, W), 0 on padding
         real = targets > 0
         neg = interaction[NEG_TARGETS][:, : hidden.size(1)][real] if self.loss_type == "BPR" else None

@@ -24,7 +24,7 @@ class Hydra4Rec(SSMRecommender):
       from the output at a mask token appended after the history, so the model has one more
       embedding, the mask token's.
     - ``train_targets: all`` with ``num_layers: 1``: the ``last`` regime's training, exactly, in
-      one pass per window: ``prefix_outputs`` gives at every position t what ``forward`` gives
+      one pass per window: ``window_outputs`` gives at every position t what ``forward`` gives
       for the prefix ending at t (``HydraMixer.prefix_outputs``), so the loss over a window equals
       the sum of the ``last`` losses of its prefixes, at about the cost of a causal model's pass.
       With more layers a position's output depends on the items after it, and ``all`` is refused.
@@ -54,16 +54,18 @@ class Hydra4Rec(SSMRecommender):
 
     @staticmethod
     def trains_every_prefix(config) -> bool:
-        """Whether ``prefix_outputs`` is the model's output for each prefix (train_targets=all allowed)."""
+        """Whether ``window_outputs`` under ``all`` is each prefix's output (so train_targets=all is allowed)."""
         return config["causal"] is True or config["num_layers"] == 1
 
-    def prefix_outputs(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
-        """(B, W, d): at each real position t, ``forward``'s output for the prefix ending at t."""
-        if self.causal:
+    def window_outputs(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
+        """(B, W, d) read by a window's loss. Under ``all``: at each real position t, ``forward``'s
+        output for the prefix ending at t (``causal``: ``encode`` is that). Under ``cloze``: ``encode``,
+        every position reading the whole window."""
+        if self.causal or self.cloze:
             return self.encode(item_seq, item_seq_len)
-        if self.num_layers != 1 or self.cloze:
-            raise ConfigError(f"Hydra4Rec reads every prefix in one pass only with num_layers=1 and without cloze "
-                              f"(got num_layers={self.num_layers}, cloze={self.cloze})")
+        if self.num_layers != 1:
+            raise ConfigError(f"Hydra4Rec reads every prefix in one pass only with num_layers=1 "
+                              f"(got num_layers={self.num_layers})")
         x, mask = self._layer_inputs(item_seq, item_seq_len)
         layer = self.layers[0]
         return layer.after_mixer(layer.mixer.prefix_outputs(x, mask), x)

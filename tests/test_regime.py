@@ -285,14 +285,17 @@ def test_padding_of_a_window_carries_no_loss_and_no_gradient(name, tiny_dataset,
 
 
 @pytest.mark.parametrize("loss_type", ["CE", "BPR"])
-def test_causal_hydra_all_positions_loss_equals_its_prefix_loss_with_gradients(loss_type, tiny_dataset, tiny_data):
-    """Hydra4Rec with causal=True (no conv taps after the centre, no backward scan) is a causal model:
-    `all` trains exactly its `last` targets. Conv weights are random on both sides of the centre,
-    so a tap after it that was still read would show."""
+@pytest.mark.parametrize("over", [{"num_layers": 2, "causal": True}, {"num_layers": 1, "chunk_size": 4}],
+                         ids=["causal-2-layers", "bidirectional-1-layer"])
+def test_hydra_all_positions_loss_equals_its_prefix_loss_with_gradients(over, loss_type, tiny_dataset, tiny_data):
+    """Hydra4Rec trains exactly its `last` targets and outputs under `all`: with causal=True (no conv
+    taps after the centre, no backward scan) it is a causal model; the bidirectional one-layer model
+    (the default) computes each prefix's output in one pass (HydraMixer.prefix_outputs). Conv weights
+    are random on both sides of the centre, so a tap after it that was wrongly read would show."""
     _config, train, _test = tiny_dataset
     bpr = {"loss_type": loss_type, **({"train_neg_sample_args": {"distribution": "uniform", "sample_num": 1}}
                                       if loss_type == "BPR" else {})}
-    model = make_model("Hydra4Rec", train, tiny_data, num_layers=2, d_conv=5, causal=True, **bpr)
+    model = make_model("Hydra4Rec", train, tiny_data, d_conv=5, **over, **bpr)
     with torch.no_grad():
         for layer in model.layers:
             conv = layer.mixer.conv1d.weight
@@ -304,7 +307,7 @@ def test_causal_hydra_all_positions_loss_equals_its_prefix_loss_with_gradients(l
     loss_all, grads_all = loss_and_grads(model, window_batch(histories, 12, neg_of), n)
     loss_last, grads_last = loss_and_grads(model, prefixes, n)
     torch.testing.assert_close(loss_all, loss_last, rtol=1e-10, atol=1e-10)
-    assert grads_all.keys() == grads_last.keys()
+    assert grads_all.keys() == grads_last.keys() and grads_all
     for key in grads_all:
         torch.testing.assert_close(grads_all[key], grads_last[key], rtol=1e-8, atol=1e-10, msg=key)
 
@@ -334,30 +337,6 @@ def test_hydra_prefix_outputs_are_each_prefix_read_at_its_end(d_conv, ngroups, c
         want = mixer(hidden, cut, index)
         rows = lengths > t  # rows where t is a real position
         torch.testing.assert_close(got[rows, t], want[rows], rtol=1e-10, atol=1e-10, msg=f"t={t}")
-
-
-@pytest.mark.parametrize("loss_type", ["CE", "BPR"])
-def test_one_layer_hydra_all_positions_loss_equals_its_prefix_loss_with_gradients(loss_type, tiny_dataset,
-                                                                                   tiny_data):
-    """The bidirectional one-layer Hydra4Rec (the default) under `all` trains exactly its `last`
-    targets and outputs: loss and every gradient, float64, random conv taps after the centre."""
-    _config, train, _test = tiny_dataset
-    bpr = {"loss_type": loss_type, **({"train_neg_sample_args": {"distribution": "uniform", "sample_num": 1}}
-                                      if loss_type == "BPR" else {})}
-    model = make_model("Hydra4Rec", train, tiny_data, num_layers=1, d_conv=5, chunk_size=4, **bpr)
-    with torch.no_grad():
-        conv = model.layers[0].mixer.conv1d.weight
-        conv.copy_(torch.randn(conv.shape, generator=torch.Generator().manual_seed(27), dtype=conv.dtype))
-    histories = random_histories(model.n_items, [13, 2, 7, 10, 5], seed=28)
-    neg_of = (lambda t: (t * 5 + 2) % (model.n_items - 1) + 1) if loss_type == "BPR" else None
-    prefixes = prefix_batch(histories, 12, neg_of)
-    n = len(prefixes)
-    loss_all, grads_all = loss_and_grads(model, window_batch(histories, 12, neg_of), n)
-    loss_last, grads_last = loss_and_grads(model, prefixes, n)
-    torch.testing.assert_close(loss_all, loss_last, rtol=1e-10, atol=1e-10)
-    assert grads_all.keys() == grads_last.keys() and grads_all
-    for key in grads_all:
-        torch.testing.assert_close(grads_all[key], grads_last[key], rtol=1e-8, atol=1e-10, msg=key)
 
 
 def test_causal_hydra_reads_nothing_after_each_position(tiny_dataset, tiny_data):

@@ -133,8 +133,16 @@ class HydraMixer(nn.Module):
         reach = max(radius, 1)  # positions t-reach+1 .. t differ between the prefix and the sequence
         offsets = torch.arange(k, device=weight.device) - radius
 
+        convs: dict = {}
+
         def conv(ahead: int):
             """x (B, L, H, P), B and C (B, L, G, N) from the convolution's taps up to ``ahead`` after the centre."""
+            ahead = min(ahead, radius)
+            if ahead not in convs:
+                convs[ahead] = _conv_parts(ahead)
+            return convs[ahead]
+
+        def _conv_parts(ahead: int):
             w = weight if ahead >= radius else weight * (offsets <= ahead).to(weight.dtype)
             out = F.silu(F.conv1d(u, w, bias, padding=radius, groups=n_fwd).transpose(1, 2))
             if keep is not None:

@@ -61,8 +61,6 @@ class HydraMixer(nn.Module):
         self.conv_dim = self.d_inner + 4 * gn  # x, then B and C for each direction
         self.in_proj = nn.Linear(d_model, self.d_inner + self.conv_dim + 2 * self.nheads, bias=False)
         self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, d_conv, groups=self.conv_dim, padding=d_conv // 2)
-        # 1 for the taps at or before the centre (what a causal mixer may read)
-        self.register_buffer("past_taps", (torch.arange(d_conv) <= d_conv // 2).float(), persistent=False)
         self.dt_bias = nn.Parameter(dt_bias_init(self.nheads))
         self.A_log = nn.Parameter(torch.zeros(self.nheads))  # A = -1
         self.fc_D = nn.Linear(self.d_inner, self.nheads, bias=False)  # data-dependent diagonal
@@ -70,12 +68,27 @@ class HydraMixer(nn.Module):
         self.norm = RMSNormGated(self.d_inner, eps=1e-5, norm_before_gate=True)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
 
+    def _taps_up_to(self, ahead: int) -> torch.Tensor:
+        """The convolution's weight with the taps more than ``ahead`` steps after the centre left out."""
+        weight = self.conv1d.weight
+        radius = weight.size(-1) // 2
+        if ahead >= radius:
+            return weight
+        offsets = torch.arange(weight.size(-1), device=weight.device) - radius
+        return weight * (offsets <= ahead).to(weight.dtype)
+
     def _conv(self, xbc: torch.Tensor) -> torch.Tensor:
         """The depthwise convolution of (B, C, L), centred; causal: the taps after the centre left out."""
         if not self.causal:
             return self.conv1d(xbc)
-        return F.conv1d(xbc, self.conv1d.weight * self.past_taps, self.conv1d.bias, padding=self.conv1d.padding,
+        return F.conv1d(xbc, self._taps_up_to(0), self.conv1d.bias, padding=self.conv1d.padding,
                         groups=self.conv1d.groups)
+
+    def _output(self, y: torch.Tensor, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The scans' sum y plus the diagonal term of x, gated RMSNorm with z, the output projection."""
+        diag = F.linear(x, self.fc_D.weight, self.D)  # (B, [L,] H)
+        y = y + x * diag.repeat_interleave(self.headdim, dim=-1)
+        return self.out_proj(self.norm(y, z))  # (B, L, d_model) or (B, d_model)
 
     @staticmethod
     def reads_last_real(mask: Optional[torch.Tensor], index: torch.Tensor, seqlen: int) -> bool:
@@ -127,54 +140,44 @@ class HydraMixer(nn.Module):
         gn, heads, hd = self.ngroups * self.d_state, self.nheads, self.headdim
         n_fwd = self.d_inner + 2 * gn  # x, B and C of the forward direction
         u = rest[..., :n_fwd].transpose(1, 2)  # (B, C, L)
-        weight, bias = self.conv1d.weight[:n_fwd], self.conv1d.bias[:n_fwd]
-        k = weight.size(-1)
-        radius = k // 2
+        bias = self.conv1d.bias[:n_fwd]
+        radius = self.conv1d.kernel_size[0] // 2
         reach = max(radius, 1)  # positions t-reach+1 .. t differ between the prefix and the sequence
-        offsets = torch.arange(k, device=weight.device) - radius
 
-        convs: dict = {}
 
         def conv(ahead: int):
             """x (B, L, H, P), B and C (B, L, G, N) from the convolution's taps up to ``ahead`` after the centre."""
-            ahead = min(ahead, radius)
-            if ahead not in convs:
-                convs[ahead] = _conv_parts(ahead)
-            return convs[ahead]
-
-        def _conv_parts(ahead: int):
-            w = weight if ahead >= radius else weight * (offsets <= ahead).to(weight.dtype)
-            out = F.silu(F.conv1d(u, w, bias, padding=radius, groups=n_fwd).transpose(1, 2))
+            out = F.silu(F.conv1d(u, self._taps_up_to(ahead)[:n_fwd], bias, padding=radius, groups=n_fwd)
+                         .transpose(1, 2))
             if keep is not None:
                 out = out * keep
             x_, b_, c_ = torch.split(out, [self.d_inner, gn, gn], dim=-1)
             return (x_.reshape(bsz, seqlen, heads, hd), b_.reshape(bsz, seqlen, self.ngroups, self.d_state),
                     c_.reshape(bsz, seqlen, self.ngroups, self.d_state))
 
-        x_all, b_all, _ = conv(radius)
-        _, _, c_one = conv(1)  # C'_{t-1} of the prefix ending at t is read at position t-1: one tap ahead
+        convs = [conv(ahead) for ahead in range(radius + 1)]  # every one is read below; [radius]: all taps
+        x_all, b_all, _ = convs[radius]
+        _, _, c_one = convs[min(1, radius)]  # C'_{t-1} of the prefix ending at t, read at t-1: one tap ahead
         A = -torch.exp(self.A_log.float())
         cdt = torch.promote_types(hidden.dtype, torch.float32)
         dt = step_sizes(rest[..., n_fwd + 2 * gn : n_fwd + 2 * gn + heads], self.dt_bias.float(), True, cdt)
         cum = torch.cumsum(dt, dim=1)  # (B, L, H)
+        cum_prev = _shift_right(cum, 1)  # dt_0 + .. + dt_{t-1}
         query = _shift_left(c_one, reach - 1)  # at position p: C'_{p+reach-1}, the query of output p+reach
         scan = mamba_chunk_scan_combined(x_all, dt, A, b_all, query, self.chunk_size)  # (B, L, H, P)
         # output t reads the scan at t-reach, decayed over dt_{t-reach+1} .. dt_{t-1}
-        decay = torch.exp(A * (_shift_right(cum, 1) - _shift_right(cum, reach)))  # (B, L, H)
+        decay = torch.exp(A * (cum_prev - _shift_right(cum, reach)))  # (B, L, H)
         y = _shift_right(scan, reach) * decay.unsqueeze(-1).to(scan.dtype)
         c_prev = _shift_right(c_one, 1)  # (B, L, G, N): C'_{t-1}
         per_group = heads // self.ngroups
         for back in range(1, reach):  # s = t - back, convolved with the taps up to ``back`` ahead
-            x_s, b_s, _ = conv(back)
+            x_s, b_s, _ = convs[back]
             x_s, b_s = _shift_right(x_s, back), _shift_right(b_s, back)
             cb = (c_prev * b_s).sum(-1).repeat_interleave(per_group, dim=-1)  # (B, L, H)
-            weight_s = torch.exp(A * (_shift_right(cum, 1) - _shift_right(cum, back))) * _shift_right(dt, back)
+            weight_s = torch.exp(A * (cum_prev - _shift_right(cum, back))) * _shift_right(dt, back)
             y = y + (cb * weight_s).unsqueeze(-1).to(x_s.dtype) * x_s
-        x_now = conv(0)[0].reshape(bsz, seqlen, self.d_inner)  # x'_t: no tap after the centre
-        y = y.reshape(bsz, seqlen, self.d_inner).to(x_now.dtype)
-        diag = F.linear(x_now, self.fc_D.weight, self.D)
-        y = y + x_now * diag.repeat_interleave(hd, dim=-1)
-        return self.out_proj(self.norm(y, z))
+        x_now = convs[0][0].reshape(bsz, seqlen, self.d_inner)  # x'_t: no tap after the centre
+        return self._output(y.reshape(bsz, seqlen, self.d_inner).to(x_now.dtype), x_now, z)
 
     def forward(
         self, hidden: torch.Tensor, mask: Optional[torch.Tensor] = None, index: Optional[torch.Tensor] = None
@@ -209,6 +212,4 @@ class HydraMixer(nn.Module):
                 x = take(x, index)  # (B, D)
         else:
             y, x = self._both_directions(x, bc, dt, A, bsz, seqlen, gn, index)
-        diag = F.linear(x, self.fc_D.weight, self.D)  # (B, [L,] H)
-        y = y + x * diag.repeat_interleave(self.headdim, dim=-1)
-        return self.out_proj(self.norm(y, z))  # (B, L, d_model) or (B, d_model)
+        return self._output(y, x, z)

@@ -49,6 +49,15 @@ def supported_targets(model_class) -> tuple:
     return getattr(model_class, "TRAIN_TARGETS", ("last",))
 
 
+def trains_every_prefix(config, model_class) -> bool:
+    """Whether the model's outputs under ``all`` are each prefix's own: a causal model's, or a
+    bidirectional one's whose ``trains_every_prefix(config)`` says so (the one-layer Hydra4Rec)."""
+    if not getattr(model_class, "bidirectional", False):
+        return True
+    exact = getattr(model_class, "trains_every_prefix", None)
+    return bool(exact and exact(config))
+
+
 def check_train_targets(config, model_class) -> str:
     """Return ``config['train_targets']`` ('last' when unset), or raise a ConfigError naming the fix."""
     value = config["train_targets"] or "last"
@@ -56,8 +65,7 @@ def check_train_targets(config, model_class) -> str:
         raise ConfigError(f"invalid train_targets={value!r}: 'last' (one sample per prefix), 'all' (every "
                           "position; causal models) or 'cloze' (masked items; bidirectional models)")
     name = model_class.__name__
-    exact = getattr(model_class, "trains_every_prefix", None)
-    if value == "all" and getattr(model_class, "bidirectional", False) and not (exact and exact(config)):
+    if value == "all" and not trains_every_prefix(config, model_class):
         if "all" in supported_targets(model_class):  # Hydra4Rec with more than one layer
             raise ConfigError(
                 f"train_targets=all cannot train {name} with num_layers={config['num_layers']}: with more than "

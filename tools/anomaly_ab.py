@@ -17,19 +17,10 @@ import sys
 import time
 
 
-def step(model, optimizer, batch) -> None:
-    optimizer.zero_grad(set_to_none=True)
-    model.calculate_loss(batch).backward()
-    optimizer.step()
-
-
 def main(argv: list[str]) -> int:
     import torch
-    from recbole.utils import init_seed
 
-    from recbole_ssm import compat
-    from recbole_ssm.quick_start import build_config
-    from recbole_ssm.regime import create_dataset, prepare_data
+    from recbole_ssm.bench.regimes import train_step, training_setup
 
     if len(argv) != 5:
         print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
@@ -39,23 +30,17 @@ def main(argv: list[str]) -> int:
     logging.disable(logging.WARNING)
     for name in models:
         settings = {"train_targets": regime, "MAX_ITEM_LIST_LENGTH": length, "train_window_batch_size": 32}
-        config, model_class = build_config(name, dataset, [], settings)
-        init_seed(config["seed"], config["reproducibility"])
-        with compat.quiet_recbole():
-            train, _, _ = prepare_data(config, create_dataset(config))
-        model = model_class(config, train._dataset)
-        model.train()
-        optimizer = torch.optim.Adam(model.parameters(), lr=config["learning_rate"])
+        train, model, optimizer, _ = training_setup(name, dataset, settings)
         batches = iter(train)
         batches = [next(batches) for _ in range(steps)]
 
-        step(model, optimizer, batches[0])  # warm-up
+        train_step(model, optimizer, batches[0])  # warm-up
         times: dict[bool, list[float]] = {True: [], False: []}
         for batch in batches:
             for mode in (True, False):
                 torch.autograd.set_detect_anomaly(mode)
                 t = time.perf_counter()
-                step(model, optimizer, batch)
+                train_step(model, optimizer, batch)
                 times[mode].append(time.perf_counter() - t)
         on, off = statistics.median(times[True]), statistics.median(times[False])
         print(f"{name}\t{dataset}\t{regime}\tL={length}\tanomaly on {on:.3f} s/step\toff {off:.3f} s/step"

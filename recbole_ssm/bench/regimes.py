@@ -13,6 +13,7 @@ in ``OUTPUT/runs/`` and reused by a later call with the same settings.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
@@ -79,10 +80,10 @@ def regimes_of(window: str, which: str = "both") -> tuple[str, ...]:
     return {"both": both, "last": both[:1], "windows": both[1:]}[which]
 
 
-def _work(spec: dict) -> dict:
-    """Time one (model, regime) point in this process; return its record."""
-    import logging
-
+def training_setup(model_name: str, dataset: str, settings: dict):
+    """RecBole's data pipeline for ``settings`` (``train_targets`` among them), the regime's training
+    loader, the model in train mode and Adam. Returns (loader, model, optimizer, seconds spent on
+    the data)."""
     import torch
     from recbole.utils import init_seed
 
@@ -90,11 +91,7 @@ def _work(spec: dict) -> dict:
     from recbole_ssm.quick_start import build_config
     from recbole_ssm.regime import create_dataset, prepare_data
 
-    if spec["threads"]:
-        torch.set_num_threads(spec["threads"])
-    logging.disable(logging.WARNING)
-    settings = {**spec["overrides"], "train_targets": spec["regime"]}
-    config, model_class = build_config(spec["model"], spec["dataset"], [], settings)
+    config, model_class = build_config(model_name, dataset, [], settings)
     init_seed(config["seed"], config["reproducibility"])
     t0 = time.perf_counter()
     with compat.quiet_recbole():
@@ -103,15 +100,31 @@ def _work(spec: dict) -> dict:
     model = model_class(config, train._dataset)
     optimizer = torch.optim.Adam(model.parameters(), lr=config["learning_rate"])
     model.train()
+    return train, model, optimizer, data_s
+
+
+def train_step(model, optimizer, batch) -> None:
+    """One optimizer step on ``batch``."""
+    optimizer.zero_grad(set_to_none=True)
+    model.calculate_loss(batch).backward()
+    optimizer.step()
+
+
+def _work(spec: dict) -> dict:
+    """Time one (model, regime) point in this process; return its record."""
+    import logging
+
+    import torch
+
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    logging.disable(logging.WARNING)
+    settings = {**spec["overrides"], "train_targets": spec["regime"]}
+    train, model, optimizer, data_s = training_setup(spec["model"], spec["dataset"], settings)
     steps = len(train)
     limit = spec["batches"] + 1 if spec["batches"] else steps  # + the warm-up step
 
-    def step(batch) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        model.calculate_loss(batch).backward()
-        optimizer.step()
-
-    times, mem = _timed_steps(step, iter(train), limit)
+    times, mem = _timed_steps(functools.partial(train_step, model, optimizer), iter(train), limit)
     measured = len(times)
     step_s = sum(times) / measured if measured else float("nan")
     return {

@@ -534,27 +534,34 @@ def test_lifelong_generator_is_deterministic_with_personal_topics_recurring_and_
 def test_lifelong_bursts_hide_the_targets_interest_from_the_last_gap_events(tmp_path):
     from recbole_ssm.data.lifelong import counting_hit, generate, write
 
-    args = (60, 503, 400, 80, 5, 0.3)
-    a, own = generate(*args, seed=4, burst=7, gap=40)
-    b, _ = generate(*args, seed=4, burst=7, gap=40)
+    args = (60, 503, 400, 80, 8, 0.5)
+    a, own = generate(*args, seed=4, burst=4, gap=40)
+    b, _ = generate(*args, seed=4, burst=4, gap=40)
     assert all((x == y).all() for x, y in zip(a, b))
     size = 400 // 80
-    hidden = 0
+    hidden, returns, seen, runs = 0, 0, 0, []
     for seq, topics in zip(a, own):
         topic = (seq - 1) // size
         assert len(seq) == 503 and seq.min() >= 1 and seq.max() <= 400
-        body = topic[:-2]
-        for start in range(0, len(body), 7):  # one topic per burst of 7
-            assert len(set(body[start : start + 7].tolist())) == 1
+        starts = [0] + [t for t in range(1, 501) if topic[t] != topic[t - 1]]
+        runs += np.diff(starts + [501]).tolist()
+        for t in starts[1:]:  # a run on a personal topic: a returning interest, absent from the 40 events before
+            recent = set(topic[max(0, t - 40) : t].tolist())
+            if topic[t] in topics and not set(topics.tolist()) <= recent:
+                returns += 1
+                seen += topic[t] in recent  # only a random run can land on a recent personal topic
         for j in (501, 502):  # each target: a personal topic absent from the 40 events before it, when one is
             assert topic[j] in topics
             recent = set(topic[j - 40 : j].tolist())
             if not set(topics.tolist()) <= recent:
                 assert topic[j] not in recent
                 hidden += 1
-    assert hidden > 100  # the rule above was exercised, not skipped
+    assert hidden > 80 and returns > 60 * 20  # the rules above were exercised, not skipped
+    assert seen < 0.1 * returns  # random runs on a recent personal topic are rare (1 topic in 10, half recent)
+    # runs of geometric length with mean 4 (two runs on one topic in a row count as one here)
+    assert 3.5 < np.mean(runs) < 5.0 and max(runs) > 12 and min(runs) == 1
     # reading the last 40 events gives next to nothing; the whole history tells the personal topics
-    assert counting_hit(a, 400, 80, 40) < 0.1 < counting_hit(a, 400, 80, 502) - 0.15
+    assert counting_hit(a, 400, 80, 40, skip_recent=40) < 0.1 < counting_hit(a, 400, 80, 502, skip_recent=40) - 0.3
     write(str(tmp_path / "data" / "t-burst"), users=3, length=50, items=100, topics=10, seed=3, burst=5,
           verbose=False)
     _, rows = read_inter(tmp_path, "t-burst")
@@ -570,19 +577,26 @@ def test_lifelong_counting_rule_matches_a_plain_ranking_and_gains_from_the_long_
     items, topics = 240, 240  # one item a topic: a user's own items recur
     hist, _ = generate(40, 600, items, topics, 3, 0.03, seed=9)
 
-    def reference(length):
+    def reference(length, skip=0, hist=hist, items=items, topics=topics):
         hits = 0
+        size = items // topics
         for seq in hist:
             context = [int(v) for v in seq[:-1][-length:]]
-            size = items // topics
+            recent = {(int(i) - 1) // size for i in seq[:-1][-skip:]} if skip else set()
             tc = Counter((i - 1) // size for i in context)
             ic = Counter(context)
-            ranked = sorted(range(1, items + 1), key=lambda i: (-tc[(i - 1) // size], -ic[i], i))
+            ranked = sorted(range(1, items + 1),
+                            key=lambda i: ((i - 1) // size in recent, -tc[(i - 1) // size], -ic[i], i))
             hits += int(seq[-1]) in ranked[:10]
         return hits / len(hist)
 
     for length in (7, 50, 599):
         assert counting_hit(hist, items, topics, length) == reference(length)
+    bursts, _ = generate(40, 301, 300, 60, 6, 0.5, seed=2, burst=3, gap=20)
+    for length, skip in ((10, 20), (20, 20), (120, 20), (300, 35)):
+        got = counting_hit(bursts, 300, 60, length, skip_recent=skip)
+        assert got == reference(length, skip, bursts, 300, 60), (length, skip)
+    assert counting_hit(bursts, 300, 60, 300, skip_recent=20) > counting_hit(bursts, 300, 60, 300) + 0.2
     assert counting_hit(hist, items, topics, 599) > counting_hit(hist, items, topics, 50) + 0.2
     assert main(["--users=40", "--length=600", "--items=240", "--topics=240", "--rate=0.03", "--seed=9",
                  "--counting-hit", "50,599"]) == 0

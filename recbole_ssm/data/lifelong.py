@@ -15,16 +15,19 @@ for one that does not). The same seed gives the same files.
 ``--topics`` equal to ``--items`` makes every topic one item: a user's own items then recur
 through the whole history.
 
-``--burst B`` makes the events come in bursts of ``B`` on one topic (personal with probability
-``rate``, else random), so most next items follow from the last few events and the model learns
-the topics; the two targets are then each from a personal topic that does *not* occur in the
-``--gap`` events before it (default 50; if every personal topic does, any personal topic). A model
-that reads only the last ``gap`` events cannot tell which personal topics are left, one that reads
-the whole history can: the interest it needs last showed up long before.
+``--burst B`` makes the events come in runs on one topic, of geometric length with mean ``B``
+(each event ends its run with probability 1/B), so most next items follow from the last few events
+and a model learns the topics from them. Each run is, with probability ``rate``, a *returning
+interest*: a personal topic that does not occur in the ``--gap`` events before it (default 50;
+if every personal topic does, any personal topic); else a random topic. The two targets each
+start a returning interest. So the targets follow the same rule as the training events that start
+one (``rate / B`` of all events), and a model that reads only the last ``gap`` events cannot tell
+which personal topics are left, while one that reads the whole history can: the interest it needs
+last showed up long before.
 
 ``--counting-hit 50,2000`` prints, instead of writing files, the Hit@10 on each user's last event
-of a rule that knows the topics and counts them in the last L events
-(``counting_hit``): what reading L events can give.
+of a rule that knows the topics and counts them in the last L events (``counting_hit``; with
+``--burst``, the topics of the last ``gap`` events ranked last): what reading L events can give.
 
 The events are written in the seqtext layout and converted by ``prepare`` (no k-core filter),
 so the output is ordinary RecBole atomic files with their ``NAME.yaml``.
@@ -47,9 +50,8 @@ def generate(users: int, length: int, items: int, topics: int, personal: int, ra
              seed: int, burst: int = 0, gap: int = 50) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Each user's item ids (1..items) in time order, and each user's personal topics.
 
-    ``burst`` 0: every event draws its own topic. ``burst`` B >= 1: events come in bursts of B on
-    one topic, and each of the last two events is from a personal topic absent from the ``gap``
-    events before it (when one is)."""
+    ``burst`` 0: every event draws its own topic. ``burst`` B >= 1: runs of mean length B on one
+    topic (see the module's docstring, and ``_bursts``)."""
     if not (users >= 1 and length >= 3 and topics >= 1 and 1 <= personal <= topics and items >= topics
             and 0.0 <= rate <= 1.0 and burst >= 0 and gap >= 1):
         raise UsageError(
@@ -63,16 +65,7 @@ def generate(users: int, length: int, items: int, topics: int, personal: int, ra
     for _ in range(users):
         own = rng.choice(topics, size=personal, replace=False)
         if burst:
-            n = -(-(length - 2) // burst)
-            is_personal = rng.random(n) < rate
-            per_burst = np.where(is_personal, own[rng.integers(0, personal, n)], rng.integers(0, topics, n))
-            topic = np.empty(length, dtype=np.int64)
-            topic[: length - 2] = np.repeat(per_burst, burst)[: length - 2]
-            for j in (length - 2, length - 1):
-                recent = topic[max(0, j - gap) : j]
-                left = own[~np.isin(own, recent)]
-                choices = left if len(left) else own
-                topic[j] = choices[rng.integers(0, len(choices))]
+            topic = _bursts(rng, length, topics, own, rate, burst, gap)
         else:
             is_personal = rng.random(length) < rate
             is_personal[-2:] = True
@@ -82,11 +75,36 @@ def generate(users: int, length: int, items: int, topics: int, personal: int, ra
     return out, owns
 
 
-def counting_hit(histories: list[np.ndarray], items: int, topics: int, length: int, k: int = 10) -> float:
+def _bursts(rng: np.random.Generator, length: int, topics: int, own: np.ndarray, rate: float, burst: int,
+            gap: int) -> np.ndarray:
+    """One user's topic per event under ``--burst``: runs of geometric length (mean ``burst``), each
+    on a returning interest (a personal topic absent from the ``gap`` events before the run, when
+    one is) with probability ``rate``, else on a random topic; the last two events each start a
+    returning interest."""
+
+    def returning(end: int) -> int:
+        left = own[~np.isin(own, topic[max(0, end - gap) : end])]
+        choices = left if len(left) else own
+        return int(choices[rng.integers(0, len(choices))])
+
+    topic = np.empty(length, dtype=np.int64)
+    pos = 0
+    while pos < length - 2:
+        run = min(int(rng.geometric(1.0 / burst)), length - 2 - pos)
+        topic[pos : pos + run] = returning(pos) if rng.random() < rate else int(rng.integers(0, topics))
+        pos += run
+    for j in (length - 2, length - 1):
+        topic[j] = returning(j)
+    return topic
+
+
+def counting_hit(histories: list[np.ndarray], items: int, topics: int, length: int, k: int = 10,
+                 skip_recent: int = 0) -> float:
     """Hit@k on each user's last event of a rule that knows the topics and reads the ``length``
     events before it: items ranked by how often their topic occurs there, then by how often the
     item itself does (ties by item id). What a model reading that many events can reach (about),
-    and what one reading fewer cannot."""
+    and what one reading fewer cannot. ``skip_recent`` N ranks the topics of the last N events
+    after all others (the ``--burst`` data's targets are never among them)."""
     size = items // topics
     topic_of = (np.arange(1, items + 1) - 1) // size  # item id - 1 -> topic
     hits = 0
@@ -95,6 +113,10 @@ def counting_hit(histories: list[np.ndarray], items: int, topics: int, length: i
         topic_count = np.bincount(topic_of[context - 1], minlength=topics)
         item_count = np.bincount(context, minlength=items + 1)[1:]
         score = topic_count[topic_of] * (len(context) + 1) + item_count  # topic first, then the item
+        if skip_recent:
+            recent = np.zeros(topics, dtype=bool)
+            recent[topic_of[seq[:-1][-skip_recent:] - 1]] = True
+            score = score - recent[topic_of] * (len(context) + 1) ** 2  # below every other topic
         top = np.argsort(-score, kind="stable")[:k] + 1
         hits += int(seq[-1] in top)
     return hits / len(histories)
@@ -134,9 +156,10 @@ def _main(argv: list[str]) -> int:
     p.add_argument("--personal", type=int, default=3, help="personal topics per user")
     p.add_argument("--rate", type=float, default=0.02, help="share of events from personal topics")
     p.add_argument("--burst", type=int, default=0,
-                   help="events come in bursts of this many on one topic (0: each event its own topic)")
+                   help="events come in runs on one topic of this mean length (0: each event its own topic)")
     p.add_argument("--gap", type=int, default=50,
-                   help="with --burst: the targets' topics are absent from this many events before them")
+                   help="with --burst: a returning interest (each target is one) is absent from this many "
+                        "events before it")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-item-list-length", type=int, help="MAX_ITEM_LIST_LENGTH in NAME.yaml (default --length)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
@@ -149,7 +172,8 @@ def _main(argv: list[str]) -> int:
         histories, _ = generate(args.users, args.length, args.items, args.topics, args.personal, args.rate, args.seed,
                                 args.burst, args.gap)
         for n in lengths:
-            print(f"L={n}\thit@10={counting_hit(histories, args.items, args.topics, n):.4f}")
+            hit = counting_hit(histories, args.items, args.topics, n, skip_recent=args.gap if args.burst else 0)
+            print(f"L={n}\thit@10={hit:.4f}")
         return 0
     if not args.output:
         raise UsageError("lifelong: --output is required: the folder to write, named like the data set "

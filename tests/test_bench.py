@@ -379,3 +379,20 @@ def test_table_run_stopped_mid_training_continues_from_its_last_epoch(tiny_data,
             for d in (whole, stopped))
     assert b["test"] == a["test"] and b["valid"] == a["valid"]
     assert b["epochs"] == a["epochs"] == 4 and len(b["epoch_times"]) == 4
+
+
+def test_machine_line_names_the_cpu_model(tmp_path, monkeypatch):
+    import platform
+
+    from recbole_ssm.bench import common
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD  EPYC 7B13\n\n"
+                    "processor\t: 1\nmodel name\t: AMD  EPYC 7B13\n")
+    assert common.cpu_model(str(info)) == "AMD EPYC 7B13"
+    monkeypatch.setattr(platform, "processor", lambda: "x86_64-fallback")
+    assert common.cpu_model(str(tmp_path / "missing")) == "x86_64-fallback"
+    info.write_text("processor\t: 0\nmodel name\t:\n")  # an empty name: the fallback, not ""
+    assert common.cpu_model(str(info)) == "x86_64-fallback"
+    monkeypatch.setattr(common, "cpu_model", lambda: "Some CPU 9000")
+    assert ", Some CPU 9000, " in common.machine_line()

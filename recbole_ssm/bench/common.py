@@ -331,8 +331,26 @@ def csv_text(header: list[str], rows: list[list[Any]]) -> str:
     return buf.getvalue()
 
 
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name (Linux: ``model name`` in /proc/cpuinfo), else platform's, else "?".
+
+    Part of every benchmark's machine line: hosts of one kind can differ in CPU from day to day,
+    and absolute times are only comparable on the same CPU."""
+    import platform
+
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, sep, value = line.partition(":")
+                if sep and key.strip() == "model name" and value.strip():
+                    return " ".join(value.split())
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
 def machine_line() -> str:
-    """One line naming the machine: OS, CPU cores, memory, torch version, threads, GPU."""
+    """One line naming the machine: OS, CPU model and cores, memory, torch version, threads, GPU."""
     import platform
 
     import torch
@@ -343,7 +361,7 @@ def machine_line() -> str:
     except (ValueError, OSError, AttributeError):
         mem_text = "? GiB"
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores, {mem_text}, {gpu}, "
+    return (f"{platform.system()} {platform.machine()}, {cpu_model()}, {os.cpu_count()} CPU cores, {mem_text}, {gpu}, "
             f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
 
 

@@ -602,6 +602,10 @@ def test_lifelong_counting_rule_matches_a_plain_ranking_and_gains_from_the_long_
                  "--counting-hit", "50,599"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out == [f"L=50\thit@10={reference(50):.4f}", f"L=599\thit@10={reference(599):.4f}"]
+    assert main(["--users=40", "--length=301", "--items=300", "--topics=60", "--personal=6", "--rate=0.5",
+                 "--seed=2", "--burst=3", "--gap=20", "--counting-hit", "120"]) == 0
+    # with --burst the CLI ranks the topics of the last --gap events last
+    assert capsys.readouterr().out.splitlines() == [f"L=120\thit@10={reference(120, 20, bursts, 300, 60):.4f}"]
     assert main(["--counting-hit", "0"]) == 2 and main([]) == 2  # one-line errors, exit code 2
     assert main(["--burst=-1", "--counting-hit", "50"]) == 2
 

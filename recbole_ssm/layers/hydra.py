@@ -144,7 +144,6 @@ class HydraMixer(nn.Module):
         radius = self.conv1d.kernel_size[0] // 2
         reach = max(radius, 1)  # positions t-reach+1 .. t differ between the prefix and the sequence
 
-
         def conv(ahead: int):
             """x (B, L, H, P), B and C (B, L, G, N) from the convolution's taps up to ``ahead`` after the centre."""
             out = F.silu(F.conv1d(u, self._taps_up_to(ahead)[:n_fwd], bias, padding=radius, groups=n_fwd)

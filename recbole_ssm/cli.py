@@ -4,7 +4,8 @@ Without a sub-command it trains and tests one model (RecBole's ``run_recbole`` c
 Sub-commands: ``prepare`` (raw data -> atomic files), ``bench`` (tables, efficiency curves,
 training regimes, kernels),
 ``tune`` (Ray Tune sweeps),
-``recommend`` (top-k items from a checkpoint). Misuse prints one ``error:`` line and exits with code 2.
+``recommend`` (top-k items from a checkpoint), ``evaluate`` (a checkpoint's metrics).
+Misuse prints one ``error:`` line and exits with code 2.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ usage: run_recbole_ssm.py [--model=NAME] [--dataset=NAME] [--config_files="a.yam
        run_recbole_ssm.py bench {table,efficiency,regimes,stream,ops} [...]  tables, curves, regimes, ...
        run_recbole_ssm.py tune --model=NAME [...]                Ray Tune sweep
        run_recbole_ssm.py recommend --checkpoint=PATH --users=U1,U2 [...]   top-k items from a saved model
+       run_recbole_ssm.py evaluate --checkpoint=PATH [--eval_filter_seen=true]  a saved model's metrics
 
 Trains and tests one model through RecBole's pipeline and prints valid/test metrics.
   --model         a recbole-ssm model (Mamba4Rec, Mamba2Rec / 2Mamba4Rec, Hydra4Rec, RecMamba, SeqPop;
@@ -40,6 +42,7 @@ SUBCOMMANDS = {
     "bench": "recbole_ssm.bench.cli",
     "tune": "recbole_ssm.tune.cli",
     "recommend": "recbole_ssm.recommend",
+    "evaluate": "recbole_ssm.evaluate",
 }
 
 

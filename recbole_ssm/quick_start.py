@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from recbole_ssm import compat, distributed
+from recbole_ssm import compat, distributed, seen
 from recbole_ssm.config import DEFAULT_DATASET, property_files, read_yaml, resolve_dataset, user_settings
 from recbole_ssm.data.atomic import check_dataset_files
 from recbole_ssm.errors import Interrupted, UsageError
@@ -62,6 +62,7 @@ def build_config(
             reason = " ".join(str(exc).split()) or type(exc).__name__
             raise UsageError(f"invalid configuration: {reason}") from None
     check_train_targets(config, model_class)
+    seen.check(config)
     check_dataset_files(config)
     if "show_progress" not in user:  # progress bars for a person at a terminal, not in logs or CI
         config["show_progress"] = sys.stderr.isatty()
@@ -275,12 +276,13 @@ def objective_function(config_dict=None, config_file_list=None, saved=True) -> d
     return {"model": out.config["model"], **out.result}
 
 
-def load_data_and_model(model_file: str):
+def load_data_and_model(model_file: str, settings: dict | None = None):
     """Rebuild config, data and model from a checkpoint written by a run.
 
     The checkpoint is read by an unpickler that builds only RecBole's config types, tensors
     and model classes (``compat.load_checkpoint``), so a file from elsewhere cannot run code.
-    Returns ``(config, model, dataset, train, valid, test)``.
+    ``settings`` replace the checkpoint's own for the evaluation (only ``eval_filter_seen``, which
+    changes no weights). Returns ``(config, model, dataset, train, valid, test)``.
     """
     from recbole.utils import init_logger, init_seed
 
@@ -295,6 +297,12 @@ def load_data_and_model(model_file: str):
     if not isinstance(checkpoint, dict) or not {"config", "state_dict"} <= set(checkpoint):
         raise UsageError(f"{model_file} is not a checkpoint of a training run (no config and state_dict in it)")
     config = checkpoint["config"]
+    for key, value in (settings or {}).items():
+        if key not in EVALUATION_SETTINGS:
+            raise UsageError(f"{key} cannot change for a trained model; "
+                             f"settings that can: {', '.join(EVALUATION_SETTINGS)}")
+        config[key] = value
+    seen.check(config)
     _runtime_of_this_process(config)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
@@ -328,9 +336,13 @@ def _runtime_of_this_process(config) -> None:
     check_dataset_files(config)
 
 
-def evaluate_checkpoint(model_file: str, split: str = "test") -> dict:
-    """Metrics of a saved model on its own data split, as RecBole's trainer computes them."""
-    config, net, _data, _train, valid, test = load_data_and_model(model_file)
+EVALUATION_SETTINGS = ("eval_filter_seen",)
+
+
+def evaluate_checkpoint(model_file: str, split: str = "test", settings: dict | None = None) -> dict:
+    """Metrics of a saved model on its own data split, as RecBole's trainer computes them
+    (``settings``: see :func:`load_data_and_model`)."""
+    config, net, _data, _train, valid, test = load_data_and_model(model_file, settings)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
     with compat.quiet_recbole():
         return trainer.evaluate(test if split == "test" else valid, load_best_model=False)

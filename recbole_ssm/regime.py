@@ -321,10 +321,13 @@ class ClozeDataLoader(AllPositionsDataLoader):
 
 def prepare_data(config, dataset):
     """RecBole's ``data_preparation``; under ``train_targets: all`` or ``cloze`` the training loader
-    yields windows."""
+    yields windows; with ``eval_filter_seen`` the evaluation loaders carry the users' histories."""
     from recbole.data import data_preparation
 
+    from recbole_ssm.seen import attach
+
     train, valid, test = data_preparation(config, dataset)
+    attach(config, dataset, valid, test)  # eval_filter_seen: the users' histories, for the evaluation
     loader = {"all": AllPositionsDataLoader, "cloze": ClozeDataLoader}.get(config["train_targets"] or "last")
     if loader is not None:
         train = loader(config, train._dataset, shuffle=config["shuffle"])

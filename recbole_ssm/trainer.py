@@ -141,6 +141,26 @@ class TrainerHooks:
         self._validations += 1
         return score, result
 
+    # -- eval_filter_seen (recbole_ssm/seen.py): a loader's SeenItems, applied to its full-sort scores
+
+    _seen = None
+
+    def evaluate(self, eval_data, *args, **kwargs):
+        self._seen = getattr(eval_data, "seen_items", None)
+        try:
+            return super().evaluate(eval_data, *args, **kwargs)
+        finally:
+            self._seen = None
+
+    def _full_sort_batch_eval(self, batched_data):
+        interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)
+        if self._seen is not None:
+            c = self.config
+            rows, items = self._seen.mask(interaction, c["USER_ID_FIELD"], c["ITEM_ID_FIELD"],
+                                          c["ITEM_ID_FIELD"] + c["LIST_SUFFIX"], c["ITEM_LIST_LENGTH_FIELD"])
+            scores[rows.to(scores.device), items.to(scores.device)] = -np.inf
+        return interaction, scores, positive_u, positive_i
+
     def _save_checkpoint(self, *args, **kwargs):
         if self.world is not None and not self.world.main:
             return None

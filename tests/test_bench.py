@@ -396,3 +396,43 @@ def test_machine_line_names_the_cpu_model(tmp_path, monkeypatch):
     assert common.cpu_model(str(info)) == "x86_64-fallback"
     monkeypatch.setattr(common, "cpu_model", lambda: "Some CPU 9000")
     assert ", Some CPU 9000, " in common.machine_line()
+
+
+def test_lengths_runs_a_table_per_length_and_plots_accuracy_against_length(tiny_data, tmp_path, capsys):
+    """bench lengths: one bench table per MAX_ITEM_LIST_LENGTH in its own folder; the report holds
+    each length's test metrics exactly as that table has them; a second call reuses every run."""
+    out = str(tmp_path / "len")
+    tiny = [a for a in TABLE_TINY if not a.startswith("--MAX_ITEM_LIST_LENGTH")]
+    argv = ["lengths", "--models=GRU4Rec", "--lengths=20,8", "--dataset=ml-tiny",
+            f"--data_path={tiny_data}", "--train_targets=all", f"--output={out}", *tiny]
+    assert bench_main(argv) == 0
+    for length in (8, 20):
+        table = open(os.path.join(out, f"L{length}", "table.md"), encoding="utf-8").read()
+        assert f"--MAX_ITEM_LIST_LENGTH={length}" in table and "--train_targets=all" in table
+    rows = read_csv(os.path.join(out, "lengths.csv"))
+    assert [(r["model"], r["metric"], r["length"]) for r in rows] == [
+        ("GRU4Rec", k, n) for k in ("hit@10", "ndcg@10", "mrr@10") for n in ("8", "20")]
+    for row in rows:
+        own = read_csv(os.path.join(out, f"L{row['length']}", "table.csv"))
+        want = next(r for r in own if r["model"] == row["model"])[f"{row['metric']}_mean"]
+        assert float(row["mean"]) == pytest.approx(float(want), rel=1e-5) and row["seeds"] == "1"
+    assert_png(os.path.join(out, "lengths.png"))
+    report = open(os.path.join(out, "lengths.md"), encoding="utf-8").read()
+    header = next(line for line in report.splitlines() if line.startswith("| Model"))
+    assert [c.strip() for c in header.strip("|").split("|")] == ["Model", "Metric", "L=8", "L=20"]
+    assert "Command: `python run_recbole_ssm.py bench lengths --models=GRU4Rec --lengths=20,8" in report
+    capsys.readouterr()
+    assert bench_main(argv) == 0
+    assert capsys.readouterr().err.count("1 finished run(s) reused") == 2
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["lengths", "--lengths=50"], "bench lengths needs --models"),
+    (["lengths", "--models=SASRec"], "--lengths takes a comma-separated list of integers"),
+    (["lengths", "--models=SASRec", "--lengths=50,50"], "lists a value twice"),
+    (["lengths", "--models=SASRec", "--lengths=50", "--MAX_ITEM_LIST_LENGTH=9"], "set by bench lengths itself"),
+])
+def test_lengths_misuse_is_one_line_error(argv, message, capsys):
+    assert cli_main(["bench", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1

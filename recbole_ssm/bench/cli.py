@@ -1,4 +1,5 @@
-"""``run_recbole_ssm.py bench {table,efficiency,regimes,stream,ddp,ops}`` / ``python -m recbole_ssm.bench ...``."""
+"""``run_recbole_ssm.py bench {table,lengths,efficiency,regimes,stream,ddp,ops}``
+(or ``python -m recbole_ssm.bench ...``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from recbole_ssm.options import wants_help
 
 USAGE = """\
 usage: run_recbole_ssm.py bench table --models=A,B --dataset=NAME [--seeds=3] [--output=DIR] [...]
+       run_recbole_ssm.py bench lengths --models=A,B --lengths=50,200 --dataset=NAME [...]
        run_recbole_ssm.py bench efficiency --models=A,B --lengths=50,200 [--batch=16] [--device=cpu] [...]
        run_recbole_ssm.py bench regimes --models=A,B --dataset=NAME [--batches=5] [...]
        run_recbole_ssm.py bench stream [--models=A,B] [--lengths=100,2000] [...]
@@ -16,6 +18,8 @@ usage: run_recbole_ssm.py bench table --models=A,B --dataset=NAME [--seeds=3] [-
        run_recbole_ssm.py bench ops [...]       kernel micro-benchmarks (when installed)
 
   table       train and test each model per seed; mean +- std table (table.md, table.csv)
+  lengths     bench table at several history lengths (MAX_ITEM_LIST_LENGTH); accuracy against
+              length (lengths.md, lengths.csv, lengths.png)
   efficiency  training-step time, inference time and peak memory against sequence length on
               synthetic sequences (efficiency.csv, PNG plots), with ratios to SASRec
   regimes     training epoch time and memory under train_targets=last against all, on real data
@@ -27,6 +31,7 @@ Run `bench COMMAND --help` for a command's options.
 
 COMMANDS = {
     "table": "recbole_ssm.bench.table",
+    "lengths": "recbole_ssm.bench.lengths",
     "efficiency": "recbole_ssm.bench.efficiency",
     "ops": "recbole_ssm.bench.ops",
     "regimes": "recbole_ssm.bench.regimes",

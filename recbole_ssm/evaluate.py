@@ -40,17 +40,10 @@ def main(argv: list[str]) -> int:
         raise UsageError("evaluate needs --checkpoint=PATH (a .pth file written by a training run)")
     settings = {} if opts["eval_filter_seen"] is None else {"eval_filter_seen": opts["eval_filter_seen"]}
 
-    from recbole_ssm import compat
-    from recbole_ssm.quick_start import load_data_and_model
-    from recbole_ssm.trainer import get_trainer
+    from recbole_ssm.quick_start import evaluate_splits, format_metrics
 
-    config, net, _data, _train, valid, test = load_data_and_model(opts["checkpoint"], settings)
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
     splits = ("valid", "test") if opts["split"] == "both" else (opts["split"],)
-    results = {}
-    with compat.quiet_recbole():
-        for name in splits:
-            results[name] = dict(trainer.evaluate(valid if name == "valid" else test, load_best_model=False))
+    config, results = evaluate_splits(opts["checkpoint"], splits, settings)
     filtered = bool(config["eval_filter_seen"])
     if opts["format"] == "json":
         print(json.dumps({"model": config["model"], "dataset": config["dataset"], "eval_filter_seen": filtered,
@@ -58,6 +51,6 @@ def main(argv: list[str]) -> int:
     else:
         print(f"model={config['model']} dataset={config['dataset']} eval_filter_seen={filtered}")
         for name, res in results.items():
-            print(f"{name:5s} " + "  ".join(f"{k}={float(v):.4f}" for k, v in res.items()))
+            print(format_metrics(name, res))
     sys.stdout.flush()
     return 0

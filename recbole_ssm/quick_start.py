@@ -339,13 +339,27 @@ def _runtime_of_this_process(config) -> None:
 EVALUATION_SETTINGS = ("eval_filter_seen",)
 
 
+def evaluate_splits(model_file: str, splits=("test",), settings: dict | None = None) -> tuple[Any, dict]:
+    """(config, {split: metrics}) of a saved model on its own data set's ``splits`` ("valid",
+    "test"), as RecBole's trainer computes them, the data loaded once (``settings``: see
+    :func:`load_data_and_model`)."""
+    config, net, _data, _train, valid, test = load_data_and_model(model_file, settings)
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
+    loaders = {"valid": valid, "test": test}
+    with compat.quiet_recbole():
+        return config, {name: trainer.evaluate(loaders[name], load_best_model=False) for name in splits}
+
+
 def evaluate_checkpoint(model_file: str, split: str = "test", settings: dict | None = None) -> dict:
     """Metrics of a saved model on its own data split, as RecBole's trainer computes them
     (``settings``: see :func:`load_data_and_model`)."""
-    config, net, _data, _train, valid, test = load_data_and_model(model_file, settings)
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
-    with compat.quiet_recbole():
-        return trainer.evaluate(test if split == "test" else valid, load_best_model=False)
+    name = "test" if split == "test" else "valid"
+    return evaluate_splits(model_file, (name,), settings)[1][name]
+
+
+def format_metrics(split: str, result: dict | None) -> str:
+    """One split's metrics as the CLI prints them: ``test  hit@10=0.1234  ndcg@10=...``."""
+    return f"{split:5s} " + "  ".join(f"{k}={float(v):.4f}" for k, v in (result or {}).items())
 
 
 def format_result(out: RunOutput) -> str:
@@ -354,6 +368,5 @@ def format_result(out: RunOutput) -> str:
              f"params={out.params[0]} (without embeddings {out.params[1]}) "
              f"fit={out.timings.get('fit_s', 0):.1f}s"]
     for name, res in (("valid", out.result["best_valid_result"]), ("test", out.result["test_result"])):
-        metrics = "  ".join(f"{k}={v:.4f}" for k, v in (res or {}).items())
-        lines.append(f"{name:5s} {metrics}")
+        lines.append(format_metrics(name, res))
     return "\n".join(lines)

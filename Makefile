@@ -19,9 +19,11 @@ venv:
 run: venv
 	$(PY) run_recbole_ssm.py --model=$(MODEL) --dataset=$(DATASET) $(ARGS)
 
-## test: the test suite (CPU; GPU tests skip without CUDA)
+## test: the test suite (CPU; GPU tests skip without CUDA), one pytest-xdist worker per logical
+## CPU, each test file on one worker (TEST_WORKERS=0 runs it in this process)
+TEST_WORKERS ?= logical
 test: venv
-	PYTHONUNBUFFERED=1 $(PY) -m pytest -q -p no:cacheprovider --durations=10 tests
+	PYTHONUNBUFFERED=1 $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --durations=10 tests
 
 ## bench: efficiency curves against SASRec on synthetic sequences (see docs/benchmarks.md)
 BENCH ?= efficiency --models=SASRec,Mamba4Rec,2Mamba4Rec,Hydra4Rec --lengths=50,200,1000,2000

@@ -9,6 +9,16 @@ import pytest
 TINY_USERS = 120  # users 1..120 of ml-100k: ~12.7k interactions
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (``make test`` starts one worker per CPU) a worker, and every process a
+    test starts, keeps to one thread, so that the workers do not fight over the cores."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        import torch
+
+        torch.set_num_threads(1)
+
+
 def ml100k_inter_path() -> str:
     import recbole
 

@@ -243,6 +243,13 @@ def test_fingerprint_follows_property_and_config_files(tmp_path):
     after = common.settings_files_digest("2Mamba4Rec", "ml-100k", [str(cfg)])
     assert after[str(cfg)] != before[str(cfg)] and after["Mamba2Rec.yaml"] == before["Mamba2Rec.yaml"]
     assert common.fingerprint({"files": after}) != common.fingerprint({"files": before})
+    # the mapping counts, not the text: a comment, a blank line and the key order change nothing
+    cfg.write_text("learning_rate: 0.01\nepochs: 3\n")
+    two = common.settings_files_digest("2Mamba4Rec", "ml-100k", [str(cfg)])
+    cfg.write_text("# a comment\nepochs: 3   # (int)\n\nlearning_rate: 0.01\n")
+    assert common.settings_files_digest("2Mamba4Rec", "ml-100k", [str(cfg)]) == two
+    cfg.write_text("learning_rate: 0.01\nepochs: 4\n")
+    assert common.settings_files_digest("2Mamba4Rec", "ml-100k", [str(cfg)])[str(cfg)] != two[str(cfg)]
 
 
 def test_ops_benchmark_prints_every_row_on_tiny_sizes(capsys):

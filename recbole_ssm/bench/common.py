@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+import yaml
+
 from recbole_ssm.errors import UsageError
 from recbole_ssm.utils import atomic_write_text
 
@@ -81,19 +83,26 @@ def settings_files_digest(model_name: str, dataset: str, files: Iterable[str] = 
     """``{file: sha256 prefix}`` of the property and config files a run reads.
 
     Part of every record's fingerprint: after a change of a model's defaults (e.g. in
-    properties/model/NAME.yaml) old records are no longer reused.
+    properties/model/NAME.yaml) old records are no longer reused. What is hashed is the mapping
+    a file holds, not its bytes, so comments, blank lines and key order do not count.
     """
     from recbole_ssm.config import property_files
     from recbole_ssm.registry import canonical_name
 
     out = {}
     for path in [*property_files(canonical_name(model_name), dataset), *files]:
+        key = os.path.basename(path) if path not in files else os.path.abspath(path)
         try:
             with open(path, "rb") as f:
-                out[os.path.basename(path) if path not in files else os.path.abspath(path)] = (
-                    hashlib.sha256(f.read()).hexdigest()[:16])
+                raw = f.read()
         except OSError:
-            out[path] = "missing"
+            out[key] = "missing"
+            continue
+        try:
+            text = json.dumps(yaml.safe_load(raw), sort_keys=True, default=str)
+        except yaml.YAMLError:  # not YAML: its bytes
+            text = raw.hex()
+        out[key] = hashlib.sha256(text.encode()).hexdigest()[:16]
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import struct
 import sys
@@ -11,6 +12,7 @@ import sys
 import pytest
 
 from recbole_ssm.bench import common
+from recbole_ssm.bench import table as bench_table
 from recbole_ssm.bench.cli import main as bench_main
 from recbole_ssm.cli import main as cli_main
 from recbole_ssm.errors import UsageError
@@ -70,6 +72,7 @@ def test_table_end_to_end_and_resume(tiny_data, tmp_path, capsys):
     # resume: a finished (model, seed) is reused, not retrained
     record = os.path.join(out, "runs", "SASRec-seed-2020.json")
     before = json.load(open(record, encoding="utf-8"))
+    assert before["epoch_s"] == bench_table.epoch_seconds(before["epoch_times"]) > 0
     assert bench_main(argv) == 0
     captured = capsys.readouterr()
     assert "2 finished run(s) reused" in captured.err
@@ -232,6 +235,12 @@ def test_cpu_peak_memory_sees_a_large_allocation():
         block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
         del block
     assert mem.mib >= 60
+
+
+def test_table_epoch_time_is_the_median_of_the_runs_epochs():
+    assert bench_table.epoch_seconds([1.0, 100.0, 1.2]) == 1.2  # one paused epoch does not move it
+    assert bench_table.epoch_seconds([2.0, 4.0]) == 3.0
+    assert math.isnan(bench_table.epoch_seconds([]))
 
 
 def test_fingerprint_follows_property_and_config_files(tmp_path):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import math
 import os
+import statistics
 import sys
 import time
 
@@ -77,6 +78,12 @@ METRICS = [("hit@10", "Hit@10"), ("ndcg@10", "NDCG@10"), ("mrr@10", "MRR@10")]
 
 
 # ---------------------------------------------------------------------------------------
+def epoch_seconds(epoch_times: list[float]) -> float:
+    """A run's epoch time: the median of its training epochs, so that a few epochs slowed by a
+    pause or by another job on the machine do not move it (nan without epochs)."""
+    return statistics.median(epoch_times) if epoch_times else math.nan
+
+
 # worker: one (model, seed)
 
 
@@ -159,7 +166,7 @@ def _work(spec: dict) -> dict:
         "params": out.params[0],
         "params_no_emb": out.params[1],
         "epochs": len(epoch_times),
-        "epoch_s": sum(epoch_times) / len(epoch_times) if epoch_times else math.nan,
+        "epoch_s": epoch_seconds(epoch_times),
         "epoch_times": epoch_times,
         "fit_s": out.timings.get("fit_s"),
         "data_s": out.timings.get("data_s"),

@@ -37,6 +37,7 @@ class TrainerHooks:
         self.fit_s: float | None = None  # wall time of fit, set by quick_start.run
         self.fit_peak_kind: str | None = None
         self._validations = 0
+        self.valid_scores: list[tuple[int, float]] = []  # (epoch, validation score) of each validation
         self.world = None  # a distributed.World once distribute() is called
         self._ddp = None
 
@@ -76,6 +77,7 @@ class TrainerHooks:
             "other_parameter": self.model.other_parameter(),
             "optimizer": self.optimizer.state_dict(),
             "validations": self._validations,
+            "valid_scores": [list(p) for p in self.valid_scores],
             "epoch_times": list(self.epoch_times),
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -101,6 +103,7 @@ class TrainerHooks:
         self.train_loss_dict = dict(state["train_loss_dict"])
         self.saved_model_file = state["saved_model_file"]
         self._validations = state["validations"]
+        self.valid_scores = [(int(e), float(v)) for e, v in state.get("valid_scores", [])]
         self.epoch_times = list(state.get("epoch_times", []))  # the run's epochs so far, then these
         load_weights(self.model, state["state_dict"], self.resume_file or "the resume state", self.config)
         self.model.load_other_parameter(state.get("other_parameter"))
@@ -136,6 +139,8 @@ class TrainerHooks:
 
             pair = super()._valid_epoch(valid_data, show_progress=show_progress) if self.world.main else None
             score, result = broadcast(pair, self.world)
+        # _valid_epoch runs right after the epoch it scores was trained (RecBole's fit)
+        self.valid_scores.append((len(self.epoch_times) - 1, float(score)))
         for callback in self.valid_callbacks:
             callback(self._validations, score, result)
         self._validations += 1

@@ -72,6 +72,15 @@ def test_table_end_to_end_and_resume(tiny_data, tmp_path, capsys):
     # resume: a finished (model, seed) is reused, not retrained
     record = os.path.join(out, "runs", "SASRec-seed-2020.json")
     before = json.load(open(record, encoding="utf-8"))
+    # one validation per epoch; the best one is the kept checkpoint's, shown beside the test metrics
+    assert [e for e, _ in before["valid_scores"]] == list(range(before["epochs"]))
+    assert before["best_epoch"] == 0 and before["valid_metric"] == "ndcg@10"
+    assert before["valid"]["ndcg@10"] == pytest.approx(max(v for _, v in before["valid_scores"]), abs=1e-4)
+    sasrec = next(r for r in rows if r["model"] == "SASRec")
+    assert float(sasrec["valid_mean"]) == pytest.approx(before["valid"]["ndcg@10"], abs=1e-6)
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines() if line.startswith("|")]
+    assert ["Valid NDCG@10", "Best epoch"] == cells[0][5:7]  # the mean ± std table
+    assert ["SASRec", "2020", f"{before['test']['hit@10']:.4f}"] in [c[:3] for c in cells]  # a per-run row
     assert before["epoch_s"] == bench_table.epoch_seconds(before["epoch_times"]) > 0
     assert bench_main(argv) == 0
     captured = capsys.readouterr()
@@ -90,6 +99,25 @@ def test_table_end_to_end_and_resume(tiny_data, tmp_path, capsys):
     assert cli_main(["bench", *changed]) == 2
     assert "was measured with other settings" in capsys.readouterr().err
     assert json.load(open(record, encoding="utf-8")) == before
+
+
+def test_best_epoch_is_the_first_best_validation():
+    assert bench_table.best_epoch([]) is None
+    assert bench_table.best_epoch([(0, 0.1), (1, 0.3), (2, 0.3), (3, 0.2)]) == 1  # a tie keeps the first
+    assert bench_table.best_epoch([(0, 0.5), (1, 0.3), (2, 0.4)], bigger=False) == 1
+    assert bench_table.best_epoch([(4, 0.2), (9, 0.25)]) == 9  # epochs as recorded (eval_step > 1, a resume)
+
+
+def test_per_run_rows_show_each_seed():
+    spec = common.ModelSpec(label="M", name="M")
+    rec = {"status": "ok", "test": {"hit@10": 0.2, "ndcg@10": 0.1, "mrr@10": 0.05}, "valid": {"ndcg@10": 0.12},
+           "valid_metric": "ndcg@10", "epochs": 12, "best_epoch": 1, "epoch_s": 3.14159}
+    old = {**rec, "test": {**rec["test"], "ndcg@10": 0.3}}
+    del old["best_epoch"], old["valid_metric"]  # a record written before these were kept
+    rows = bench_table.run_rows([spec], {("M", 2020): rec, ("M", 2021): {"status": "timeout"}, ("M", 2022): old},
+                                [2020, 2021, 2022])
+    assert rows == [["M", "2020", "0.2000", "0.1000", "0.0500", "0.1200", "12", "1", "3.14"],
+                    ["M", "2022", "0.2000", "0.3000", "0.0500", "0.1200", "12", "-", "3.14"]]
 
 
 @pytest.mark.slow

@@ -39,6 +39,8 @@ def test_interrupted_run_resumes_to_the_same_metrics(tiny_data, tmp_path):
     assert resumed.result["best_valid_result"] == whole.result["best_valid_result"]
     assert resumed.result["test_result"] == whole.result["test_result"]
     assert len(resumed.trainer.epoch_times) == 3  # epoch 0 from the state, then epochs 1 and 2 again
+    assert resumed.trainer.valid_scores == whole.trainer.valid_scores  # epoch 0's score from the state
+    assert [e for e, _ in whole.trainer.valid_scores] == [0, 1, 2]
     assert not os.path.exists(path)
 
 

@@ -87,6 +87,16 @@ def epoch_seconds(epoch_times: list[float]) -> float:
 # worker: one (model, seed)
 
 
+def best_epoch(valid_scores: list, bigger: bool = True) -> int | None:
+    """The epoch of the checkpoint early stopping keeps: the first validation with the best score
+    (RecBole's ``early_stopping`` replaces the best only on a strict improvement); None for none."""
+    best = None
+    for epoch, score in valid_scores:
+        if best is None or (score > best[1] if bigger else score < best[1]):
+            best = (epoch, score)
+    return None if best is None else int(best[0])
+
+
 def _first_rows(loader, n: int):
     """The first ``n`` evaluation rows of a full-sort loader, as one Interaction."""
     from recbole.data.interaction import cat_interactions
@@ -152,6 +162,7 @@ def _work(spec: dict) -> dict:
         out = run(spec["model"], spec["dataset"], spec["config_files"], config_dict, saved=True,
                   fit_memory=CpuPeakMemory, resume_file=resume_file)
     epoch_times = out.trainer.epoch_times
+    valid_scores = [list(p) for p in out.trainer.valid_scores]
     test = {k.lower(): float(v) for k, v in (out.result["test_result"] or {}).items()}
     valid = {k.lower(): float(v) for k, v in (out.result["best_valid_result"] or {}).items()}
 
@@ -163,6 +174,9 @@ def _work(spec: dict) -> dict:
         "status": "ok",
         "test": test,
         "valid": valid,
+        "valid_metric": str(out.config["valid_metric"]).lower(),
+        "valid_scores": valid_scores,
+        "best_epoch": best_epoch(valid_scores, bool(out.config["valid_metric_bigger"])),
         "params": out.params[0],
         "params_no_emb": out.params[1],
         "epochs": len(epoch_times),
@@ -205,6 +219,9 @@ def _sig(mean: float, std: float) -> str:
 COLUMNS = [
     # (csv name, markdown header, record getter, formatter or None for ints)
     *[(key, head, (lambda r, k=key: r["test"].get(k)), "metric") for key, head in METRICS],
+    # the best validation score (the metric early stopping reads) and the epoch it came from (0-based)
+    ("valid", "Valid", lambda r: r["valid"].get(r.get("valid_metric", "ndcg@10")), "metric"),
+    ("best_epoch", "Best epoch", lambda r: r.get("best_epoch"), "sig"),
     ("latency_b1_ms", "Latency b=1 (ms/user)", lambda r: r["latency_b1_ms"], "sig"),
     ("latency_bn_ms", "Latency b=256 (ms/user)", lambda r: r["latency_bn_ms"], "sig"),
     ("epoch_s", "Epoch (s)", lambda r: r["epoch_s"], "sig"),
@@ -221,6 +238,8 @@ def build_rows(specs: list[ModelSpec], records: dict[tuple[str, int], dict], see
     """(markdown header, markdown rows, csv header, csv rows) from the finished records."""
     md_header = ["Model", "Seeds"] + [c[1] for c in COLUMNS]
     md_header = [h.replace("b=256", f"b={latency_batch}") for h in md_header]
+    metric = _valid_metric(records)
+    md_header = [f"Valid {metric}" if h == "Valid" else h for h in md_header]
     csv_header = ["model", "seeds"]
     for name, _h, _g, kind in COLUMNS:
         csv_header += [name] if kind == "int" else [f"{name}_mean", f"{name}_std"]
@@ -246,6 +265,31 @@ def build_rows(specs: list[ModelSpec], records: dict[tuple[str, int], dict], see
         md_rows.append(md)
         csv_rows.append(row)
     return md_header, md_rows, csv_header, csv_rows
+
+
+def _valid_metric(records: dict) -> str:
+    """The validation metric's name as RecBole prints it (NDCG@10), from the finished records."""
+    names = {r.get("valid_metric", "ndcg@10") for r in records.values() if r.get("status") == "ok"}
+    shown = dict(METRICS)
+    return " / ".join(sorted(shown.get(n, n) for n in names)) or "NDCG@10"
+
+
+RUN_HEADER = ["Model", "Seed", "Hit@10", "NDCG@10", "MRR@10", "Valid", "Epochs", "Best epoch", "Epoch (s)"]
+
+
+def run_rows(specs: list[ModelSpec], records: dict[tuple[str, int], dict], seeds: list[int]) -> list[list[str]]:
+    """One markdown row per finished (model, seed): the values behind each mean ± std."""
+    rows = []
+    for spec in specs:
+        for seed in seeds:
+            r = records.get((spec.label, seed))
+            if not r or r.get("status") != "ok":
+                continue
+            best = r.get("best_epoch")
+            rows.append([spec.label, str(seed), *[f"{r['test'].get(k, math.nan):.4f}" for k, _ in METRICS],
+                         f"{r['valid'].get(r.get('valid_metric', 'ndcg@10'), math.nan):.4f}", str(r["epochs"]),
+                         "-" if best is None else str(best), f"{r['epoch_s']:.3g}"])
+    return rows
 
 
 def _data_path(dataset: str, files: list[str], overrides: dict) -> str | None:
@@ -325,6 +369,8 @@ def _write_table(specs, records: dict, seeds: list[int], lat_batch: int, dataset
     """table.md and table.csv from the finished runs; the table on stdout."""
     md_header, md_rows, csv_header, csv_rows = build_rows(specs, records, seeds, lat_batch)
     table = markdown_table(md_header, md_rows)
+    per_run = markdown_table([f"Valid {_valid_metric(records)}" if h == "Valid" else h for h in RUN_HEADER],
+                             run_rows(specs, records, seeds))
     command = "python run_recbole_ssm.py bench table " + " ".join(argv)
     done = [r for r in records.values() if r.get("status") == "ok"]
     threads = done[0]["torch_threads"] if done else "?"
@@ -336,7 +382,9 @@ def _write_table(specs, records: dict, seeds: list[int], lat_batch: int, dataset
         "Definitions of latency, epoch time and memory: docs/benchmarks.md.\n\n"
     )
     os.makedirs(output, exist_ok=True)
-    atomic_write_text(os.path.join(output, "table.md"), header + table)
+    atomic_write_text(os.path.join(output, "table.md"),
+                      header + table + "\nEach run (test metrics of the best-validation checkpoint; epochs "
+                      "counted from 0; epoch time the median of the run's epochs):\n\n" + per_run)
     atomic_write_text(os.path.join(output, "table.csv"), csv_text(csv_header, csv_rows))
     print(table, end="", flush=True)
     print(f"wrote {os.path.join(output, 'table.md')} and table.csv", file=sys.stderr)

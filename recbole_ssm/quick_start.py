@@ -22,7 +22,7 @@ from recbole_ssm.regime import check_train_targets, create_dataset, prepare_data
 from recbole_ssm.registry import canonical_name, get_model
 from recbole_ssm.settings_check import check_user_settings
 from recbole_ssm.trainer import get_trainer, load_weights
-from recbole_ssm.utils import count_parameters
+from recbole_ssm.utils import best_epoch, count_parameters
 
 
 def build_config(
@@ -215,7 +215,8 @@ def _run_rank(model, dataset, config_file_list, config_dict, saved, callbacks, f
     """One rank of ``run(..., nproc=N)``: what rank 0 returns travels back to the caller by pickle,
     so the model, trainer and loaders stay behind (the model is in ``saved_model_file``)."""
     out = run(model, dataset, config_file_list, config_dict, saved, callbacks, fit_memory)
-    timings = {**out.timings, "epoch_times": list(out.trainer.epoch_times)}
+    timings = {**out.timings, "epoch_times": list(out.trainer.epoch_times),
+               "valid_scores": list(out.trainer.valid_scores)}
     return RunOutput(result=out.result, config=out.config, model=None, trainer=None,
                      saved_model_file=out.saved_model_file, params=out.params, timings=timings)
 
@@ -367,6 +368,13 @@ def format_result(out: RunOutput) -> str:
     lines = [f"model={out.config['model']} dataset={out.config['dataset']} "
              f"params={out.params[0]} (without embeddings {out.params[1]}) "
              f"fit={out.timings.get('fit_s', 0):.1f}s"]
+    # the regime trained and where early stopping found the kept checkpoint (0-based epochs)
+    trainer = out.trainer
+    scores = trainer.valid_scores if trainer is not None else out.timings.get("valid_scores")
+    epochs = trainer.epoch_times if trainer is not None else out.timings.get("epoch_times")
+    if scores and epochs:
+        best = best_epoch(scores, bool(out.config["valid_metric_bigger"]))
+        lines[0] += f" train_targets={out.config['train_targets'] or 'last'} epochs={len(epochs)} best_epoch={best}"
     for name, res in (("valid", out.result["best_valid_result"]), ("test", out.result["test_result"])):
         lines.append(format_metrics(name, res))
     return "\n".join(lines)

@@ -32,3 +32,13 @@ def atomic_write_text(path: str, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def best_epoch(valid_scores: list, bigger: bool = True) -> int | None:
+    """The epoch of the checkpoint early stopping keeps: the first validation with the best score
+    (RecBole's ``early_stopping`` replaces the best only on a strict improvement); None for none."""
+    best = None
+    for epoch, score in valid_scores:
+        if best is None or (score > best[1] if bigger else score < best[1]):
+            best = (epoch, score)
+    return None if best is None else int(best[0])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import glob
 import os
+import re
 import subprocess
 import sys
 
@@ -26,9 +28,17 @@ def run_script(args: list[str], env_extra: dict | None = None) -> subprocess.Com
 
 
 def test_cli_trains_sasrec_end_to_end(tiny_config):
-    proc = run_script(["--model=SASRec", "--dataset=ml-tiny", *cli_args(tiny_config)])
+    settings = {**tiny_config, "epochs": 3, "train_targets": "all", "state": "INFO"}  # INFO: RecBole logs each score
+    proc = run_script(["--model=SASRec", "--dataset=ml-tiny", *cli_args(settings)])
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.strip().splitlines()
+    # the summary names the regime, the epochs trained and the epoch whose checkpoint was tested:
+    # the first with the best validation score in RecBole's log
+    summary = dict(f.split("=", 1) for f in lines[-3].split() if "=" in f)
+    assert summary["model"] == "SASRec" and summary["train_targets"] == "all" and summary["epochs"] == "3"
+    (log,) = glob.glob(os.path.join("log", "SASRec", "*.log"))
+    scores = [float(m) for m in re.findall(r"valid_score: ([0-9.]+)", open(log, encoding="utf-8").read())]
+    assert len(scores) == 3 and int(summary["best_epoch"]) == scores.index(max(scores))
     test_line = next(line for line in lines if line.startswith("test"))
     valid_line = next(line for line in lines if line.startswith("valid"))
     for line in (test_line, valid_line):

@@ -40,7 +40,7 @@ from recbole_ssm.bench.common import (
 )
 from recbole_ssm.errors import UsageError
 from recbole_ssm.options import Opt, parse, wants_help
-from recbole_ssm.utils import atomic_write_text
+from recbole_ssm.utils import atomic_write_text, best_epoch
 
 USAGE = """\
 usage: run_recbole_ssm.py bench table --models=A,B[:key=value...] [--dataset=NAME] [--seeds=3]
@@ -85,16 +85,6 @@ def epoch_seconds(epoch_times: list[float]) -> float:
 
 
 # worker: one (model, seed)
-
-
-def best_epoch(valid_scores: list, bigger: bool = True) -> int | None:
-    """The epoch of the checkpoint early stopping keeps: the first validation with the best score
-    (RecBole's ``early_stopping`` replaces the best only on a strict improvement); None for none."""
-    best = None
-    for epoch, score in valid_scores:
-        if best is None or (score > best[1] if bigger else score < best[1]):
-            best = (epoch, score)
-    return None if best is None else int(best[0])
 
 
 def _first_rows(loader, n: int):

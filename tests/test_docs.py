@@ -3,6 +3,7 @@ heading of that file (GitHub's anchor for it)."""
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import re
@@ -31,14 +32,18 @@ def prose_lines(path: str) -> list[tuple[int, str]]:
     return out
 
 
-def anchors(path: str) -> set[str]:
+@functools.cache
+def anchors(path: str) -> frozenset[str]:
+    """The page's heading anchors; a repeated heading gets -1, -2, ... as on GitHub."""
     seen: dict[str, int] = {}
+    out = set()
     for _, line in prose_lines(path):
         m = re.match(r"#+\s+(.*)", line)
         if m:
             s = slug(m.group(1))
-            seen[s] = seen.get(s, -1) + 1
-    return {s if n == 0 else f"{s}-{i}" for s, n in seen.items() for i in range(n + 1)} | set(seen)
+            out.add(f"{s}-{seen[s]}" if s in seen else s)
+            seen[s] = seen.get(s, 0) + 1
+    return frozenset(out)
 
 
 def broken_links(path: str) -> list[str]:
@@ -65,9 +70,11 @@ def test_slugs_follow_github():
 
 def test_a_broken_link_is_found(tmp_path):
     page = tmp_path / "page.md"
-    page.write_text("# A heading\n\n[ok](#a-heading) [gone](#another) [file](missing.md)\n```\n# not a heading\n```\n")
+    page.write_text("# A heading\n\n[ok](#a-heading) [gone](#another) [file](missing.md)\n```\n# not a heading\n```\n"
+                    "## A heading\n[ok](#a-heading-1) [gone](#a-heading-2) [gone](#not-a-heading)\n")
     assert [b.split(": ", 1)[1] for b in broken_links(str(page))] == [
-        "#another (no such heading)", "missing.md (no such file)"]
+        "#another (no such heading)", "missing.md (no such file)", "#a-heading-2 (no such heading)",
+        "#not-a-heading (no such heading)"]
 
 
 @pytest.mark.parametrize("path", DOCS, ids=[os.path.relpath(p, ROOT) for p in DOCS])

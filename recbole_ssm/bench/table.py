@@ -210,7 +210,7 @@ COLUMNS = [
     # (csv name, markdown header, record getter, formatter or None for ints)
     *[(key, head, (lambda r, k=key: r["test"].get(k)), "metric") for key, head in METRICS],
     # the best validation score (the metric early stopping reads) and the epoch it came from (0-based)
-    ("valid", "Valid", lambda r: r["valid"].get(r.get("valid_metric", "ndcg@10")), "metric"),
+    ("valid", "Valid", lambda r: _best_valid(r), "metric"),
     ("best_epoch", "Best epoch", lambda r: r.get("best_epoch"), "sig"),
     ("latency_b1_ms", "Latency b=1 (ms/user)", lambda r: r["latency_b1_ms"], "sig"),
     ("latency_bn_ms", "Latency b=256 (ms/user)", lambda r: r["latency_bn_ms"], "sig"),
@@ -227,9 +227,7 @@ def build_rows(specs: list[ModelSpec], records: dict[tuple[str, int], dict], see
                latency_batch: int) -> tuple[list[str], list[list], list[str], list[list]]:
     """(markdown header, markdown rows, csv header, csv rows) from the finished records."""
     md_header = ["Model", "Seeds"] + [c[1] for c in COLUMNS]
-    md_header = [h.replace("b=256", f"b={latency_batch}") for h in md_header]
-    metric = _valid_metric(records)
-    md_header = [f"Valid {metric}" if h == "Valid" else h for h in md_header]
+    md_header = _name_valid_metric([h.replace("b=256", f"b={latency_batch}") for h in md_header], records)
     csv_header = ["model", "seeds"]
     for name, _h, _g, kind in COLUMNS:
         csv_header += [name] if kind == "int" else [f"{name}_mean", f"{name}_std"]
@@ -257,11 +255,22 @@ def build_rows(specs: list[ModelSpec], records: dict[tuple[str, int], dict], see
     return md_header, md_rows, csv_header, csv_rows
 
 
-def _valid_metric(records: dict) -> str:
-    """The validation metric's name as RecBole prints it (NDCG@10), from the finished records."""
+def _best_valid(record: dict) -> float | None:
+    """A run's best validation score: its ``valid_metric`` (NDCG@10 in records made before it was kept)."""
+    return record["valid"].get(record.get("valid_metric", "ndcg@10"))
+
+
+def _name_valid_metric(header: list[str], records: dict) -> list[str]:
+    """``header`` with its "Valid" column named after the validation metric, as RecBole prints it
+    (NDCG@10), from the finished records."""
     names = {r.get("valid_metric", "ndcg@10") for r in records.values() if r.get("status") == "ok"}
     shown = dict(METRICS)
-    return " / ".join(sorted(shown.get(n, n) for n in names)) or "NDCG@10"
+    metric = " / ".join(sorted(shown.get(n, n) for n in names)) or "NDCG@10"
+    return [f"Valid {metric}" if h == "Valid" else h for h in header]
+
+
+def _nan_if_none(value: float | None) -> float:
+    return math.nan if value is None else value
 
 
 RUN_HEADER = ["Model", "Seed", "Hit@10", "NDCG@10", "MRR@10", "Valid", "Epochs", "Best epoch", "Epoch (s)"]
@@ -277,7 +286,7 @@ def run_rows(specs: list[ModelSpec], records: dict[tuple[str, int], dict], seeds
                 continue
             best = r.get("best_epoch")
             rows.append([spec.label, str(seed), *[f"{r['test'].get(k, math.nan):.4f}" for k, _ in METRICS],
-                         f"{r['valid'].get(r.get('valid_metric', 'ndcg@10'), math.nan):.4f}", str(r["epochs"]),
+                         f"{_nan_if_none(_best_valid(r)):.4f}", str(r["epochs"]),
                          "-" if best is None else str(best), f"{r['epoch_s']:.3g}"])
     return rows
 
@@ -359,8 +368,7 @@ def _write_table(specs, records: dict, seeds: list[int], lat_batch: int, dataset
     """table.md and table.csv from the finished runs; the table on stdout."""
     md_header, md_rows, csv_header, csv_rows = build_rows(specs, records, seeds, lat_batch)
     table = markdown_table(md_header, md_rows)
-    per_run = markdown_table([f"Valid {_valid_metric(records)}" if h == "Valid" else h for h in RUN_HEADER],
-                             run_rows(specs, records, seeds))
+    per_run = markdown_table(_name_valid_metric(RUN_HEADER, records), run_rows(specs, records, seeds))
     command = "python run_recbole_ssm.py bench table " + " ".join(argv)
     done = [r for r in records.values() if r.get("status") == "ok"]
     threads = done[0]["torch_threads"] if done else "?"

@@ -81,6 +81,7 @@ class RunOutput:
     params: tuple
     timings: dict = field(default_factory=dict)
     test_data: Any = None  # the test split's dataloader
+    dataset: Any = None  # the whole data set the loaders were cut from
 
 
 def run(
@@ -122,7 +123,7 @@ def run(
     logging.getLogger().info(config)
     # 3. data, 4. model, 5. trainer, 6. training and test
     t0 = time.perf_counter()
-    train_data, valid_data, test_data = _load_data(config, world)
+    data, (train_data, valid_data, test_data) = _load_data(config, world)
     t_data = time.perf_counter() - t0
     init_seed(config["seed"] + (world.rank if world else config["local_rank"]), config["reproducibility"])
     net, params = _build_model(config, model_class, train_data)
@@ -138,18 +139,20 @@ def run(
         params=params,
         timings={"data_s": t_data, "fit_s": trainer.fit_s},
         test_data=test_data,
+        dataset=data,
     )
 
 
 def _load_data(config, world):
-    """RecBole's data set and loaders (``train_targets`` decides the training loader; sharded per rank)."""
+    """RecBole's data set and its (train, valid, test) loaders (``train_targets`` decides the
+    training loader; sharded per rank)."""
     with compat.quiet_recbole():
         data = create_dataset(config)
         logging.getLogger().info(data)
         train_data, valid_data, test_data = prepare_data(config, data)
         if world is not None:
             train_data = distributed.shard_train_loader(train_data, config, world)
-    return train_data, valid_data, test_data
+    return data, (train_data, valid_data, test_data)
 
 
 def _build_model(config, model_class, train_data):

@@ -94,3 +94,18 @@ def attach(config, dataset, *loaders) -> None:
     seen = SeenItems.from_dataset(dataset)
     for loader in loaders:
         loader.seen_items = seen
+
+
+def evaluate_history_left_out(trainer, dataset, loader) -> dict:
+    """The metrics of ``trainer``'s model as it is now on ``loader`` (an evaluation split of
+    ``dataset``), with each user's history before the target left out of the ranking: what
+    ``eval_filter_seen: True`` would have reported, whatever the run's own setting."""
+    from recbole_ssm import compat
+
+    kept = getattr(loader, "seen_items", None)
+    loader.seen_items = SeenItems.from_dataset(dataset)
+    try:
+        with compat.quiet_recbole():
+            return trainer.evaluate(loader, load_best_model=False)
+    finally:
+        loader.seen_items = kept

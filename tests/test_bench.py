@@ -82,6 +82,16 @@ def test_table_end_to_end_and_resume(tiny_data, tmp_path, capsys):
     assert ["Valid NDCG@10", "Best epoch"] == cells[0][5:7]  # the mean ± std table
     assert ["SASRec", "2020", f"{before['test']['hit@10']:.4f}"] in [c[:3] for c in cells]  # a per-run row
     assert before["epoch_s"] == bench_table.epoch_seconds(before["epoch_times"]) > 0
+    # the kept checkpoint's test with the history left out: what `evaluate --eval_filter_seen=true` gives
+    from recbole_ssm.quick_start import evaluate_checkpoint
+
+    saved = [f for f in os.listdir(os.path.join(out, "saved")) if f.startswith("SASRec-") and f.endswith(".pth")]
+    assert len(saved) == 1, saved
+    left_out = evaluate_checkpoint(os.path.join(out, "saved", saved[0]), "test", {"eval_filter_seen": True})
+    assert before["test_seen_out"] == pytest.approx({k.lower(): float(v) for k, v in left_out.items()}, abs=1e-6)
+    assert before["test_seen_out"] != before["test"]  # not the unfiltered ranking again
+    assert float(sasrec["ndcg@10_seen_out_mean"]) == pytest.approx(before["test_seen_out"]["ndcg@10"], abs=1e-6)
+    assert "NDCG@10, history left out" in cells[0]
     assert bench_main(argv) == 0
     captured = capsys.readouterr()
     assert "2 finished run(s) reused" in captured.err
@@ -111,13 +121,15 @@ def test_best_epoch_is_the_first_best_validation():
 def test_per_run_rows_show_each_seed():
     spec = common.ModelSpec(label="M", name="M")
     rec = {"status": "ok", "test": {"hit@10": 0.2, "ndcg@10": 0.1, "mrr@10": 0.05}, "valid": {"ndcg@10": 0.12},
-           "valid_metric": "ndcg@10", "epochs": 12, "best_epoch": 1, "epoch_s": 3.14159}
+           "valid_metric": "ndcg@10", "epochs": 12, "best_epoch": 1, "epoch_s": 3.14159,
+           "test_seen_out": {"hit@10": 0.3, "ndcg@10": 0.16789}}
     old = {**rec, "test": {**rec["test"], "ndcg@10": 0.3}}
-    del old["best_epoch"], old["valid_metric"]  # a record written before these were kept
+    del old["best_epoch"], old["valid_metric"], old["test_seen_out"]  # a record written before these were kept
     rows = bench_table.run_rows([spec], {("M", 2020): rec, ("M", 2021): {"status": "timeout"}, ("M", 2022): old},
                                 [2020, 2021, 2022])
-    assert rows == [["M", "2020", "0.2000", "0.1000", "0.0500", "0.1200", "12", "1", "3.14"],
-                    ["M", "2022", "0.2000", "0.3000", "0.0500", "0.1200", "12", "-", "3.14"]]
+    assert rows == [["M", "2020", "0.2000", "0.1000", "0.0500", "0.1200", "0.1679", "12", "1", "3.14"],
+                    ["M", "2022", "0.2000", "0.3000", "0.0500", "0.1200", "-", "12", "-", "3.14"]]
+    assert len(bench_table.RUN_HEADER) == len(rows[0])
 
 
 @pytest.mark.slow

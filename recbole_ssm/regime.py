@@ -16,6 +16,16 @@ epoch. A target whose history is no longer than L sees exactly the context it se
 ``last``; in a user longer than L, a target early in a window sees less context than ``last``
 gives it (the window's start, not L items back).
 
+``train_window_stride: S`` (1..L; unset: L) lets windows overlap so that every target keeps at
+least ``L - S`` items of context: the input positions with a target are cut into pieces of S from
+the newest backwards (the oldest piece holds the remainder), and each piece's window is the piece
+with up to ``L - S`` input positions before it, read as context only (their targets are trained
+by the window of their own piece, so no target is counted twice). T = 450 at L = 200 and S = 150
+gives the windows ``[100, 300)`` training ``[150, 300)`` (50 of context) and ``[0, 150)`` training
+all of it, besides ``[250, 450)`` training ``[300, 450)``. S = 1 is RecBole's ``last`` exactly:
+one window per target, holding the L items before it (or the whole prefix). The encoder's cost
+grows about L / S times; the CE loss is computed for the same targets as without overlap.
+
 ``cloze`` trains a bidirectional model (Hydra4Rec) as BERT4Rec trains its encoder: the same
 windows, each with its last target appended (up to ``MAX_ITEM_LIST_LENGTH + 1`` items), a
 fraction ``mask_ratio`` of the items replaced by a mask token, and the loss taken at the masked
@@ -86,6 +96,13 @@ def check_train_targets(config, model_class) -> str:
         )
     if value in WINDOW_REGIMES:
         require(config, "train_window_batch_size", positive_int, "a positive integer (windows per batch)")
+    if config["train_window_stride"] is not None:
+        if value != "all":
+            raise ConfigError(f"train_window_stride applies to train_targets=all only, not {value}; "
+                              "unset it (train_window_stride=~) or train with train_targets=all")
+        max_len = config["MAX_ITEM_LIST_LENGTH"]
+        require(config, "train_window_stride", lambda v: positive_int(v) and v <= max_len,
+                f"a whole number from 1 to MAX_ITEM_LIST_LENGTH ({max_len}): the new targets per window")
     if value == "cloze":
         require(config, "mask_ratio", lambda v: 0.0 < float(v) < 1.0, "a fraction in (0, 1) of items to mask")
     return value
@@ -203,22 +220,29 @@ def create_dataset(config):
     return recbole_create_dataset(config)
 
 
-def cut_windows(history_lengths: torch.Tensor, max_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def cut_windows(history_lengths: torch.Tensor, max_len: int, stride: int | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Windows of input positions for histories of the given lengths (see the module docstring).
 
     A history of length n has n - 1 input positions with a target. Returns ``(history, start,
-    size)`` per window: the history's index, the window's first input position in it and its
-    number of inputs (1..max_len), newest window of each history first.
+    size, context)`` per window: the history's index, the window's first input position in it,
+    its number of inputs (1..max_len) and how many of its first inputs are context only (0 unless
+    ``stride`` < max_len), newest window of each history first.
     """
+    stride = max_len if stride is None else stride
+    if not 1 <= stride <= max_len:
+        raise ValueError(f"stride must be in 1..{max_len}, not {stride}")
     positions = (history_lengths - 1).clamp_min(0)  # (U,) inputs that have a target
-    counts = (positions + max_len - 1) // max_len  # (U,) windows per history
+    counts = (positions + stride - 1) // stride  # (U,) windows per history
     history = torch.repeat_interleave(torch.arange(len(positions)), counts)  # (W,)
-    # j-th window from the newest: inputs [n - (j + 1) L, n - j L), clipped at 0
+    # j-th window from the newest trains inputs [n - (j + 1) S, n - j S), clipped at 0, and reads
+    # from up to L inputs before its end
     first_of = torch.cumsum(counts, 0) - counts
     j = torch.arange(len(history)) - first_of[history]
-    end = positions[history] - j * max_len
+    end = positions[history] - j * stride
+    trained_from = (end - stride).clamp_min(0)
     start = (end - max_len).clamp_min(0)
-    return history, start, end - start
+    return history, start, end - start, trained_from - start
 
 
 class AllPositionsDataLoader(AbstractDataLoader):
@@ -226,7 +250,8 @@ class AllPositionsDataLoader(AbstractDataLoader):
 
     Each batch is an Interaction with RecBole's item list field (B, W) right-padded with 0, its
     length field (B,), the user field (B,), and ``TARGETS`` (B, W): the item that follows each
-    input position (0 on padding), where W is the longest window of the batch. With BPR,
+    input position (0 on padding and on a window's context-only positions, see
+    ``train_window_stride``), where W is the longest window of the batch. With BPR,
     ``NEG_TARGETS`` (B, W) holds one uniformly sampled negative per position, never the target.
     Windows are shuffled every epoch with RecBole's seeded generator; ``train_window_batch_size``
     windows make a batch.
@@ -235,7 +260,9 @@ class AllPositionsDataLoader(AbstractDataLoader):
     def __init__(self, config, dataset, sampler=None, shuffle=True):
         flat = getattr(dataset, "train_histories", None)  # WindowDataset keeps them; else rebuild
         self.items, offsets, self.users = flat if flat is not None else training_histories(dataset)
-        history, start, self.sizes = cut_windows(offsets[1:] - offsets[:-1], config["MAX_ITEM_LIST_LENGTH"])
+        stride = config["train_window_stride"] if self.overlapping_windows else None
+        history, start, self.sizes, self.context = cut_windows(offsets[1:] - offsets[:-1],
+                                                               config["MAX_ITEM_LIST_LENGTH"], stride)
         self.window_user = self.users[history]  # (W,)
         self.starts = offsets[:-1][history] + start  # (W,) into self.items
         self.sample_size = len(self.sizes)
@@ -246,6 +273,8 @@ class AllPositionsDataLoader(AbstractDataLoader):
         self.uid_field = dataset.uid_field
         super().__init__(config, dataset, sampler, shuffle=shuffle)
 
+    overlapping_windows = True  # reads train_window_stride
+
     def _init_batch_size_and_step(self):
         self.step = self.config["train_window_batch_size"]
         self.set_batch_size(self.step)
@@ -253,7 +282,7 @@ class AllPositionsDataLoader(AbstractDataLoader):
     @property
     def n_targets(self) -> int:
         """Targets trained per epoch (the number of prefix samples of the ``last`` regime)."""
-        return int(self.sizes.sum())
+        return int((self.sizes - self.context).sum())
 
     def _window_items(self, index) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Windows ``index`` -> (index (B,), their numbers of inputs n (B,), their items (B, W + 1):
@@ -267,12 +296,14 @@ class AllPositionsDataLoader(AbstractDataLoader):
 
     def collate_fn(self, index):
         index, sizes, items = self._window_items(index)
-        real = torch.arange(items.size(1) - 1).unsqueeze(0) < sizes.unsqueeze(1)  # (B, W) inputs
-        targets = items[:, 1:]  # the next item of every input, 0 after the last
+        pos = torch.arange(items.size(1) - 1).unsqueeze(0)
+        real = pos < sizes.unsqueeze(1)  # (B, W) inputs
+        trained = real & (pos >= self.context[index].unsqueeze(1))  # inputs whose target this window trains
+        targets = torch.where(trained, items[:, 1:], 0)  # the next item of every trained input, else 0
         batch = {self.uid_field: self.window_user[index], self.seq_field: torch.where(real, items[:, :-1], 0),
                  self.len_field: sizes, TARGETS: targets}
         if self.bpr:
-            batch[NEG_TARGETS] = torch.where(real, self._negatives(targets), 0)
+            batch[NEG_TARGETS] = torch.where(trained, self._negatives(targets), 0)
         return Interaction(batch)
 
     def _negatives(self, targets: torch.Tensor) -> torch.Tensor:
@@ -295,6 +326,8 @@ class ClozeDataLoader(AllPositionsDataLoader):
     ``NEG_TARGETS`` one sampled negative there. The masks are drawn anew every epoch from torch's
     seeded generator.
     """
+
+    overlapping_windows = False  # windows never overlap: a masked item would be trained twice
 
     def __init__(self, config, dataset, sampler=None, shuffle=True):
         self.mask_ratio = float(config["mask_ratio"])

@@ -168,6 +168,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "learning_rate": (positive_number, "a number > 0"),
     "weight_decay": (_at_least(0), "a number >= 0"),
     "ce_chunk_mib": (positive_number, "a number of MiB > 0"),
+    "train_window_stride": (lambda v: v is None or positive_int(v), "a whole number >= 1, or ~ for no overlap"),
     **{k: (_probability, "a probability in [0, 1)") for k in (
         "dropout_prob", "hidden_dropout_prob", "attn_dropout_prob", "mask_ratio")},
     "loss_type": (lambda v: v in ("CE", "BPR"), "CE or BPR"),

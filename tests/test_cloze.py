@@ -66,7 +66,7 @@ def test_cloze_loader_masks_pieces_of_each_history_and_targets_only_the_masked_i
             masked_total += int(masked.sum())
             real_total += k
     sizes = torch.tensor([len(h) for h in history.values()])
-    _hist, _start, per_window = cut_windows(sizes, 7)
+    _hist, _start, per_window, _context = cut_windows(sizes, 7)
     assert sum(windows.values()) == len(per_window)
     assert all(covered[u] == set(range(len(h))) for u, h in history.items() if len(h) > 1)  # every item can be masked
     assert real_total > 2000 and abs(masked_total / real_total - 0.3) < 0.05

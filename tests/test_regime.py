@@ -78,8 +78,8 @@ def test_linear_cross_entropy_chunks_to_the_budget():
 def test_windows_cover_every_target_once_newest_window_full(seed, max_len):
     g = torch.Generator().manual_seed(seed)
     lengths = torch.randint(0, 40, (23,), generator=g)
-    history, start, size = cut_windows(lengths, max_len)
-    assert (size >= 1).all() and (size <= max_len).all()
+    history, start, size, context = cut_windows(lengths, max_len)
+    assert (size >= 1).all() and (size <= max_len).all() and (context == 0).all()
     for u, n in enumerate(lengths.tolist()):
         mine = (history == u).nonzero().flatten()
         covered = sorted(p for w in mine.tolist() for p in range(start[w], start[w] + size[w]))
@@ -88,6 +88,30 @@ def test_windows_cover_every_target_once_newest_window_full(seed, max_len):
             newest = mine[0]
             assert start[newest] + size[newest] == n - 1
             assert size[newest] == min(max_len, n - 1)
+
+
+@pytest.mark.parametrize("seed", [8, 9])
+@pytest.mark.parametrize("max_len,stride", [(1, 1), (5, 1), (8, 3), (8, 7), (9, 9)])
+def test_overlapping_windows_train_every_target_once_with_context(seed, max_len, stride):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(0, 40, (23,), generator=g)
+    history, start, size, context = cut_windows(lengths, max_len, stride)
+    assert (size >= 1).all() and (size <= max_len).all() and (context >= 0).all() and (context < size).all()
+    for u, n in enumerate(lengths.tolist()):
+        mine = (history == u).nonzero().flatten().tolist()
+        trained = sorted(p for w in mine for p in range(start[w] + context[w], start[w] + size[w]))
+        assert trained == list(range(max(n - 1, 0)))  # input positions 0..n-2, each trained once
+        for w in mine:
+            assert size[w] - context[w] <= stride
+            for p in range(start[w] + context[w], start[w] + size[w]):
+                # a trained input reads at least L - S inputs before it, or all there are
+                assert p - start[w] >= min(p, max_len - stride)
+        if mine:  # the newest window ends at the last input and is as long as it can be
+            assert start[mine[0]] + size[mine[0]] == n - 1 and size[mine[0]] == min(max_len, n - 1)
+    if stride == max_len:
+        assert all(torch.equal(a, b) for a, b in zip(cut_windows(lengths, max_len), (history, start, size, context)))
+    with pytest.raises(ValueError, match="stride must be in"):
+        cut_windows(lengths, max_len, max_len + 1)
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +169,77 @@ def test_all_loader_trains_exactly_the_prefix_targets(tiny_dataset):
     prefix = collections.Counter(zip(train.inter_feat["user_id"].tolist(), train.inter_feat["item_id"].tolist()))
     assert seen == prefix  # every prefix target once per epoch, nothing else
     assert loader.n_targets == len(train)
+
+
+def _prefix_rows(train) -> collections.Counter:
+    """RecBole's training samples: Counter of (user, item list, target)."""
+    f = train.inter_feat
+    return collections.Counter((int(u), tuple(s[:n].tolist()), int(t)) for u, s, n, t in
+                               zip(f["user_id"], f["item_id_list"], f["item_length"], f["item_id"]))
+
+
+@pytest.mark.parametrize("stride", [1, 3, 7])
+def test_overlapping_windows_read_recboles_prefixes(stride, tiny_dataset):
+    """With windows of L = 7 and ``train_window_stride`` S, each trained target reads the last
+    ``L - S + 1`` items or more of the prefix RecBole trains it with; S = 1 reads all of it."""
+    config, train, _test = tiny_dataset
+    config["train_window_stride"] = stride
+    try:
+        loader = AllPositionsDataLoader(config, train, shuffle=True)
+    finally:
+        config["train_window_stride"] = None
+    prefixes = _prefix_rows(train)
+    by_target = collections.defaultdict(list)
+    for user, items, target in prefixes:
+        by_target[(user, target)].append(items)
+    read = collections.Counter()
+    for batch in loader:
+        seq, n, tgt = batch["item_id_list"], batch["item_length"], batch[TARGETS]
+        for row in range(len(n)):
+            k, user = int(n[row]), int(batch["user_id"][row])
+            trained = (tgt[row] > 0).nonzero().flatten().tolist()
+            assert trained == list(range(k - len(trained), k)) and 1 <= len(trained) <= stride  # the window's end
+            assert (tgt[row, trained[:-1]] == seq[row, [t + 1 for t in trained[:-1]]]).all()
+            for t in trained:
+                ctx, target = tuple(seq[row, : t + 1].tolist()), int(tgt[row, t])
+                full = [p for p in by_target[(user, target)] if p[len(p) - len(ctx):] == ctx]
+                assert full, "a trained target's inputs are not the end of its prefix"
+                assert len(ctx) >= min(len(full[0]), 7 - stride + 1)
+                read[(user, full[0] if stride == 1 else ctx, target)] += 1
+    assert loader.n_targets == len(train) == sum(read.values())
+    if stride == 1:
+        assert read == prefixes  # every prefix sample, read whole, once
+
+
+@pytest.mark.parametrize("name", ["Mamba2Rec", "SASRec"])
+def test_stride_one_windows_give_the_prefix_regimes_loss(name, tiny_dataset, tiny_data):
+    """``all`` with ``train_window_stride=1`` over a whole epoch: the summed loss and its gradients
+    are those of RecBole's ``last`` samples (float64, dropout off, users longer than the window)."""
+    from recbole.data.interaction import Interaction
+
+    config, train, _test = tiny_dataset
+    model = make_model(name, train, tiny_data)
+    users = train.inter_feat["user_id"]
+    train = train.copy(train.inter_feat[users <= users.unique()[29]])  # 30 users
+    assert (train.inter_feat["item_length"] == 7).sum() > len(train) // 2  # most prefixes longer than the window
+    kept = config["train_window_batch_size"]
+    config["train_window_stride"], config["train_window_batch_size"] = 1, 1024
+    try:
+        loader = AllPositionsDataLoader(config, train, shuffle=False)
+    finally:
+        config["train_window_stride"], config["train_window_batch_size"] = None, kept
+    model.zero_grad()
+    total_all = sum(model.calculate_loss(b) * int((b[TARGETS] > 0).sum()) for b in loader)
+    total_all.backward()
+    grads_all = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    f = train.inter_feat
+    prefixes = Interaction({"item_id_list": f["item_id_list"], "item_length": f["item_length"],
+                            "item_id": f["item_id"]})
+    loss_last, grads_last = loss_and_grads(model, prefixes, len(train))
+    torch.testing.assert_close(total_all.detach(), loss_last, rtol=1e-10, atol=1e-8)
+    assert grads_all.keys() == grads_last.keys() and grads_all
+    for key in grads_all:
+        torch.testing.assert_close(grads_all[key], grads_last[key], rtol=1e-8, atol=1e-10, msg=key)
 
 
 @pytest.mark.parametrize("max_len", [3, 7, 1000])
@@ -403,6 +498,11 @@ def test_bidirectional_hydra_refuses_all_with_more_than_one_layer(tiny_data):
     ({"model": "Hydra4Rec", "train_targets": "all", "num_layers": 3}, "cannot train Hydra4Rec with num_layers=3"),
     ({"model": "Hydra4Rec", "train_targets": "cloze", "mask_ratio": 0}, "invalid mask_ratio=0"),
     ({"model": "Hydra4Rec", "train_targets": "cloze", "mask_ratio": 1.5}, "invalid mask_ratio=1.5"),
+    ({"train_window_stride": 5}, "train_window_stride applies to train_targets=all only, not last"),
+    ({"model": "Hydra4Rec", "train_targets": "cloze", "train_window_stride": 5}, "train_window_stride applies to "
+                                                                                  "train_targets=all only, not cloze"),
+    ({"train_targets": "all", "train_window_stride": 51}, "invalid train_window_stride=51"),
+    ({"train_targets": "all", "train_window_stride": 0}, "invalid train_window_stride=0"),
 ])
 def test_bad_train_targets_settings_are_one_line_errors(over, match, tiny_data, capsys):
     args = [f"--model={over.pop('model', 'Mamba2Rec')}", "--dataset=ml-tiny", f"--data_path={tiny_data}"]
@@ -413,11 +513,12 @@ def test_bad_train_targets_settings_are_one_line_errors(over, match, tiny_data, 
 
 
 @pytest.mark.slow
-def test_a_run_under_all_trains_on_windows_and_scores_like_last(tiny_config):
+@pytest.mark.parametrize("stride", [None, 8])
+def test_a_run_under_all_trains_on_windows_and_scores_like_last(stride, tiny_config):
     from recbole_ssm.quick_start import run
 
-    out = run("Mamba2Rec", "ml-tiny", None, {**tiny_config, **SMALL, "train_targets": "all", "epochs": 2},
-              saved=False)
-    assert out.config["train_targets"] == "all"
+    out = run("Mamba2Rec", "ml-tiny", None, {**tiny_config, **SMALL, "train_targets": "all", "epochs": 2,
+                                             "train_window_stride": stride}, saved=False)
+    assert out.config["train_targets"] == "all" and out.config["train_window_stride"] == stride
     assert set(out.result["test_result"]) == {"hit@10", "ndcg@10", "mrr@10"}
     assert out.result["best_valid_result"]["hit@10"] > 0

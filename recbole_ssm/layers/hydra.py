@@ -18,7 +18,7 @@ from recbole_ssm.layers.block import gated_projection, take
 from recbole_ssm.layers.init import dt_bias_init
 from recbole_ssm.layers.norm import RMSNormGated
 from recbole_ssm.ops import mamba_chunk_scan_combined
-from recbole_ssm.ops.common import step_sizes
+from recbole_ssm.ops.common import at_least_float32, step_sizes
 
 
 def _shift_right(y: torch.Tensor, steps: int = 1) -> torch.Tensor:
@@ -104,7 +104,7 @@ class HydraMixer(nn.Module):
         b2, c2 = bc2.reshape(2 * bsz, seqlen, 2, self.ngroups, self.d_state).unbind(2)  # (2B, L, G, N)
         dt2 = torch.cat([dt[..., : self.nheads], dt[..., self.nheads:].flip(1)], dim=0)  # (2B, L, H)
         y2 = mamba_chunk_scan_combined(
-            x2, dt2, A, b2, c2, self.chunk_size, dt_bias=self.dt_bias.float(), dt_softplus=True,
+            x2, dt2, A, b2, c2, self.chunk_size, dt_bias=at_least_float32(self.dt_bias), dt_softplus=True,
         ).reshape(2 * bsz, seqlen, self.d_inner)
         if index is not None:
             # shifted right: position t reads the forward scan at t-1 and the backward one at t+1,
@@ -157,9 +157,9 @@ class HydraMixer(nn.Module):
         convs = [conv(ahead) for ahead in range(radius + 1)]  # every one is read below; [radius]: all taps
         x_all, b_all, _ = convs[radius]
         _, _, c_one = convs[min(1, radius)]  # C'_{t-1} of the prefix ending at t, read at t-1: one tap ahead
-        A = -torch.exp(self.A_log.float())
+        A = -torch.exp(at_least_float32(self.A_log))
         cdt = torch.promote_types(hidden.dtype, torch.float32)
-        dt = step_sizes(rest[..., n_fwd + 2 * gn : n_fwd + 2 * gn + heads], self.dt_bias.float(), True, cdt)
+        dt = step_sizes(rest[..., n_fwd + 2 * gn : n_fwd + 2 * gn + heads], at_least_float32(self.dt_bias), True, cdt)
         cum = torch.cumsum(dt, dim=1)  # (B, L, H)
         cum_prev = _shift_right(cum, 1)  # dt_0 + .. + dt_{t-1}
         query = _shift_left(c_one, reach - 1)  # at position p: C'_{p+reach-1}, the query of output p+reach
@@ -194,7 +194,7 @@ class HydraMixer(nn.Module):
             xbc = xbc * keep  # conv bias makes padding non-zero; the backward scan must start empty
         gn = self.ngroups * self.d_state
         x, bc = torch.split(xbc, [self.d_inner, 4 * gn], dim=-1)
-        A = -torch.exp(self.A_log.float())
+        A = -torch.exp(at_least_float32(self.A_log))
         if self.causal or (index is not None and self.reads_last_real(mask, index, seqlen)):
             # Causal: the forward scan only. Read at the last real position: the backward scan at
             # index + 1 sees only masked (zero) inputs, so its contribution there is exactly 0.
@@ -202,7 +202,7 @@ class HydraMixer(nn.Module):
                 x.reshape(bsz, seqlen, self.nheads, self.headdim), dt[..., : self.nheads], A,
                 bc[..., :gn].reshape(bsz, seqlen, self.ngroups, self.d_state),
                 bc[..., gn: 2 * gn].reshape(bsz, seqlen, self.ngroups, self.d_state),
-                self.chunk_size, dt_bias=self.dt_bias.float(), dt_softplus=True,
+                self.chunk_size, dt_bias=at_least_float32(self.dt_bias), dt_softplus=True,
             ).reshape(bsz, seqlen, self.d_inner)
             if index is None:
                 y = _shift_right(y)  # position t reads the scan at t-1

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from recbole_ssm.layers.block import conv_window, gated_projection, real_positions, take
 from recbole_ssm.layers.init import dt_bias_init
 from recbole_ssm.ops import causal_conv1d_fn, causal_conv1d_update, selective_scan_fn, selective_state_update
+from recbole_ssm.ops.common import at_least_float32
 
 
 class MambaMixer(nn.Module):
@@ -59,9 +60,9 @@ class MambaMixer(nn.Module):
         dt, b, c = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (B, D, L), bias added in the scan
         y = selective_scan_fn(
-            x, dt, -torch.exp(self.A_log.float()),
+            x, dt, -torch.exp(at_least_float32(self.A_log)),
             b.transpose(1, 2).contiguous(), c.transpose(1, 2).contiguous(),  # (B, N, L)
-            D=self.D.float(), z=z if index is None else None, delta_bias=self.dt_proj.bias.float(),
+            D=at_least_float32(self.D), z=z if index is None else None, delta_bias=at_least_float32(self.dt_proj.bias),
             delta_softplus=True,
         )  # (B, D, L)
         if index is not None:
@@ -81,8 +82,8 @@ class MambaMixer(nn.Module):
         x = causal_conv1d_update(x, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu")
         dt, b, c = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         y = selective_state_update(
-            ssm_state, x, F.linear(dt, self.dt_proj.weight), -torch.exp(self.A_log.float()), b, c,
-            D=self.D.float(), z=z, dt_bias=self.dt_proj.bias.float(), dt_softplus=True,
+            ssm_state, x, F.linear(dt, self.dt_proj.weight), -torch.exp(at_least_float32(self.A_log)), b, c,
+            D=at_least_float32(self.D), z=z, dt_bias=at_least_float32(self.dt_proj.bias), dt_softplus=True,
         )  # (B, D)
         return self.out_proj(y)
 
@@ -95,11 +96,11 @@ class MambaMixer(nn.Module):
         conv_state = conv_window(x, lengths, self.d_conv)
         x = causal_conv1d_fn(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu")
         dt, b, c = torch.split(self.x_proj(x.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = F.softplus(F.linear(dt, self.dt_proj.weight).float() + self.dt_proj.bias.float()).transpose(1, 2)
+        dt = F.softplus(F.linear(dt, self.dt_proj.weight).float() + at_least_float32(self.dt_proj.bias)).transpose(1, 2)
         dt = dt * real_positions(lengths, x.size(2)).unsqueeze(1)  # (B, D, L), 0 on padding
         y, ssm_state = selective_scan_fn(
-            x, dt.to(x.dtype), -torch.exp(self.A_log.float()),
+            x, dt.to(x.dtype), -torch.exp(at_least_float32(self.A_log)),
             b.transpose(1, 2).contiguous(), c.transpose(1, 2).contiguous(),
-            D=self.D.float(), z=z.transpose(1, 2), return_last_state=True,
+            D=at_least_float32(self.D), z=z.transpose(1, 2), return_last_state=True,
         )
         return self.out_proj(y.transpose(1, 2)), (conv_state, ssm_state.float())

@@ -12,6 +12,7 @@ from recbole_ssm.layers.block import conv_window, gated_projection, real_positio
 from recbole_ssm.layers.init import dt_bias_init
 from recbole_ssm.layers.norm import RMSNormGated
 from recbole_ssm.ops import causal_conv1d_fn, causal_conv1d_update, mamba_chunk_scan_combined, ssd_state_update
+from recbole_ssm.ops.common import at_least_float32
 
 
 class Mamba2Mixer(nn.Module):
@@ -51,10 +52,10 @@ class Mamba2Mixer(nn.Module):
         y = mamba_chunk_scan_combined(
             x.reshape(bsz, seqlen, self.nheads, self.headdim),  # (B, L, H, P)
             dt,  # (B, L, H)
-            -torch.exp(self.A_log.float()),
+            -torch.exp(at_least_float32(self.A_log)),
             b.reshape(bsz, seqlen, self.ngroups, self.d_state),  # (B, L, G, N)
             c.reshape(bsz, seqlen, self.ngroups, self.d_state),
-            self.chunk_size, D=self.D.float(), dt_bias=self.dt_bias.float(), dt_softplus=True,
+            self.chunk_size, D=at_least_float32(self.D), dt_bias=at_least_float32(self.dt_bias), dt_softplus=True,
         ).reshape(bsz, seqlen, self.d_inner)
         if index is not None:
             y = take(y, index)  # (B, D)
@@ -77,9 +78,9 @@ class Mamba2Mixer(nn.Module):
         gn = self.ngroups * self.d_state
         x, b, c = torch.split(xbc, [self.d_inner, gn, gn], dim=-1)
         y = ssd_state_update(
-            ssm_state, x.reshape(bsz, self.nheads, self.headdim), dt, -torch.exp(self.A_log.float()),
+            ssm_state, x.reshape(bsz, self.nheads, self.headdim), dt, -torch.exp(at_least_float32(self.A_log)),
             b.reshape(bsz, self.ngroups, self.d_state), c.reshape(bsz, self.ngroups, self.d_state),
-            D=self.D.float(), dt_bias=self.dt_bias.float(), dt_softplus=True,
+            D=at_least_float32(self.D), dt_bias=at_least_float32(self.dt_bias), dt_softplus=True,
         ).reshape(bsz, self.d_inner)
         return self.out_proj(self.norm(y, z))
 
@@ -95,11 +96,11 @@ class Mamba2Mixer(nn.Module):
         xbc = causal_conv1d_fn(xbc, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu").transpose(1, 2)
         gn = self.ngroups * self.d_state
         x, b, c = torch.split(xbc, [self.d_inner, gn, gn], dim=-1)
-        dt = F.softplus(dt.float() + self.dt_bias.float()) * real_positions(lengths, seqlen).unsqueeze(-1)
+        dt = F.softplus(dt.float() + at_least_float32(self.dt_bias)) * real_positions(lengths, seqlen).unsqueeze(-1)
         y, ssm_state = mamba_chunk_scan_combined(
-            x.reshape(bsz, seqlen, self.nheads, self.headdim), dt, -torch.exp(self.A_log.float()),
+            x.reshape(bsz, seqlen, self.nheads, self.headdim), dt, -torch.exp(at_least_float32(self.A_log)),
             b.reshape(bsz, seqlen, self.ngroups, self.d_state), c.reshape(bsz, seqlen, self.ngroups, self.d_state),
-            self.chunk_size, D=self.D.float(), return_final_states=True,
+            self.chunk_size, D=at_least_float32(self.D), return_final_states=True,
         )
         y = y.reshape(bsz, seqlen, self.d_inner)
         return self.out_proj(self.norm(y, z)), (conv_state, ssm_state.float())

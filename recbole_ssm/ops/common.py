@@ -14,6 +14,12 @@ def compute_dtype(t: Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
+def at_least_float32(t: Tensor) -> Tensor:
+    """A parameter for the scan arithmetic: float32 (as mamba-ssm computes A, D and dt), or float64
+    where it is float64, which ``.float()`` would round (and a float64 reference test with it)."""
+    return t.to(compute_dtype(t))
+
+
 def step_sizes(dt: Tensor, bias: Tensor | None, softplus: bool, dtype: torch.dtype, channel_dim: int = -1,
                limit: tuple[float, float] = NO_LIMIT) -> Tensor:
     """dt (+ bias along ``channel_dim``), softplus, clamped to ``limit``, in ``dtype``.

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from recbole_ssm.layers.block import conv_window, gated_projection, real_positions, take
 from recbole_ssm.layers.init import dt_bias_init
 from recbole_ssm.ops import causal_conv1d_fn, causal_conv1d_update, selective_scan_fn, selective_state_update
-from recbole_ssm.ops.common import at_least_float32
+from recbole_ssm.ops.common import at_least_float32, compute_dtype, step_sizes
 
 
 class MambaMixer(nn.Module):
@@ -96,7 +96,7 @@ class MambaMixer(nn.Module):
         conv_state = conv_window(x, lengths, self.d_conv)
         x = causal_conv1d_fn(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu")
         dt, b, c = torch.split(self.x_proj(x.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = F.softplus(F.linear(dt, self.dt_proj.weight).float() + at_least_float32(self.dt_proj.bias)).transpose(1, 2)
+        dt = step_sizes(F.linear(dt, self.dt_proj.weight), self.dt_proj.bias, True, compute_dtype(x)).transpose(1, 2)
         dt = dt * real_positions(lengths, x.size(2)).unsqueeze(1)  # (B, D, L), 0 on padding
         y, ssm_state = selective_scan_fn(
             x, dt.to(x.dtype), -torch.exp(at_least_float32(self.A_log)),

@@ -6,13 +6,12 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from recbole_ssm.layers.block import conv_window, gated_projection, real_positions, take
 from recbole_ssm.layers.init import dt_bias_init
 from recbole_ssm.layers.norm import RMSNormGated
 from recbole_ssm.ops import causal_conv1d_fn, causal_conv1d_update, mamba_chunk_scan_combined, ssd_state_update
-from recbole_ssm.ops.common import at_least_float32
+from recbole_ssm.ops.common import at_least_float32, compute_dtype, step_sizes
 
 
 class Mamba2Mixer(nn.Module):
@@ -96,7 +95,7 @@ class Mamba2Mixer(nn.Module):
         xbc = causal_conv1d_fn(xbc, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu").transpose(1, 2)
         gn = self.ngroups * self.d_state
         x, b, c = torch.split(xbc, [self.d_inner, gn, gn], dim=-1)
-        dt = F.softplus(dt.float() + at_least_float32(self.dt_bias)) * real_positions(lengths, seqlen).unsqueeze(-1)
+        dt = step_sizes(dt, self.dt_bias, True, compute_dtype(dt)) * real_positions(lengths, seqlen).unsqueeze(-1)
         y, ssm_state = mamba_chunk_scan_combined(
             x.reshape(bsz, seqlen, self.nheads, self.headdim), dt, -torch.exp(at_least_float32(self.A_log)),
             b.reshape(bsz, seqlen, self.ngroups, self.d_state), c.reshape(bsz, seqlen, self.ngroups, self.d_state),

@@ -219,7 +219,7 @@ COLUMNS = [
     ("valid", "Valid", lambda r: _best_valid(r), "metric"),
     ("best_epoch", "Best epoch", lambda r: r.get("best_epoch"), "sig"),
     # the same checkpoint's test with the user's history left out of the ranking (not in older records)
-    *[(f"{key}_seen_out", f"{head}, history left out", (lambda r, k=key: r.get("test_seen_out", {}).get(k)), "metric")
+    *[(f"{key}_seen_out", f"{head}, history left out", (lambda r, k=key: _seen_out(r, k)), "metric")
       for key, head in METRICS[:2]],
     ("latency_b1_ms", "Latency b=1 (ms/user)", lambda r: r["latency_b1_ms"], "sig"),
     ("latency_bn_ms", "Latency b=256 (ms/user)", lambda r: r["latency_bn_ms"], "sig"),
@@ -282,8 +282,13 @@ def _nan_if_none(value: float | None) -> float:
     return math.nan if value is None else value
 
 
+def _seen_out(record: dict, metric: str) -> float | None:
+    """A run's test ``metric`` with the history left out (None in records made before it was kept)."""
+    return record.get("test_seen_out", {}).get(metric)
+
+
 def _seen_out_cell(record: dict) -> str:
-    value = record.get("test_seen_out", {}).get("ndcg@10")
+    value = _seen_out(record, "ndcg@10")
     return "-" if value is None else f"{value:.4f}"
 
 

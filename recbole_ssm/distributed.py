@@ -81,6 +81,9 @@ def check(config, resume: str | None = None) -> None:
         raise UsageError("nproc > 1 under torchrun: torchrun starts the processes (--nproc_per_node); drop --nproc")
     if requested(config) and resume:
         raise UsageError("--resume continues single-process runs only; resume without --nproc / torchrun")
+    if requested(config) and config["train_window_positions"] is not None:
+        raise UsageError("train_window_positions batches single-process runs only; use train_window_batch_size "
+                         "(windows a batch) with --nproc / torchrun")
 
 
 def setup(config) -> World:

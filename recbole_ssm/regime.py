@@ -96,6 +96,13 @@ def check_train_targets(config, model_class) -> str:
         )
     if value in WINDOW_REGIMES:
         require(config, "train_window_batch_size", positive_int, "a positive integer (windows per batch)")
+    if config["train_window_positions"] is not None:
+        if value not in WINDOW_REGIMES:
+            raise ConfigError(f"train_window_positions applies to train_targets=all or cloze, not {value}; "
+                              "unset it (train_window_positions=~) or train with train_targets=all")
+        width = config["MAX_ITEM_LIST_LENGTH"] + (value == "cloze")
+        require(config, "train_window_positions", lambda v: positive_int(v) and v >= width,
+                f"a whole number of padded positions a batch, at least one full window ({width})")
     if config["train_window_stride"] is not None:
         if value != "all":
             raise ConfigError(f"train_window_stride applies to train_targets=all only, not {value}; "
@@ -254,7 +261,8 @@ class AllPositionsDataLoader(AbstractDataLoader):
     ``train_window_stride``), where W is the longest window of the batch. With BPR,
     ``NEG_TARGETS`` (B, W) holds one uniformly sampled negative per position, never the target.
     Windows are shuffled every epoch with RecBole's seeded generator; ``train_window_batch_size``
-    windows make a batch.
+    windows make a batch. With ``train_window_positions: P`` batches hold windows of similar
+    length instead, up to P padded positions each (see :func:`length_batches`).
     """
 
     def __init__(self, config, dataset, sampler=None, shuffle=True):
@@ -274,10 +282,36 @@ class AllPositionsDataLoader(AbstractDataLoader):
         super().__init__(config, dataset, sampler, shuffle=shuffle)
 
     overlapping_windows = True  # reads train_window_stride
+    extra_width = 0  # items a batch row holds beyond its window's inputs (cloze: the last target)
 
     def _init_batch_size_and_step(self):
         self.step = self.config["train_window_batch_size"]
         self.set_batch_size(self.step)
+
+    # -- batches by length (train_window_positions) ------------------------------------------------
+    @property
+    def position_budget(self) -> int | None:
+        return self.config["train_window_positions"]
+
+    def _length_plan(self, generator: torch.Generator | None) -> list[torch.Tensor]:
+        widths = self.sizes + self.extra_width
+        return length_batches(widths, self.position_budget, generator if self.shuffle else None)
+
+    def __len__(self):
+        if not self.position_budget:
+            return super().__len__()
+        # the plan the next epoch will draw, from a copy of the generator (leaves it untouched)
+        state = self.generator.get_state()
+        if getattr(self, "_planned", (None,))[0] is None or not torch.equal(self._planned[0], state):
+            copy = torch.Generator()
+            copy.set_state(state)
+            self._planned = (state, self._length_plan(copy))
+        return len(self._planned[1])
+
+    def __iter__(self):
+        if not self.position_budget:
+            return super().__iter__()
+        return (self.collate_fn(batch) for batch in self._length_plan(self.generator))
 
     @property
     def n_targets(self) -> int:
@@ -316,6 +350,36 @@ class AllPositionsDataLoader(AbstractDataLoader):
         return neg
 
 
+def length_batches(widths: torch.Tensor, budget: int, generator: torch.Generator | None = None,
+                   pool_batches: int = 64) -> list[torch.Tensor]:
+    """Batches of window indices by length: each batch costs at most ``budget`` padded positions
+    (its number of windows times its widest window), or holds a single window wider than that.
+
+    The windows are shuffled (when ``generator`` is given), cut into pools of about
+    ``pool_batches`` batches' worth of positions, sorted by width within a pool (widest first) and
+    packed greedily; the order of the batches is shuffled again. Every window is in exactly one
+    batch. Without ``generator`` the order is fixed: pools in index order, batches in pool order.
+    """
+    n = len(widths)
+    if n == 0:
+        return []
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    w = widths[order]
+    pool = (torch.cumsum(w, 0) - w) // (pool_batches * budget)  # (n,) pool of each window, in order
+    # sort by pool, then widest first (stable, so equal widths keep the shuffled order)
+    key = pool * (int(w.max()) + 1) + (int(w.max()) - w)
+    rank = torch.sort(key, stable=True).indices
+    order, w, pool = order[rank].tolist(), w[rank].tolist(), pool[rank].tolist()
+    batches, start = [], 0
+    for i in range(1, n + 1):  # close the batch [start, i) before window i if i would overflow it
+        if i == n or pool[i] != pool[start] or (i - start + 1) * w[start] > budget:
+            batches.append(torch.tensor(order[start:i], dtype=torch.long))
+            start = i
+    if generator is not None:
+        batches = [batches[j] for j in torch.randperm(len(batches), generator=generator).tolist()]
+    return batches
+
+
 class ClozeDataLoader(AllPositionsDataLoader):
     """RecBole training dataloader for ``train_targets: cloze``: batches of masked history windows.
 
@@ -328,6 +392,7 @@ class ClozeDataLoader(AllPositionsDataLoader):
     """
 
     overlapping_windows = False  # windows never overlap: a masked item would be trained twice
+    extra_width = 1  # each window's last target is appended
 
     def __init__(self, config, dataset, sampler=None, shuffle=True):
         self.mask_ratio = float(config["mask_ratio"])

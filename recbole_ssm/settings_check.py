@@ -169,6 +169,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "weight_decay": (_at_least(0), "a number >= 0"),
     "ce_chunk_mib": (positive_number, "a number of MiB > 0"),
     "train_window_stride": (lambda v: v is None or positive_int(v), "a whole number >= 1, or ~ for no overlap"),
+    "train_window_positions": (lambda v: v is None or positive_int(v),
+                               "a whole number >= 1 (padded positions a batch), or ~ for train_window_batch_size windows"),
     **{k: (_probability, "a probability in [0, 1)") for k in (
         "dropout_prob", "hidden_dropout_prob", "attn_dropout_prob", "mask_ratio")},
     "loss_type": (lambda v: v in ("CE", "BPR"), "CE or BPR"),
@@ -226,7 +228,7 @@ def check_user_settings(values: dict[str, Any], sources: dict[str, str], model_n
         if names is not None and not _type_ok(value, names):
             words = " or ".join(_WORDS[n] for n in sorted(names))
             raise ConfigError(f"invalid {key}={value!r} ({where}): {words}")
-    known = known_keys() | set(types)
+    known = known_keys() | set(types) | set(RULES)  # RULES: also settings no property file sets
     warnings = []
     for key in values:
         if key not in known:

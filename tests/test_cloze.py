@@ -38,17 +38,25 @@ def make_cloze(dataset, tiny_data, **over):
     return cls(config, dataset)
 
 
-def test_cloze_loader_masks_pieces_of_each_history_and_targets_only_the_masked_items(cloze_data):
+@pytest.mark.parametrize("positions", [None, 8, 40])
+def test_cloze_loader_masks_pieces_of_each_history_and_targets_only_the_masked_items(positions, cloze_data):
     config, train = cloze_data
     torch.manual_seed(0)
-    loader = ClozeDataLoader(config, train, shuffle=True)
+    config["train_window_positions"] = positions
+    try:
+        loader = ClozeDataLoader(config, train, shuffle=True)
+        batches = list(loader)
+    finally:
+        config["train_window_positions"] = None
+    if positions:  # batches by length: the budget covers the appended target too
+        assert all(b["item_id_list"].numel() <= positions for b in batches)
     mask_id = train.item_num
     assert loader.mask_id == mask_id
     items, offsets, users = training_histories(train)
     history = {int(u): items[offsets[i]: offsets[i + 1]].tolist() for i, u in enumerate(users)}
     windows, masked_total, real_total = collections.Counter(), 0, 0
     covered = collections.defaultdict(set)
-    for batch in loader:
+    for batch in batches:
         seq, n, tgt = batch["item_id_list"], batch["item_length"], batch[TARGETS]
         assert seq.size(1) == int(n.max()) <= 8  # MAX_ITEM_LIST_LENGTH inputs and the last target
         for row in range(len(n)):

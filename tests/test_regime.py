@@ -11,7 +11,8 @@ from recbole_ssm.cli import main
 from recbole_ssm.errors import ConfigError
 from recbole_ssm.ops.cross_entropy import chunk_rows, linear_cross_entropy, linear_cross_entropy_ref
 from recbole_ssm.quick_start import build_config
-from recbole_ssm.regime import NEG_TARGETS, TARGETS, AllPositionsDataLoader, cut_windows, training_histories
+from recbole_ssm.regime import (NEG_TARGETS, TARGETS, AllPositionsDataLoader, cut_windows, length_batches,
+                                 training_histories)
 from tests.conftest import TINY
 
 CAUSAL = ["Mamba4Rec", "Mamba2Rec", "RecMamba", "SASRec", "GRU4Rec"]
@@ -148,13 +149,29 @@ def test_training_histories_are_the_users_sequences_without_valid_and_test(tiny_
     assert any(len(h) > 20 for h in got.values())  # users longer than the window are covered
 
 
-def test_all_loader_trains_exactly_the_prefix_targets(tiny_dataset):
+@pytest.mark.parametrize("positions", [None, 7, 20, 64])
+def test_all_loader_trains_exactly_the_prefix_targets(positions, tiny_dataset):
     config, train, _test = tiny_dataset
-    loader = AllPositionsDataLoader(config, train, shuffle=True)
+    config["train_window_positions"] = positions
+    try:
+        loader = AllPositionsDataLoader(config, train, shuffle=True)
+        batches = list(loader)
+        assert len(loader) == len(batches)  # len(loader) already for the next epoch
+    finally:
+        config["train_window_positions"] = None
+    _check_window_batches(batches, train)
+    assert loader.n_targets == len(train)
+    if positions:
+        assert all(b["item_id_list"].numel() <= positions for b in batches)  # the budget holds
+
+
+def _check_window_batches(batches, train):
+    """Every batch's windows are contiguous pieces of the users' histories, their targets the items
+    that follow, padding carries neither; over the batches every prefix target comes exactly once."""
     items, offsets, users = training_histories(train)
     history = {int(u): items[offsets[i]: offsets[i + 1]] for i, u in enumerate(users)}
     seen = collections.Counter()
-    for batch in loader:
+    for batch in batches:
         seq, n, tgt = batch["item_id_list"], batch["item_length"], batch[TARGETS]
         assert seq.size(1) <= 7 and seq.size(1) == int(n.max())
         for row in range(len(n)):
@@ -168,7 +185,51 @@ def test_all_loader_trains_exactly_the_prefix_targets(tiny_dataset):
             seen.update((int(batch["user_id"][row]), int(t)) for t in tgt[row, :k])
     prefix = collections.Counter(zip(train.inter_feat["user_id"].tolist(), train.inter_feat["item_id"].tolist()))
     assert seen == prefix  # every prefix target once per epoch, nothing else
-    assert loader.n_targets == len(train)
+
+
+@pytest.mark.parametrize("seed", [11, 12, 13])
+@pytest.mark.parametrize("budget", [9, 37, 400])
+def test_length_batches_keep_every_window_once_within_the_budget(seed, budget):
+    g = torch.Generator().manual_seed(seed)
+    n = int(torch.randint(1, 700, (1,), generator=g))
+    widths = torch.randint(1, 10, (n,), generator=g) ** 2 % 9 + 1  # skewed widths in 1..9
+    plans = [length_batches(widths, budget, torch.Generator().manual_seed(seed)) for _ in range(2)]
+    assert [b.tolist() for b in plans[0]] == [b.tolist() for b in plans[1]]  # seeded: reproducible
+    batches = plans[0]
+    assert sorted(torch.cat(batches).tolist()) == list(range(n))  # each window in exactly one batch
+    assert all(len(b) * int(widths[b].max()) <= budget for b in batches)
+    padded = sum(len(b) * int(widths[b].max()) for b in batches)
+    assert padded <= 1.2 * int(widths.sum()) + 9 * 64  # by length: little padding (random batches: ~2x)
+    fixed = length_batches(widths, budget)
+    assert sorted(torch.cat(fixed).tolist()) == list(range(n))
+    g2 = torch.Generator().manual_seed(seed)
+    first, second = length_batches(widths, budget, g2), length_batches(widths, budget, g2)
+    assert n < 20 or [b.tolist() for b in first] != [b.tolist() for b in second]  # a new draw each epoch
+
+
+def test_length_batches_refuse_nothing_wider_than_the_budget():
+    # a window as wide as the budget is a batch of its own; equal widths fill batches evenly
+    assert [b.tolist() for b in length_batches(torch.tensor([5, 5, 5, 2]), 5)] == [[0], [1], [2], [3]]
+    assert [len(b) for b in length_batches(torch.full((10,), 3), 9)] == [3, 3, 3, 1]
+    assert length_batches(torch.tensor([], dtype=torch.long), 4) == []
+
+
+def test_length_batched_loader_gives_len_without_drawing_and_resumes_alike(tiny_dataset):
+    config, train, _test = tiny_dataset
+    config["train_window_positions"] = 30
+    try:
+        loader = AllPositionsDataLoader(config, train, shuffle=True)
+        state = loader.generator.get_state()
+        n = len(loader)
+        assert torch.equal(loader.generator.get_state(), state)  # len() leaves the generator untouched
+        epoch1 = [b["item_id_list"].tolist() for b in loader]
+        after = loader.generator.get_state()
+        epoch2 = [b["item_id_list"].tolist() for b in loader]
+        loader.generator.set_state(after)  # as a resume state restores it before an epoch
+        assert [b["item_id_list"].tolist() for b in loader] == epoch2
+    finally:
+        config["train_window_positions"] = None
+    assert n == len(epoch1) and epoch1 != epoch2
 
 
 def _prefix_rows(train) -> collections.Counter:
@@ -503,6 +564,12 @@ def test_bidirectional_hydra_refuses_all_with_more_than_one_layer(tiny_data):
                                                                                   "train_targets=all only, not cloze"),
     ({"train_targets": "all", "train_window_stride": 51}, "invalid train_window_stride=51"),
     ({"train_targets": "all", "train_window_stride": 0}, "invalid train_window_stride=0"),
+    ({"train_window_positions": 500}, "train_window_positions applies to train_targets=all or cloze, not last"),
+    ({"train_targets": "all", "train_window_positions": 49}, "invalid train_window_positions=49"),
+    ({"model": "Hydra4Rec", "train_targets": "cloze", "train_window_positions": 50},
+     "invalid train_window_positions=50"),
+    ({"train_targets": "all", "train_window_positions": 500, "nproc": 2},
+     "train_window_positions batches single-process runs only"),
 ])
 def test_bad_train_targets_settings_are_one_line_errors(over, match, tiny_data, capsys):
     args = [f"--model={over.pop('model', 'Mamba2Rec')}", "--dataset=ml-tiny", f"--data_path={tiny_data}"]
@@ -513,12 +580,14 @@ def test_bad_train_targets_settings_are_one_line_errors(over, match, tiny_data, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stride", [None, 8])
-def test_a_run_under_all_trains_on_windows_and_scores_like_last(stride, tiny_config):
+@pytest.mark.parametrize("stride,positions", [(None, None), (8, None), (None, 200)])
+def test_a_run_under_all_trains_on_windows_and_scores_like_last(stride, positions, tiny_config):
     from recbole_ssm.quick_start import run
 
     out = run("Mamba2Rec", "ml-tiny", None, {**tiny_config, **SMALL, "train_targets": "all", "epochs": 2,
-                                             "train_window_stride": stride}, saved=False)
+                                             "train_window_stride": stride, "train_window_positions": positions},
+              saved=False)
     assert out.config["train_targets"] == "all" and out.config["train_window_stride"] == stride
+    assert out.config["train_window_positions"] == positions
     assert set(out.result["test_result"]) == {"hit@10", "ndcg@10", "mrr@10"}
     assert out.result["best_valid_result"]["hit@10"] > 0

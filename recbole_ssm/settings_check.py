@@ -170,7 +170,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "ce_chunk_mib": (positive_number, "a number of MiB > 0"),
     "train_window_stride": (lambda v: v is None or positive_int(v), "a whole number >= 1, or ~ for no overlap"),
     "train_window_positions": (lambda v: v is None or positive_int(v),
-                               "a whole number >= 1 (padded positions a batch), or ~ for train_window_batch_size windows"),
+                               "a whole number >= 1 (padded positions a batch), or ~ for windows a batch"),
     **{k: (_probability, "a probability in [0, 1)") for k in (
         "dropout_prob", "hidden_dropout_prob", "attn_dropout_prob", "mask_ratio")},
     "loss_type": (lambda v: v in ("CE", "BPR"), "CE or BPR"),

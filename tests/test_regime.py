@@ -11,8 +11,14 @@ from recbole_ssm.cli import main
 from recbole_ssm.errors import ConfigError
 from recbole_ssm.ops.cross_entropy import chunk_rows, linear_cross_entropy, linear_cross_entropy_ref
 from recbole_ssm.quick_start import build_config
-from recbole_ssm.regime import (NEG_TARGETS, TARGETS, AllPositionsDataLoader, cut_windows, length_batches,
-                                 training_histories)
+from recbole_ssm.regime import (
+    NEG_TARGETS,
+    TARGETS,
+    AllPositionsDataLoader,
+    cut_windows,
+    length_batches,
+    training_histories,
+)
 from tests.conftest import TINY
 
 CAUSAL = ["Mamba4Rec", "Mamba2Rec", "RecMamba", "SASRec", "GRU4Rec"]

@@ -492,3 +492,33 @@ def test_lengths_misuse_is_one_line_error(argv, message, capsys):
     assert cli_main(["bench", *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+IGNORED = {  # path in the repository -> whether git ignores it (.gitignore)
+    "results/ml-1m-all/runs/Mamba2Rec-seed-2020.json": False,  # finished-run records are kept
+    "results/ml-1m-all/table.md": False,
+    "results/ml-1m-all/table.csv": False,
+    "results/lifelong/synth/points/RecMamba-L4096.json": False,
+    "results/ml-1m-all/saved/Mamba2Rec-seed-2020-0123456789abcdef-resume.pth": True,  # checkpoints, resume states
+    "results/ml-1m-all/saved/Mamba2Rec-Dec-03-2026_12-54-27.pth": True,
+    "results/ml-1m-all/logs/Mamba2Rec-seed-2020.log": True,  # logs
+    "results/lengths-ml-1m/L200/logs/x.log": True,
+    "saved/Mamba2Rec-Dec-03-2026.pth": True,
+    "log/Mamba2Rec/run.log": True,
+    "ray_results/sweep/trial/result.json": True,
+    "dataset/ml-1m/ml-1m.inter": True,  # data sets are never committed
+    "dataset/README.md": False,
+}
+
+
+@pytest.mark.parametrize("path,ignored", sorted(IGNORED.items()))
+def test_gitignore_keeps_records_and_tables_but_not_checkpoints_logs_or_data(path, ignored):
+    import shutil
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if shutil.which("git") is None or not os.path.exists(os.path.join(root, ".git")):
+        pytest.skip("not a git checkout")
+    done = subprocess.run(["git", "check-ignore", "-q", "--no-index", path], cwd=root)
+    assert done.returncode in (0, 1), f"git check-ignore failed on {path}"
+    assert (done.returncode == 0) == ignored

@@ -358,13 +358,26 @@ def test_regimes_end_to_end_and_resume(tiny_data, tmp_path, capsys):
 
 def test_regimes_can_measure_the_window_regimes_alone(tiny_data, tmp_path):
     out = str(tmp_path / "reg")
-    argv = ["regimes", "--models=Mamba2Rec,Hydra4Rec", "--regimes=windows", "--dataset=ml-tiny",
-            f"--data_path={tiny_data}", "--batches=1", f"--output={out}", "--MAX_ITEM_LIST_LENGTH=20",
-            "--hidden_size=16", "--headdim=16", "--train_window_batch_size=16", "--threads=1", "--progress=false"]
+    argv = ["regimes", "--models=Mamba2Rec,Hydra4Rec,Mamba2Rec:train_window_positions=40", "--regimes=windows",
+            "--dataset=ml-tiny", f"--data_path={tiny_data}", "--batches=1", f"--output={out}",
+            "--MAX_ITEM_LIST_LENGTH=20", "--hidden_size=16", "--headdim=16", "--train_window_batch_size=16",
+            "--threads=1", "--progress=false"]
     assert bench_main(argv) == 0
     rows = read_csv(os.path.join(out, "regimes.csv"))
-    assert [(r["model"], r["regime"]) for r in rows] == [("Mamba2Rec", "all"), ("Hydra4Rec", "all")]
-    assert sorted(os.listdir(os.path.join(out, "runs"))) == ["Hydra4Rec-all.json", "Mamba2Rec-all.json"]
+    assert [(r["model"], r["regime"]) for r in rows] == [("Mamba2Rec", "all"), ("Hydra4Rec", "all"),
+                                                         ("Mamba2Rec:train_window_positions=40", "all")]
+    assert len(os.listdir(os.path.join(out, "runs"))) == 3
+    by_length = rows[2]  # batches of at most 40 padded positions: more of them than of 16 windows
+    assert by_length["targets_per_epoch"] == rows[0]["targets_per_epoch"]
+    assert int(by_length["steps_per_epoch"]) > int(rows[0]["steps_per_epoch"])
+
+
+def test_regimes_leave_window_only_settings_out_of_last():
+    from recbole_ssm.bench.regimes import settings_for
+
+    settings = {"train_window_positions": 400, "train_window_stride": 5, "hidden_size": 16}
+    assert settings_for(settings, "last") == {"hidden_size": 16}
+    assert settings_for(settings, "all") == settings == {**settings_for(settings, "cloze")}
 
 
 def test_bench_stream_writes_latencies_and_state_sizes(tmp_path):

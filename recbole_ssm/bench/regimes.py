@@ -190,6 +190,14 @@ def _rows(specs, records, windows) -> tuple[list[str], list[list], list[str], li
     return md_header, md_rows, csv_header, csv_rows
 
 
+WINDOW_ONLY = ("train_window_positions", "train_window_stride")  # settings of the window regimes only
+
+
+def settings_for(settings: dict, regime: str) -> dict:
+    """``settings`` as a run under ``regime`` takes them: ``last`` leaves out the window-only ones."""
+    return {k: v for k, v in settings.items() if regime != "last" or k not in WINDOW_ONLY}
+
+
 def main(argv: list[str]) -> int:
     """Entry point of ``bench regimes``."""
     if wants_help(argv):
@@ -209,15 +217,17 @@ def main(argv: list[str]) -> int:
     which = own["regimes"]
     windows = {}
     for spec in specs:  # invalid settings (e.g. a model without `all`) fail before any work
-        config, _ = build_config(spec.name, dataset, [], {**overrides, **spec.overrides})
+        config, _ = build_config(spec.name, dataset, [], settings_for({**overrides, **spec.overrides}, "last"))
         windows[spec.label] = window_regime(spec.name, config)
         for regime in regimes_of(windows[spec.label], which):
-            build_config(spec.name, dataset, [], {**overrides, **spec.overrides, "train_targets": regime})
+            build_config(spec.name, dataset, [], {**settings_for({**overrides, **spec.overrides}, regime),
+                                                  "train_targets": regime})
 
     points = []
     for spec in specs:
         for regime in regimes_of(windows[spec.label], which):
-            work = {"model": spec.name, "dataset": dataset, "overrides": {**overrides, **spec.overrides},
+            work = {"model": spec.name, "dataset": dataset,
+                    "overrides": settings_for({**overrides, **spec.overrides}, regime),
                     "regime": regime, "batches": batches, "threads": threads}
             fp = fingerprint({"dataset": dataset, "model": spec.name, "spec": spec.overrides, "regime": regime,
                               "overrides": overrides, "batches": batches, "threads": threads,

@@ -152,6 +152,33 @@ def test_trimming_padding_does_not_change_output(dataset, tiny_data, name):
         torch.testing.assert_close(trimmed(seq, lens), full(seq, lens), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("name,over", [(m, {}) for m in MODELS] + [("Hydra4Rec", {"train_targets": "cloze",
+                                                                                   "num_layers": 2})])
+@pytest.mark.parametrize("seed", [21, 22])
+def test_reading_by_length_gives_each_row_what_the_whole_batch_gives(dataset, tiny_data, name, over, seed):
+    model = make(name, dataset, tiny_data, **over).double()
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, 6, (23,), generator=g).tolist()
+    long = model.max_seq_length - 1  # one long history: a batch mostly padding (cloze appends a mask token)
+    lengths[int(torch.randint(0, 23, (1,), generator=g))] = long
+    seq, lens = random_batch(dataset.item_num, lengths, long + 1, seed)
+    calls = []
+    model.EVAL_GROUP_POSITIONS = 25  # small groups: several of them, one row alone when it is long
+    model.forward = lambda s, n, f=model.forward: calls.append(s.shape) or f(s, n)
+    with torch.no_grad():
+        grouped = model.read_by_length(seq, lens)
+        whole = type(model).forward(model, seq, lens)
+    torch.testing.assert_close(grouped, whole, rtol=1e-10, atol=1e-10)
+    assert len(calls) > 2 and calls[0] == (1, long) and all(w <= 5 for _, w in calls[1:])
+    scores = model.full_sort_predict({model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: lens})
+    torch.testing.assert_close(scores, whole @ model.item_embedding.weight.t(), rtol=1e-10, atol=1e-10)
+    model.train()  # training reads the whole batch at once
+    calls.clear()
+    torch.manual_seed(0)
+    model.read_by_length(seq, lens)
+    assert calls == [seq.shape]
+
+
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("num_layers", [1, 2])
 def test_last_layer_at_the_read_position_equals_the_full_layer_gathered(dataset, tiny_data, name, num_layers):

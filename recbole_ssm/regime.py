@@ -300,13 +300,10 @@ class AllPositionsDataLoader(AbstractDataLoader):
     def __len__(self):
         if not self.position_budget:
             return super().__len__()
-        # the plan the next epoch will draw, from a copy of the generator (leaves it untouched)
-        state = self.generator.get_state()
-        if getattr(self, "_planned", (None,))[0] is None or not torch.equal(self._planned[0], state):
-            copy = torch.Generator()
-            copy.set_state(state)
-            self._planned = (state, self._length_plan(copy))
-        return len(self._planned[1])
+        # the batches the next epoch will draw, planned on a copy of the generator (left untouched)
+        copy = torch.Generator()
+        copy.set_state(self.generator.get_state())
+        return len(self._length_plan(copy))
 
     def __iter__(self):
         if not self.position_budget:

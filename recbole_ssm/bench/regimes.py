@@ -216,18 +216,17 @@ def main(argv: list[str]) -> int:
 
     which = own["regimes"]
     windows = {}
+    merged = {spec.label: {**overrides, **spec.overrides} for spec in specs}
     for spec in specs:  # invalid settings (e.g. a model without `all`) fail before any work
-        config, _ = build_config(spec.name, dataset, [], settings_for({**overrides, **spec.overrides}, "last"))
+        config, _ = build_config(spec.name, dataset, [], settings_for(merged[spec.label], "last"))
         windows[spec.label] = window_regime(spec.name, config)
         for regime in regimes_of(windows[spec.label], which):
-            build_config(spec.name, dataset, [], {**settings_for({**overrides, **spec.overrides}, regime),
-                                                  "train_targets": regime})
+            build_config(spec.name, dataset, [], {**settings_for(merged[spec.label], regime), "train_targets": regime})
 
     points = []
     for spec in specs:
         for regime in regimes_of(windows[spec.label], which):
-            work = {"model": spec.name, "dataset": dataset,
-                    "overrides": settings_for({**overrides, **spec.overrides}, regime),
+            work = {"model": spec.name, "dataset": dataset, "overrides": settings_for(merged[spec.label], regime),
                     "regime": regime, "batches": batches, "threads": threads}
             fp = fingerprint({"dataset": dataset, "model": spec.name, "spec": spec.overrides, "regime": regime,
                               "overrides": overrides, "batches": batches, "threads": threads,

@@ -598,25 +598,3 @@ def test_a_run_under_all_trains_on_windows_and_scores_like_last(stride, position
     assert set(out.result["test_result"]) == {"hit@10", "ndcg@10", "mrr@10"}
     assert out.result["best_valid_result"]["hit@10"] > 0
 
-
-def test_window_padding_tool_counts_padding_of_both_batchings(tmp_path, capsys):
-    import importlib.util
-    import os
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    spec = importlib.util.spec_from_file_location("window_padding", os.path.join(root, "tools", "window_padding.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    g = torch.Generator().manual_seed(3)
-    lines = [" ".join([f"u{u}"] + [f"i{int(i)}" for i in torch.randint(1, 50, (int(n),), generator=g)])
-             for u, n in enumerate(torch.randint(4, 60, (41,), generator=g))]
-    path = tmp_path / "seq.txt"
-    path.write_text("\n".join(lines) + "\n")
-    assert tool.main([str(path), "20", "8", "40"]) == 0
-    out = capsys.readouterr().out.splitlines()
-    real = sum(len(line.split()) - 4 for line in lines)  # inputs with a target: items but the last two, less one
-    assert out[0].endswith(f"{real} positions with a target")
-    fixed, by_length = (line.split("\t") for line in out[2:4])
-    assert int(fixed[2]) >= int(by_length[2]) >= real  # batches by length pad no more
-    assert float(by_length[3]) == pytest.approx(1 - real / int(by_length[2]), abs=1e-3)
-    assert tool.main([str(path)]) == 2

@@ -1,0 +1,49 @@
+"""Tests of the scripts under tools/: they live in the checkout, not in the wheel, so this file is not
+among the tests .ci/wheel-check runs against the installed package."""
+
+import importlib.util
+import os
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_tool(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+def test_window_padding_tool_counts_padding_of_both_batchings(tmp_path, capsys):
+    tool = load_tool("window_padding")
+    g = torch.Generator().manual_seed(3)
+    lines = [" ".join([f"u{u}"] + [f"i{int(i)}" for i in torch.randint(1, 50, (int(n),), generator=g)])
+             for u, n in enumerate(torch.randint(4, 60, (41,), generator=g))]
+    path = tmp_path / "seq.txt"
+    path.write_text("\n".join(lines) + "\n")
+    assert tool.main([str(path), "20", "8", "40"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    real = sum(len(line.split()) - 4 for line in lines)  # inputs with a target: items but the last two, less one
+    assert out[0].endswith(f"{real} positions with a target")
+    fixed, by_length = (line.split("\t") for line in out[2:4])
+    assert int(fixed[2]) >= int(by_length[2]) >= real  # batches by length pad no more
+    assert float(by_length[3]) == pytest.approx(1 - real / int(by_length[2]), abs=1e-3)
+    assert tool.main([str(path)]) == 2
+
+
+def test_tests_run_against_the_wheel_need_nothing_outside_the_package():
+    """.ci/wheel-check copies only tests/ next to the installed package: the test files it names must not
+    open the checkout's tools/, docs/, results/ or benchmarks/ folders (they are not in the wheel)."""
+    import re
+
+    script = open(os.path.join(ROOT, ".ci", "wheel-check")).read()
+    named = sorted(set(re.findall(r"tests/(test_\w+\.py)", script)))
+    assert "test_regime.py" in named and "test_tools.py" not in named
+    checkout_only = re.compile(r"""["'](tools|docs|results|benchmarks)(/|["'])""")
+    for name in named + ["conftest.py"]:
+        text = open(os.path.join(ROOT, "tests", name)).read()
+        hits = [m.group(0) for m in checkout_only.finditer(text)]
+        assert not hits, f"tests/{name} reads {hits} from the checkout, which .ci/wheel-check does not copy"

@@ -68,6 +68,9 @@ def test_table_end_to_end_and_resume(tiny_data, tmp_path, capsys):
     table = open(os.path.join(out, "table.md"), encoding="utf-8").read()
     assert "Command: `python run_recbole_ssm.py bench table --models=SASRec,Hydra4Rec" in table
     assert "Latency b=16 (ms/user)" in table and "CPU cores" in table
+    from recbole_ssm.bench.common import cpu_model
+
+    assert f" torch threads; CPU of the runs: {cpu_model()} (2 runs)" in table
 
     # resume: a finished (model, seed) is reused, not retrained
     record = os.path.join(out, "runs", "SASRec-seed-2020.json")
@@ -465,6 +468,17 @@ def test_machine_line_names_the_cpu_model(tmp_path, monkeypatch):
     assert common.cpu_model(str(info)) == "x86_64-fallback"
     monkeypatch.setattr(common, "cpu_model", lambda: "Some CPU 9000")
     assert ", Some CPU 9000, " in common.machine_line()
+
+
+def test_runs_line_names_each_runs_cpu_and_threads():
+    from recbole_ssm.bench.common import runs_line
+
+    records = [{"torch_threads": 2, "cpu": "Intel Xeon"}, {"torch_threads": 2, "cpu": "AMD EPYC 7B13"},
+               {"torch_threads": 2, "cpu": "Intel Xeon"}, {"torch_threads": 1}]
+    assert runs_line(records) == ("runs used 1 and 2 torch threads; CPU of the runs: AMD EPYC 7B13 (1 run); "
+                                  "Intel Xeon (2 runs); not recorded (1 run)")
+    assert runs_line(records[:1], "points") == "points used 2 torch threads; CPU of the points: Intel Xeon (1 point)"
+    assert runs_line([]) == "runs used ? torch threads"
 
 
 def test_lengths_runs_a_table_per_length_and_plots_accuracy_against_length(tiny_data, tmp_path, capsys):

@@ -7,6 +7,7 @@ failed point, and a finished point is a JSON record on disk that a later run reu
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import math
@@ -356,6 +357,18 @@ def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
     except OSError:
         pass
     return platform.processor() or "?"
+
+
+def runs_line(records: list[dict], noun: str = "runs") -> str:
+    """What a report says of the runs behind it: their torch threads and the CPU each ran on (a run
+    record's ``cpu``, the host's when the run finished; "not recorded" for records older than it).
+
+    A table's machine line names the host that wrote it; finished runs are reused across sessions,
+    and hosts of one kind can differ in CPU from day to day."""
+    threads = sorted({str(r.get("torch_threads", "?")) for r in records}) or ["?"]
+    cpus = collections.Counter(r.get("cpu") or "not recorded" for r in records)
+    on = "; ".join(f"{cpu} ({n} {noun[:-1] if n == 1 else noun})" for cpu, n in sorted(cpus.items()))
+    return f"{noun} used {' and '.join(threads)} torch threads" + (f"; CPU of the {noun}: {on}" if on else "")
 
 
 def machine_line() -> str:

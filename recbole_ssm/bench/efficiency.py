@@ -28,6 +28,7 @@ from recbole_ssm.bench.common import (
     CpuPeakMemory,
     ModelSpec,
     Point,
+    cpu_model,
     csv_text,
     exit_on_sigterm,
     fingerprint,
@@ -38,6 +39,7 @@ from recbole_ssm.bench.common import (
     parse_model_specs,
     record_name,
     reuse_or_schedule,
+    runs_line,
     save_png,
     settings_files_digest,
     worker_main,
@@ -210,6 +212,7 @@ def _work(spec: dict) -> dict:
         "params_no_emb": no_emb,
         "n_items": n_items,
         "torch_threads": torch.get_num_threads(),
+        "cpu": cpu_model(),
     }
 
 
@@ -433,13 +436,12 @@ def _write_report(opt: dict, records: dict, argv: list[str]) -> None:
     rows = compute_rows(opt["specs"], opt["lengths"], records, opt["baseline"])
     summary = summary_table(rows, opt["baseline"])
     ok = [r for r in records.values() if r.get("status") == "ok"]
-    threads_used = ok[0]["torch_threads"] if ok else "?"
     command = "python run_recbole_ssm.py bench efficiency " + " ".join(argv)
     atomic_write_text(os.path.join(output, "efficiency.csv"), _csv(rows, batch, infer_batch, device, opt["baseline"]))
     atomic_write_text(os.path.join(output, "efficiency.md"), (
         f"# Efficiency on {device}: training step (batch {batch}) and inference (batch {infer_batch}), "
         f"hidden size {opt['hidden']}, {opt['n_items']} items\n\n"
-        f"Command: `{command}`\n\nMachine: {machine_line()}; points used {threads_used} torch threads.\n\n"
+        f"Command: `{command}`\n\nMachine: {machine_line()}; {runs_line(ok, 'points')}.\n\n"
         f"Written {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}. "
         "Ratios are model / baseline at the same length, measured in the same run. "
         "Definitions: docs/benchmarks.md.\n\n" + summary))

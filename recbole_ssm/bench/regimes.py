@@ -21,6 +21,7 @@ import time
 from recbole_ssm.bench.common import (
     CpuPeakMemory,
     Point,
+    cpu_model,
     csv_text,
     exit_on_sigterm,
     fingerprint,
@@ -30,6 +31,7 @@ from recbole_ssm.bench.common import (
     parse_model_specs,
     record_name,
     reuse_or_schedule,
+    runs_line,
     settings_files_digest,
     worker_main,
 )
@@ -141,6 +143,7 @@ def _work(spec: dict) -> dict:
         "targets_per_epoch": int(getattr(train, "n_targets", len(train._dataset))),
         "samples_per_epoch": int(getattr(train, "sample_size", len(train._dataset))),
         "torch_threads": torch.get_num_threads(),
+        "cpu": cpu_model(),
     }
 
 
@@ -245,7 +248,7 @@ def main(argv: list[str]) -> int:
     header = (
         f"# {dataset}: training epoch, train_targets=last against the window regime (all, or cloze)\n\n"
         f"Command: `python run_recbole_ssm.py bench regimes {' '.join(argv)}`\n\n"
-        f"Machine: {machine_line()}; runs used {done[0]['torch_threads'] if done else '?'} torch threads.\n\n"
+        f"Machine: {machine_line()}; {runs_line(done)}.\n\n"
         + ("'~': epoch time extrapolated from the timed steps (mean step time x steps per epoch).\n\n"
            if any(r.get("extrapolated") for r in done) else "")
     )

@@ -23,6 +23,7 @@ from recbole_ssm.bench.common import (
     CpuPeakMemory,
     ModelSpec,
     Point,
+    cpu_model,
     csv_text,
     exit_on_sigterm,
     fingerprint,
@@ -35,6 +36,7 @@ from recbole_ssm.bench.common import (
     process_peak_rss_mib,
     record_name,
     reuse_or_schedule,
+    runs_line,
     settings_files_digest,
     worker_main,
 )
@@ -188,6 +190,7 @@ def _work(spec: dict) -> dict:
         "latency_bn": used,
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
+        "cpu": cpu_model(),
     }
 
 
@@ -391,11 +394,10 @@ def _write_table(specs, records: dict, seeds: list[int], lat_batch: int, dataset
     per_run = markdown_table(_name_valid_metric(RUN_HEADER, records), run_rows(specs, records, seeds))
     command = "python run_recbole_ssm.py bench table " + " ".join(argv)
     done = [r for r in records.values() if r.get("status") == "ok"]
-    threads = done[0]["torch_threads"] if done else "?"
     header = (
         f"# {dataset}: test metrics, mean ± std over seeds {seeds[0]}..{seeds[-1]}\n\n"
         f"Command: `{command}`\n\n"
-        f"Machine: {machine_line()}; runs used {threads} torch threads.\n\n"
+        f"Machine: {machine_line()}; {runs_line(done)}.\n\n"
         f"Written {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}. "
         "Definitions of latency, epoch time and memory: docs/benchmarks.md.\n\n"
     )

@@ -343,13 +343,19 @@ def _runtime_of_this_process(config) -> None:
 EVALUATION_SETTINGS = ("eval_filter_seen",)
 
 
+def evaluation_run(model_file: str, settings: dict | None = None) -> tuple[Any, Any, Any, dict]:
+    """(config, trainer, dataset, {"valid": loader, "test": loader}) for scoring a saved model on its
+    own data set (``settings``: see :func:`load_data_and_model`)."""
+    config, net, data, _train, valid, test = load_data_and_model(model_file, settings)
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
+    return config, trainer, data, {"valid": valid, "test": test}
+
+
 def evaluate_splits(model_file: str, splits=("test",), settings: dict | None = None) -> tuple[Any, dict]:
     """(config, {split: metrics}) of a saved model on its own data set's ``splits`` ("valid",
     "test"), as RecBole's trainer computes them, the data loaded once (``settings``: see
     :func:`load_data_and_model`)."""
-    config, net, _data, _train, valid, test = load_data_and_model(model_file, settings)
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
-    loaders = {"valid": valid, "test": test}
+    config, trainer, _data, loaders = evaluation_run(model_file, settings)
     with compat.quiet_recbole():
         return config, {name: trainer.evaluate(loaders[name], load_best_model=False) for name in splits}
 

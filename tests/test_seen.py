@@ -151,3 +151,45 @@ def test_evaluate_command_errors_are_one_line(checkpoint, capsys, args, words):
     assert main(["evaluate", *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and words in err and err.count("\n") == 1
+
+
+def test_evaluate_by_history_groups_users_by_their_whole_history_before_the_target(checkpoint, tiny_data, capsys):
+    """--by_history: the groups hold the users whose history before the test target (counted in the
+    file after the 5-core filter of overall.yaml: all of a user's ratings but the last) falls in each
+    range, and each group's metrics are RecBole's on its rows alone, so their row-weighted mean is
+    the whole split's."""
+    import collections
+    import os
+
+    path, test_result = checkpoint
+    with open(os.path.join(tiny_data, "ml-tiny", "ml-tiny.inter"), encoding="utf-8") as f:
+        pairs = [tuple(line.split("\t")[:2]) for line in f.read().splitlines()[1:]]
+    while True:  # users and items with fewer than 5 ratings go, until none is left
+        users = collections.Counter(u for u, _ in pairs)
+        items = collections.Counter(i for _, i in pairs)
+        kept = [(u, i) for u, i in pairs if users[u] >= 5 and items[i] >= 5]
+        if len(kept) == len(pairs):
+            break
+        pairs = kept
+    before = sorted(n - 1 for n in users.values())
+    cuts = [before[len(before) // 3], before[2 * len(before) // 3]]  # three groups of about 40 users
+    assert main(["evaluate", f"--checkpoint={path}", "--split=test", "--format=json",
+                 f"--by_history={cuts[1]},{cuts[0]}"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["test"] == pytest.approx(test_result, abs=0)
+    groups = out["test_by_history"]
+    assert [g["history"] for g in groups] == [f"1-{cuts[0]}", f"{cuts[0] + 1}-{cuts[1]}", f"{cuts[1] + 1}+"]
+    expected = [sum(n <= cuts[0] for n in before), sum(cuts[0] < n <= cuts[1] for n in before),
+                sum(n > cuts[1] for n in before)]
+    assert [g["rows"] for g in groups] == expected and min(expected) > 10
+    for metric, value in test_result.items():
+        mean = sum(g["rows"] * g[metric] for g in groups) / sum(expected)
+        assert mean == pytest.approx(value, abs=1.5e-4), metric
+    assert len({g["ndcg@10"] for g in groups}) > 1  # the groups are scored apart
+
+    assert main(["evaluate", f"--checkpoint={path}", "--split=valid", f"--by_history={before[-1]}"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].endswith(f"history=1-{before[-1]} rows={len(before)}") and lines[3].endswith(
+        f"history={before[-1] + 1}+ rows=0")
+    assert main(["evaluate", f"--checkpoint={path}", "--by_history=0"]) == 2
+    assert "--by_history" in capsys.readouterr().err

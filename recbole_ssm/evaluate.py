@@ -52,15 +52,16 @@ def main(argv: list[str]) -> int:
     if opts["by_history"] is not None:
         cuts = sorted(Opt(None, "ints", minimum=1).read("by_history", opts["by_history"]))
 
-    from recbole_ssm.quick_start import evaluation_run, format_metrics
+    from recbole_ssm.quick_start import evaluation_run, format_metrics, score_splits
+    from recbole_ssm.seen import SeenItems
 
     splits = ("valid", "test") if opts["split"] == "both" else (opts["split"],)
     config, trainer, dataset, loaders = evaluation_run(opts["checkpoint"], settings)
-    from recbole_ssm import compat
-
-    with compat.quiet_recbole():
-        results = {name: trainer.evaluate(loaders[name], load_best_model=False) for name in splits}
-    groups = {name: metrics_by_history(trainer, dataset, loaders[name], cuts) for name in splits} if cuts else {}
+    results = score_splits(trainer, loaders, splits)
+    groups = {}
+    if cuts:
+        seen = SeenItems.from_dataset(dataset)  # once, for every split
+        groups = {name: metrics_by_history(trainer, dataset, loaders[name], cuts, seen) for name in splits}
     filtered = bool(config["eval_filter_seen"])
     if opts["format"] == "json":
         print(json.dumps({"model": config["model"], "dataset": config["dataset"], "eval_filter_seen": filtered,
@@ -77,12 +78,9 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def history_lengths(dataset, loader) -> np.ndarray:
+def history_lengths(seen, dataset, loader) -> np.ndarray:
     """For each row of an evaluation loader, how many items of the user's whole sequence come
     before the row's target (not capped at MAX_ITEM_LIST_LENGTH; ``seen.SeenItems.position``)."""
-    from recbole_ssm.seen import SeenItems
-
-    seen = SeenItems.from_dataset(dataset)
     rows = loader._dataset.inter_feat
     users = rows[dataset.uid_field].numpy()
     targets = rows[dataset.iid_field].numpy()
@@ -92,24 +90,21 @@ def history_lengths(dataset, loader) -> np.ndarray:
                      for r, (u, t, n) in enumerate(zip(users, targets, lengths))], dtype=np.int64)
 
 
-def metrics_by_history(trainer, dataset, loader, cuts: list[int]) -> list[dict]:
+def metrics_by_history(trainer, dataset, loader, cuts: list[int], seen) -> list[dict]:
     """The loader's rows in groups by history length before the target (1..cuts[0],
-    cuts[0]+1..cuts[1], ..., cuts[-1]+1 and more), each scored by ``trainer.evaluate`` on a loader of
-    that group's rows alone: ``{"history": "1-200", "rows": n, metric: value, ...}`` a group (no
-    metrics for an empty one)."""
+    cuts[0]+1..cuts[1], ..., cuts[-1]+1 and more; ``seen``: the data set's ``SeenItems``), each
+    scored by ``trainer.evaluate`` on a loader of that group's rows alone:
+    ``{"history": "1-200", "rows": n, metric: value, ...}`` a group (no metrics for an empty one)."""
     import torch
 
     from recbole_ssm import compat
 
-    lengths = history_lengths(dataset, loader)
+    group = np.searchsorted(cuts, history_lengths(seen, dataset, loader))  # cuts[g-1] < length <= cuts[g]
     edges = [0, *cuts]
     out = []
-    for i, low in enumerate(edges):
-        high = edges[i + 1] if i + 1 < len(edges) else None
-        keep = (lengths > low) & (lengths <= high) if high is not None else lengths > low
-        label = f"{low + 1}-{high}" if high is not None else f"{low + 1}+"
-        idx = np.flatnonzero(keep)
-        row = {"history": label, "rows": int(len(idx))}
+    for g, low in enumerate(edges):
+        idx = np.flatnonzero(group == g)
+        row = {"history": f"{low + 1}-{edges[g + 1]}" if g < len(cuts) else f"{low + 1}+", "rows": int(len(idx))}
         if len(idx):
             part = loader._dataset.copy(loader._dataset.inter_feat[torch.from_numpy(idx)])
             sub = type(loader)(trainer.config, part, loader._sampler, shuffle=False)

@@ -356,8 +356,14 @@ def evaluate_splits(model_file: str, splits=("test",), settings: dict | None = N
     "test"), as RecBole's trainer computes them, the data loaded once (``settings``: see
     :func:`load_data_and_model`)."""
     config, trainer, _data, loaders = evaluation_run(model_file, settings)
+    return config, score_splits(trainer, loaders, splits)
+
+
+def score_splits(trainer, loaders: dict, splits) -> dict:
+    """{split: metrics} of ``trainer``'s model on ``loaders[split]`` for each of ``splits``, as RecBole's
+    trainer computes them."""
     with compat.quiet_recbole():
-        return config, {name: trainer.evaluate(loaders[name], load_best_model=False) for name in splits}
+        return {name: trainer.evaluate(loaders[name], load_best_model=False) for name in splits}
 
 
 def evaluate_checkpoint(model_file: str, split: str = "test", settings: dict | None = None) -> dict:

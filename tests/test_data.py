@@ -128,6 +128,18 @@ def test_seqtext_both_layouts_order_and_recbole(tmp_path):
         tmp_path / "props" / "dataset" / "t-seq.yaml").read_text()
 
 
+def test_seqtext_training_lengths_in_both_layouts(tmp_path):
+    from recbole_ssm.data.seqtext import training_lengths
+
+    seq = tmp_path / "seq.txt"
+    seq.write_text("\n".join(SEQ_LINES) + "\n\n")
+    pairs = tmp_path / "pairs.txt"  # one user over several lines, users interleaved
+    pairs.write_text("u2 b\nu1 a\nu2 c d\nu1 b\nu3 x\nu2 e\n")
+    expected = [len(line.split()) - 1 - 2 for line in SEQ_LINES]  # every user has at least 3 items
+    assert training_lengths(str(seq)) == expected
+    assert training_lengths(str(pairs)) == [2, 0, 0]  # u2: 4 items, u1: 2, u3: 1
+
+
 def test_seqtext_iterative_kcore_needs_several_passes(tmp_path):
     # w0 and the x users have 5 rows each, but one of them is a rare item (q, q2); only after
     # pass 1 drops those items do these users fall to 4 rows and go in pass 2

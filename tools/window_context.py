@@ -17,6 +17,7 @@ import sys
 
 import torch
 
+from recbole_ssm.data.seqtext import training_lengths
 from recbole_ssm.regime import cut_windows
 
 
@@ -32,8 +33,7 @@ def main(argv: list[str]) -> int:
         print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
         return 2
     path, max_len, strides = argv[0], int(argv[1]), [int(s) for s in argv[2:]] or [int(argv[1])]
-    with open(path, encoding="utf-8") as f:
-        sizes = [max(len(line.split()) - 1 - 2, 0) for line in f if line.strip()]
+    sizes = training_lengths(path)
     lengths = torch.tensor(sizes)
     positions = torch.cat([torch.arange(max(n - 1, 0)) for n in sizes])
     rows = [("last", (positions + 1).clamp_max(max_len))]

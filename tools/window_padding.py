@@ -17,6 +17,7 @@ import sys
 
 import torch
 
+from recbole_ssm.data.seqtext import training_lengths
 from recbole_ssm.regime import cut_windows, length_batches
 
 
@@ -29,8 +30,7 @@ def main(argv: list[str]) -> int:
         print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
         return 2
     path, max_len, per_batch, budget = argv[0], int(argv[1]), int(argv[2]), int(argv[3])
-    with open(path, encoding="utf-8") as f:
-        sizes = [max(len(line.split()) - 1 - 2, 0) for line in f if line.strip()]
+    sizes = training_lengths(path)
     _history, _start, widths, _context = cut_windows(torch.tensor(sizes), max_len)
     widths = widths[widths > 0]
     real = int(widths.sum())

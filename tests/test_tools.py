@@ -1,8 +1,11 @@
-"""Tests of the scripts under tools/: they live in the checkout, not in the wheel, so this file is not
-among the tests .ci/wheel-check runs against the installed package."""
+"""Tests of the checkout around the package (the scripts under tools/, .gitignore): they live in the
+checkout, not in the wheel, so this file is not among the tests .ci/wheel-check runs against the
+installed package."""
 
 import importlib.util
 import os
+import shutil
+import subprocess
 
 import pytest
 import torch
@@ -47,3 +50,25 @@ def test_tests_run_against_the_wheel_need_nothing_outside_the_package():
         text = open(os.path.join(ROOT, "tests", name)).read()
         hits = [m.group(0) for m in checkout_only.finditer(text)]
         assert not hits, f"tests/{name} reads {hits} from the checkout, which .ci/wheel-check does not copy"
+
+
+def test_gitignore_keeps_bench_records_and_drops_artefacts():
+    """bench records (runs/*.json, tables, plots) are tracked so docs keep their raw numbers; checkpoints,
+    resume states, logs, data sets and Ray Tune output are not."""
+    if shutil.which("git") is None or not os.path.isdir(os.path.join(ROOT, ".git")):
+        pytest.skip("not a git checkout")
+
+    def ignored(path):
+        rc = subprocess.run(["git", "check-ignore", "-q", "--no-index", path], cwd=ROOT).returncode
+        assert rc in (0, 1), f"git check-ignore failed on {path}"
+        return rc == 0
+
+    dropped = ["results/ml-1m/saved/Mamba2Rec-Dec-03.pth", "results/ml-1m/saved/x-resume.pth",
+               "results/ml-1m/L200/logs/Mamba2Rec-seed-2020.log", "results/ml-1m/bench.log",
+               "saved/SASRec.pth", "log/SASRec/x.log", "ray_results/tune/result.json",
+               "dataset/ml-1m/ml-1m.inter", ".venv/bin/python"]
+    kept = ["results/ml-1m/runs/Mamba2Rec-seed-2020.json", "results/ml-1m/table.md", "results/ml-1m/table.csv",
+            "results/ml-1m/lengths.png", "results/ml-1m/by_history.jsonl", "dataset/README.md",
+            "recbole_ssm/models/base.py"]
+    assert [p for p in dropped if not ignored(p)] == []
+    assert [p for p in kept if ignored(p)] == []

@@ -138,6 +138,9 @@ def test_seqtext_training_lengths_in_both_layouts(tmp_path):
     expected = [len(line.split()) - 1 - 2 for line in SEQ_LINES]  # every user has at least 3 items
     assert training_lengths(str(seq)) == expected
     assert training_lengths(str(pairs)) == [2, 0, 0]  # u2: 4 items, u1: 2, u3: 1
+    packed = tmp_path / "pairs.txt.gz"  # gzipped, as `prepare seqtext` reads it
+    packed.write_bytes(gzip.compress(pairs.read_bytes()))
+    assert training_lengths(str(packed)) == [2, 0, 0]
 
 
 def test_seqtext_iterative_kcore_needs_several_passes(tmp_path):

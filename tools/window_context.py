@@ -3,7 +3,8 @@
     python tools/window_context.py SEQTEXT_FILE L [S ...]
     python tools/window_context.py ../shared/datasets/ml-1m/ml-1m.txt 200 200 100
 
-SEQTEXT_FILE holds one user a line, ``user item item ...`` in time order (the ``seqtext`` layout).
+SEQTEXT_FILE is in either ``seqtext`` layout (``user item item ...`` or ``user item`` a line, in time
+order; ``seqtext.training_lengths``).
 Each user's training history is its items but the last two (the validation and test targets, as
 RecBole's leave-one-out split leaves it; no 5-core filter here). For windows of L inputs cut by
 ``recbole_ssm.regime.cut_windows`` with stride S (S = L: no overlap), it prints the mean number of

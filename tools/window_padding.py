@@ -3,7 +3,8 @@
     python tools/window_padding.py SEQTEXT_FILE L B P
     python tools/window_padding.py ../shared/datasets/ml-1m/ml-1m.txt 200 32 3600
 
-SEQTEXT_FILE holds one user a line, ``user item item ...`` in time order (the ``seqtext`` layout);
+SEQTEXT_FILE is in either ``seqtext`` layout (``user item item ...`` or ``user item`` a line, in time
+order; ``seqtext.training_lengths``);
 each user's training history is its items but the last two (no 5-core filter here). Its windows
 of L inputs (``recbole_ssm.regime.cut_windows``) are batched two ways, each as wide as its widest
 window: B windows a batch in a random order (``train_window_batch_size=B``), and batches by length

@@ -48,11 +48,11 @@ def read(path: str, table: Interactions) -> SourceData:
 def training_lengths(path: str) -> list[int]:
     """Each user's training-history length in a seqtext file: its items but the last two (the
     validation and test targets of RecBole's leave-one-out split; no k-core filter), users in
-    order of first appearance. A user may span several lines, as in ``read``."""
-    counts: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            parts = line.split()
-            if parts:
-                counts[parts[0]] = counts.get(parts[0], 0) + len(parts) - 1
+    order of first appearance. A user may span several lines, and the file may be gzipped, as in
+    ``read`` (the same ``iter_lines``)."""
+    counts: dict[bytes, int] = {}
+    for _n, raw in iter_lines(path):
+        parts = raw.split()
+        if parts:
+            counts[parts[0]] = counts.get(parts[0], 0) + len(parts) - 1
     return [max(n - 2, 0) for n in counts.values()]

@@ -509,6 +509,22 @@ def test_lengths_runs_a_table_per_length_and_plots_accuracy_against_length(tiny_
     assert capsys.readouterr().err.count("1 finished run(s) reused") == 2
 
 
+def test_lengths_plot_labels_only_the_lengths(monkeypatch, tmp_path):
+    """A log axis labels minor ticks too (2x10^3 beside 2048 in the ML-1M plot): only the lengths read are."""
+    from recbole_ssm.bench import lengths as bench_lengths
+
+    figures = []
+    monkeypatch.setattr(common, "save_png", lambda fig, path: figures.append(fig))
+    values = {("M", n, "ndcg@10"): (0.1 + n * 1e-6, 0.0) for n in (200, 2048)}
+    bench_lengths._plot(str(tmp_path / "x.png"), ["M"], [200, 2048], values, "d")
+    (fig,) = figures
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    shown = [t.get_text() for t in ax.xaxis.get_majorticklabels() + ax.xaxis.get_minorticklabels()
+             if t.get_text() and t.get_visible() and ax.get_xlim()[0] <= t.get_position()[0] <= ax.get_xlim()[1]]
+    assert shown == ["200", "2048"]
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["lengths", "--lengths=50"], "bench lengths needs --models"),
     (["lengths", "--models=SASRec"], "--lengths takes a comma-separated list of integers"),

@@ -112,6 +112,7 @@ def _plot(path: str, models: list[str], lengths: list[int], values: dict, datase
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     from recbole_ssm.bench.common import save_png
 
@@ -126,6 +127,8 @@ def _plot(path: str, models: list[str], lengths: list[int], values: dict, datase
     ax.set_xscale("log")
     ax.set_xticks(lengths)
     ax.set_xticklabels([str(n) for n in lengths])
+    # The log axis also labels its minor ticks (2x10^3 beside 2048): only the lengths are labelled.
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("history length read (MAX_ITEM_LIST_LENGTH)")
     ax.set_ylabel("test NDCG@10")
     ax.set_title(f"{dataset}: accuracy against history length")

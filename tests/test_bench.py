@@ -522,6 +522,9 @@ def test_lengths_plot_labels_only_the_lengths(monkeypatch, tmp_path):
     ax = fig.axes[0]
     shown = [t.get_text() for t in ax.xaxis.get_majorticklabels() + ax.xaxis.get_minorticklabels()
              if t.get_text() and t.get_visible() and ax.get_xlim()[0] <= t.get_position()[0] <= ax.get_xlim()[1]]
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
     assert shown == ["200", "2048"]
 
 

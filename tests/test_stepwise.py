@@ -76,3 +76,24 @@ def test_recmamba_cannot_step_past_its_learned_positions(dataset, tiny_data):  #
         state = model.state_from(seq, lens)
         with pytest.raises(ValueError, match="MAX_ITEM_LIST_LENGTH=20"):
             model.step(state, torch.tensor([5]))
+
+
+def test_recmamba_without_positions_steps_past_max_item_list_length(dataset, tiny_data):  # noqa: F811
+    model = make("RecMamba", dataset, tiny_data, position_embedding=False, num_layers=2)
+    assert model.position_embedding is None and not model.bounded_positions
+    assert not any("position" in name for name, _ in model.named_parameters())
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(47)
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    seq, lens = random_batch(dataset.item_num, [20, 9], 27, 48)  # L=20: the first row fills it
+    new = torch.randint(1, dataset.item_num, (2, 7), generator=torch.Generator().manual_seed(49))
+    longer = seq.clone()
+    with torch.no_grad():
+        state = model.state_from(seq[:, :20], lens)
+        for k in range(7):
+            model.step(state, new[:, k])
+            longer[torch.arange(2), lens + k] = new[:, k]
+        # 27 items in the first row, 7 past L: the scores of the whole history, read at once
+        assert_scores_close(model.score(state), full_scores(model, longer, lens + 7))
+    assert state.length.tolist() == [27, 16]

@@ -16,8 +16,8 @@ def full_scores(model, seq: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
     return model.full_sort_predict(Interaction({model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: lens}))
 
 
-def stepwise_model(name, dataset, tiny_data, seed):  # noqa: F811
-    model = make(name, dataset, tiny_data, num_layers=2)
+def stepwise_model(name, dataset, tiny_data, seed, **over):  # noqa: F811
+    model = make(name, dataset, tiny_data, num_layers=2, **over)
     with torch.no_grad():  # weights away from the near-zero initialisation, so that errors show
         g = torch.Generator().manual_seed(seed)
         for p in model.parameters():
@@ -79,13 +79,9 @@ def test_recmamba_cannot_step_past_its_learned_positions(dataset, tiny_data):  #
 
 
 def test_recmamba_without_positions_steps_past_max_item_list_length(dataset, tiny_data):  # noqa: F811
-    model = make("RecMamba", dataset, tiny_data, position_embedding=False, num_layers=2)
+    model = stepwise_model("RecMamba", dataset, tiny_data, 47, position_embedding=False)
     assert model.position_embedding is None and not model.bounded_positions
     assert not any("position" in name for name, _ in model.named_parameters())
-    with torch.no_grad():
-        g = torch.Generator().manual_seed(47)
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=g))
     seq, lens = random_batch(dataset.item_num, [20, 9], 27, 48)  # L=20: the first row fills it
     new = torch.randint(1, dataset.item_num, (2, 7), generator=torch.Generator().manual_seed(49))
     longer = seq.clone()

@@ -33,12 +33,15 @@ class RecMamba(Mamba4Rec):
         # a checkpoint written before the setting existed has none: it had the embedding
         positions = require(config, "position_embedding", lambda v: isinstance(v, bool), "True or False",
                             default=True)
-        # learned position embeddings: a history cannot be stepped past L
-        self.bounded_positions = positions
         self.position_embedding = None
         if positions:
             self.position_embedding = nn.Embedding(self.max_seq_length, self.hidden_size)
             self.position_embedding.weight.data.normal_(mean=0.0, std=0.02)
+
+    @property
+    def bounded_positions(self) -> bool:
+        """Learned position embeddings: a history cannot be stepped past L."""
+        return self.position_embedding is not None
 
     def make_layer(self, config):
         return ResidualMixer(self.make_mixer(config), residual=self.num_layers > 1)

@@ -565,12 +565,14 @@ def test_bidirectional_hydra_refuses_all_with_more_than_one_layer(tiny_data):
     ({"model": "Hydra4Rec", "train_targets": "all", "num_layers": 3}, "cannot train Hydra4Rec with num_layers=3"),
     ({"model": "Hydra4Rec", "train_targets": "cloze", "mask_ratio": 0}, "invalid mask_ratio=0"),
     ({"model": "Hydra4Rec", "train_targets": "cloze", "mask_ratio": 1.5}, "invalid mask_ratio=1.5"),
-    ({"train_window_stride": 5}, "train_window_stride applies to train_targets=all only, not last"),
+    ({"train_targets": "last", "train_window_stride": 5}, "train_window_stride applies to train_targets=all only, "
+                                                          "not last"),
     ({"model": "Hydra4Rec", "train_targets": "cloze", "train_window_stride": 5}, "train_window_stride applies to "
                                                                                   "train_targets=all only, not cloze"),
     ({"train_targets": "all", "train_window_stride": 51}, "invalid train_window_stride=51"),
     ({"train_targets": "all", "train_window_stride": 0}, "invalid train_window_stride=0"),
-    ({"train_window_positions": 500}, "train_window_positions applies to train_targets=all or cloze, not last"),
+    ({"train_targets": "last", "train_window_positions": 500}, "train_window_positions applies to "
+                                                               "train_targets=all or cloze, not last"),
     ({"train_targets": "all", "train_window_positions": 49}, "invalid train_window_positions=49"),
     ({"model": "Hydra4Rec", "train_targets": "cloze", "train_window_positions": 50},
      "invalid train_window_positions=50"),

@@ -29,7 +29,8 @@ Trains and tests one model through RecBole's pipeline and prints valid/test metr
   --model         a recbole-ssm model (Mamba4Rec, Mamba2Rec / 2Mamba4Rec, Hydra4Rec, RecMamba, SeqPop;
                   SASRec and GRU4Rec with all-position training) or any RecBole model (BERT4Rec, ...)
   --train_targets last (RecBole's one sample per prefix), all (every position; causal models) or
-                  cloze (masked items, one pass per window; Hydra4Rec)
+                  cloze (masked items, one pass per window; Hydra4Rec); default all for Mamba4Rec,
+                  Mamba2Rec and RecMamba, last for the others
   --dataset       default ml-100k (shipped with RecBole); others from dataset/<name>/<name>.inter
   --config_files  space-separated yaml files, applied after the property files, before --KEY=VALUE
   --KEY=VALUE     any RecBole or model setting, e.g. --epochs=3 --learning_rate=1e-3

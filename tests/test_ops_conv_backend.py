@@ -96,6 +96,26 @@ def test_dispatch_names_the_implementation_of_each_op(monkeypatch):
         dispatch("causal_conv1d", cpu)
 
 
+def test_mamba_ssm_without_causal_conv1d_runs_only_the_convolution_on_our_path(monkeypatch):
+    """mamba-ssm does not need causal-conv1d: with the one importable and the other not, each op
+    asks for its own table (seen on a CUDA machine, where the convolution asked for the kernel
+    of the selective scan's table and failed)."""
+    from recbole_ssm.ops import dispatch
+
+    scan, ssd = object(), object()
+    monkeypatch.setattr(B, "mamba_selective_scan", lambda: {"selective_scan_fn": scan})
+    monkeypatch.setattr(B, "mamba_ssd", lambda: {"mamba_chunk_scan_combined": ssd})
+    monkeypatch.setattr(B, "causal_conv1d_kernels", lambda: None)
+    cuda = torch.device("cuda")
+    monkeypatch.setenv(B.ENV_VAR, "auto")
+    assert dispatch("selective_scan", cuda) == ("cuda", scan)
+    assert dispatch("ssd", cuda) == ("cuda", ssd)
+    assert dispatch("causal_conv1d", cuda) == ("torch", None)
+    monkeypatch.setenv(B.ENV_VAR, "cuda")
+    with pytest.raises(BackendUnavailableError, match="do not import"):
+        dispatch("causal_conv1d", cuda)
+
+
 def test_cuda_backend_without_kernels_is_a_clear_error(monkeypatch):
     monkeypatch.setenv(B.ENV_VAR, "cuda")
     monkeypatch.setattr(B, "mamba_selective_scan", lambda: None)

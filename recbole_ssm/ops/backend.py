@@ -73,13 +73,18 @@ def requested_backend() -> str:
     return value
 
 
-def get_backend(device: torch.device | None = None, kernels: Any | None = None) -> str:
+_SELECTIVE_SCAN = object()  # get_backend's default table: mamba-ssm's selective scan
+
+
+def get_backend(device: torch.device | None = None, kernels: Any = _SELECTIVE_SCAN) -> str:
     """The backend that runs an op on ``device``: ``"cuda"`` (mamba-ssm) or ``"torch"`` (ours).
 
     Args:
         device: device of the op's inputs (CPU when None).
-        kernels: the guarded kernel table the op needs (e.g. :func:`mamba_ssd` ``()``);
-            None means "mamba-ssm's selective scan", the most basic one.
+        kernels: the guarded kernel table the op needs (e.g. :func:`mamba_ssd` ``()``), None
+            where that table does not import; left out, mamba-ssm's selective scan (the most
+            basic one). Each op passes its own table: mamba-ssm can import while causal-conv1d
+            does not, and then only the convolution runs recbole-ssm's path.
 
     Raises:
         BackendUnavailableError: ``RECBOLE_SSM_BACKEND=cuda`` but the inputs are not on a
@@ -89,7 +94,7 @@ def get_backend(device: torch.device | None = None, kernels: Any | None = None) 
     if requested == "torch":
         return "torch"
     on_cuda = device is not None and torch.device(device).type == "cuda"
-    if kernels is None:
+    if kernels is _SELECTIVE_SCAN:
         kernels = mamba_selective_scan()
     if requested == "cuda":
         if not on_cuda:

@@ -3,7 +3,7 @@
 #   .whl/  wheels of RecBole and the few of its needs such an image may lack (for Python 3.12)
 #   .src/  the mamba-ssm and causal-conv1d sources, their builds narrowed to one GPU
 #          architecture (GPU_ARCH, default 90: Hopper) so that they compile in minutes
-# Both folders are for one machine's check and are never committed (add them to .git/info/exclude).
+# Both folders are for one machine's check and are never committed (.gitignore).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYVER=${PYVER:-3.12}

@@ -507,6 +507,13 @@ def test_lengths_runs_a_table_per_length_and_plots_accuracy_against_length(tiny_
     capsys.readouterr()
     assert bench_main(argv) == 0
     assert capsys.readouterr().err.count("1 finished run(s) reused") == 2
+    # other settings into the same folder: a one-line error that names --overwrite, which bench
+    # lengths passes on to each length's table (the runs are redone with the new settings)
+    other = [*argv, "--learning_rate=0.002"]
+    assert cli_main(["bench", *other]) == 2
+    assert "add --overwrite" in capsys.readouterr().err
+    assert bench_main([*other, "--overwrite"]) == 0
+    assert "--learning_rate=0.002" in open(os.path.join(out, "L8", "table.md"), encoding="utf-8").read()
 
 
 def test_lengths_plot_labels_only_the_lengths(monkeypatch, tmp_path):

@@ -22,14 +22,15 @@ from recbole_ssm.utils import atomic_write_text
 
 USAGE = """\
 usage: run_recbole_ssm.py bench lengths --models=A,B --lengths=50,200,1000 [--dataset=NAME] [--seeds=1]
-           [--first_seed=2020] [--output=DIR] [--threads=0] [--report_only] [--progress=true]
-           [--KEY=VALUE ...]
+           [--first_seed=2020] [--output=DIR] [--threads=0] [--overwrite] [--report_only]
+           [--progress=true] [--KEY=VALUE ...]
 
 Runs `bench table` once per history length L (--MAX_ITEM_LIST_LENGTH=L, into DIR/L<L>/; finished
 runs are reused, a stopped run resumes), then writes DIR/lengths.md, lengths.csv and lengths.png
 (default DIR: results/lengths-<dataset>/): test Hit@10, NDCG@10 and MRR@10 of each model at each
 length, and NDCG@10 against L. --KEY=VALUE settings apply to every run (e.g.
 --train_targets=all --train_window_batch_size=32); NAME:key=value to one model, as in bench table.
+A run recorded in DIR with other settings stops the command, unless --overwrite (then it is rerun).
 """
 
 OPTIONS = {
@@ -40,6 +41,7 @@ OPTIONS = {
     "first_seed": Opt(2020, "whole"),
     "output": Opt(None),
     "threads": Opt(0, "whole"),
+    "overwrite": Opt(False, "flag"),
     "report_only": Opt(False, "flag"),
     "progress": Opt(True, "flag"),
 }
@@ -163,6 +165,8 @@ def main(argv: list[str]) -> int:
                 f"--MAX_ITEM_LIST_LENGTH={length}", *rest]
         if own["report_only"]:
             args.append("--report_only")
+        if own["overwrite"]:
+            args.append("--overwrite")
         print(f"bench lengths: L={length}", file=sys.stderr, flush=True)
         code = max(code, table.main(args))
     report = write_report(output, labels, lengths, collect(output, labels, lengths), dataset, argv)

@@ -107,6 +107,19 @@ def test_table_end_to_end_and_resume(tiny_data, tmp_path, capsys):
     assert [r["seeds"] for r in read_csv(os.path.join(out, "table.csv"))] == ["1", "1"]
     assert "| 1/2 " in capsys.readouterr().out
 
+    # a later call with fewer models: table.md keeps the folder's other runs apart, with their command
+    assert "## Other runs in this folder" not in table
+    only = [a if a != "--models=SASRec,Hydra4Rec" else "--models=SASRec" for a in argv]
+    assert bench_main(only) == 0
+    capsys.readouterr()
+    text = open(os.path.join(out, "table.md"), encoding="utf-8").read()
+    main, _, others = text.partition("## Other runs in this folder")
+    assert "| SASRec" in main and "| Hydra4Rec" not in main and "| Hydra4Rec" in others
+    assert "- Hydra4Rec: `python run_recbole_ssm.py bench table --models=SASRec,Hydra4Rec " in others
+    hydra = json.load(open(os.path.join(out, "runs", "Hydra4Rec-seed-2020.json"), encoding="utf-8"))
+    assert f"| {hydra['test']['ndcg@10']:.4f} ± 0.0000 |" in others
+    assert [r["model"] for r in read_csv(os.path.join(out, "table.csv"))] == ["SASRec"]
+
     # other settings in the same folder: refused with one line, nothing overwritten
     changed = [a if a != "--epochs=1" else "--epochs=2" for a in argv]
     assert cli_main(["bench", *changed]) == 2

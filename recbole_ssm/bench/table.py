@@ -34,6 +34,7 @@ from recbole_ssm.bench.common import (
     median,
     parse_model_specs,
     process_peak_rss_mib,
+    read_record,
     record_name,
     reuse_or_schedule,
     runs_line,
@@ -354,11 +355,13 @@ def main(argv: list[str]) -> int:
 
     runs_dir = os.path.join(output, "runs")
     points = _points(specs, seeds, dataset, files, overrides, threads, lat_repeats, lat_batch, output)
+    for p in points:  # each record keeps the command that made it (the table of a later call names it)
+        p.labels["command"] = _command(argv)
     records, todo = reuse_or_schedule(points, own["overwrite"], schedule=not own["report_only"])
     if records:
         print(f"bench table: {len(records)} finished run(s) reused from {runs_dir}", file=sys.stderr)
     measure_points(todo, "recbole_ssm.bench.table", "bench table", records, show, timeout)
-    _write_table(specs, records, seeds, lat_batch, dataset, output, argv)
+    _write_table(specs, records, seeds, lat_batch, dataset, output, argv, {p.key for p in points})
     bad = [r for r in records.values() if r.get("status") != "ok"]
     return 1 if bad else 0
 
@@ -386,13 +389,54 @@ def _points(specs, seeds, dataset, files, overrides, threads, lat_repeats, lat_b
     return points
 
 
+def _command(argv: list[str]) -> str:
+    return "python run_recbole_ssm.py bench table " + " ".join(argv)
+
+
+def other_runs(output: str, keys: set) -> dict[tuple[str, int], dict]:
+    """The finished records in ``output/runs/`` of (model, seed) pairs this call does not run: an
+    earlier call's other ``--models`` into the same folder."""
+    runs_dir = os.path.join(output, "runs")
+    found = {}
+    for name in sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else []:
+        rec = read_record(os.path.join(runs_dir, name)) if name.endswith(".json") else None
+        if not rec or rec.get("status") != "ok" or "model" not in rec or "seed" not in rec:
+            continue
+        key = (rec["model"], int(rec["seed"]))
+        if key not in keys:
+            found[key] = rec
+    return found
+
+
+def _other_runs_section(others: dict[tuple[str, int], dict], lat_batch: int) -> str:
+    """table.md's section on ``other_runs``: their table and the command of each model's runs."""
+    if not others:
+        return ""
+    labels = sorted({label for label, _ in others})
+    specs = [ModelSpec(label, label.partition(":")[0], {}) for label in labels]
+    seeds = sorted({seed for _, seed in others})
+    md_header, md_rows, _, _ = build_rows(specs, others, seeds, lat_batch)
+    md_rows = [[row[0], row[1].split("/")[0] + " run(s)", *row[2:]] for row in md_rows]
+    commands = []
+    for label in labels:
+        used = sorted({r.get("command") or "not recorded (a record older than 2026-12-04)"
+                       for (lab, _), r in others.items() if lab == label})
+        commands += [f"- {label}: " + ("; ".join(f"`{c}`" if c.startswith("python") else c for c in used))]
+    return ("\n## Other runs in this folder\n\nFinished runs of other models, from earlier `bench table` calls "
+            "into this folder; each was measured with its own command (below), whose settings may differ "
+            "from the command above.\n\n" + markdown_table(md_header, md_rows) + "\n"
+            + "\n".join(commands) + "\n\nEach run:\n\n"
+            + markdown_table(_name_valid_metric(RUN_HEADER, others), run_rows(specs, others, seeds)))
+
+
 def _write_table(specs, records: dict, seeds: list[int], lat_batch: int, dataset: str, output: str,
-                 argv: list[str]) -> None:
-    """table.md and table.csv from the finished runs; the table on stdout."""
+                 argv: list[str], keys: set) -> None:
+    """table.md and table.csv from the finished runs (table.md also those of the folder's other
+    models); the table on stdout."""
     md_header, md_rows, csv_header, csv_rows = build_rows(specs, records, seeds, lat_batch)
     table = markdown_table(md_header, md_rows)
     per_run = markdown_table(_name_valid_metric(RUN_HEADER, records), run_rows(specs, records, seeds))
-    command = "python run_recbole_ssm.py bench table " + " ".join(argv)
+    command = _command(argv)
     done = [r for r in records.values() if r.get("status") == "ok"]
     header = (
         f"# {dataset}: test metrics, mean ± std over seeds {seeds[0]}..{seeds[-1]}\n\n"
@@ -404,7 +448,8 @@ def _write_table(specs, records: dict, seeds: list[int], lat_batch: int, dataset
     os.makedirs(output, exist_ok=True)
     atomic_write_text(os.path.join(output, "table.md"),
                       header + table + "\nEach run (test metrics of the best-validation checkpoint; epochs "
-                      "counted from 0; epoch time the median of the run's epochs):\n\n" + per_run)
+                      "counted from 0; epoch time the median of the run's epochs):\n\n" + per_run
+                      + _other_runs_section(other_runs(output, keys), lat_batch))
     atomic_write_text(os.path.join(output, "table.csv"), csv_text(csv_header, csv_rows))
     print(table, end="", flush=True)
     print(f"wrote {os.path.join(output, 'table.md')} and table.csv", file=sys.stderr)

@@ -23,7 +23,7 @@ fetch_sdist() {  # name version: the sdist from PyPI (pip download would try to 
         'import json, sys; print([f["url"] for f in json.load(sys.stdin)["releases"][sys.argv[1]] if f["packagetype"] == "sdist"][0])' "$2")
     curl -sfL "$url" | tar xz -C .src
 }
-rm -rf .src/*
+find .src -mindepth 1 -maxdepth 1 ! -name prebuilt -exec rm -rf {} +  # keeps prebuilt/ (gpu-check.sh)
 fetch_sdist mamba-ssm "$MAMBA_VERSION"
 fetch_sdist causal-conv1d "$CONV_VERSION"
 for setup in .src/*/setup.py; do

@@ -174,8 +174,16 @@ def test_efficiency_end_to_end(tmp_path, capsys):
             assert float(row["train_ms_vs_base"]) == pytest.approx(ratio, rel=1e-3)
     for name in ("efficiency_time.png", "efficiency_memory.png"):
         assert_png(os.path.join(out, name))
-    assert "Command: `python run_recbole_ssm.py bench efficiency" in open(
-        os.path.join(out, "efficiency.md"), encoding="utf-8").read()
+    report = open(os.path.join(out, "efficiency.md"), encoding="utf-8").read()
+    assert "Command: `python run_recbole_ssm.py bench efficiency" in report
+    # which implementation each SSM op ran, per point and in the report (a CUDA table must say it)
+    from recbole_ssm.ops import cpu_kernel
+
+    scan = "cpp" if cpu_kernel.load() is not None else "torch"
+    record = json.load(open(os.path.join(out, "points", "Hydra4Rec-L-16.json"), encoding="utf-8"))
+    assert record["kernels"] == {"selective_scan": scan, "ssd": "torch", "causal_conv1d": "torch"}
+    assert record["gpu"] is None
+    assert f"recbole-ssm's PyTorch path): selective_scan={scan}, ssd=torch, causal_conv1d=torch.\n" in report
 
 
 def test_efficiency_timeout_is_recorded_not_raised(tmp_path, capsys):

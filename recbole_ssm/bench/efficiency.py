@@ -213,7 +213,23 @@ def _work(spec: dict) -> dict:
         "n_items": n_items,
         "torch_threads": torch.get_num_threads(),
         "cpu": cpu_model(),
+        "gpu": torch.cuda.get_device_name(device) if cuda else None,
+        "kernels": ops_kernels(device),
     }
+
+
+def ops_kernels(device) -> dict[str, str]:
+    """Which implementation each SSM op runs on ``device`` in this process: ``cuda`` (mamba-ssm /
+    causal-conv1d), ``cpp`` (the fused CPU selective scan) or ``torch`` (recbole-ssm's PyTorch path)."""
+    from recbole_ssm.ops.backend import dispatch
+
+    return {op: dispatch(op, device)[0] for op in ("selective_scan", "ssd", "causal_conv1d")}
+
+
+def kernels_line(records) -> str:
+    """The kernels of the finished points, one line (``-`` for records made before they were kept)."""
+    seen = sorted({", ".join(f"{op}={impl}" for op, impl in r["kernels"].items()) for r in records if r.get("kernels")})
+    return "; ".join(seen) or "-"
 
 
 class _PeakTimer:
@@ -442,6 +458,8 @@ def _write_report(opt: dict, records: dict, argv: list[str]) -> None:
         f"# Efficiency on {device}: training step (batch {batch}) and inference (batch {infer_batch}), "
         f"hidden size {opt['hidden']}, {opt['n_items']} items\n\n"
         f"Command: `{command}`\n\nMachine: {machine_line()}; {runs_line(ok, 'points')}.\n\n"
+        f"Kernels of the SSM ops (cuda: mamba-ssm / causal-conv1d, cpp: the fused CPU scan, torch: "
+        f"recbole-ssm's PyTorch path): {kernels_line(ok)}.\n\n"
         f"Written {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}. "
         "Ratios are model / baseline at the same length, measured in the same run. "
         "Definitions: docs/benchmarks.md.\n\n" + summary))

@@ -419,7 +419,7 @@ def _other_runs_section(others: dict[tuple[str, int], dict], lat_batch: int) -> 
     md_rows = [[row[0], row[1].split("/")[0] + " run(s)", *row[2:]] for row in md_rows]
     commands = []
     for label in labels:
-        used = sorted({r.get("command") or "not recorded (a record older than 2026-12-04)"
+        used = sorted({r.get("command") or "not recorded (made before records kept their command)"
                        for (lab, _), r in others.items() if lab == label})
         commands += [f"- {label}: " + ("; ".join(f"`{c}`" if c.startswith("python") else c for c in used))]
     return ("\n## Other runs in this folder\n\nFinished runs of other models, from earlier `bench table` calls "

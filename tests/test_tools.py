@@ -37,6 +37,29 @@ def test_window_padding_tool_counts_padding_of_both_batchings(tmp_path, capsys):
     assert tool.main([str(path)]) == 2
 
 
+def test_plot_valid_curves_draws_each_record_and_rejects_what_is_not_one(tmp_path, capsys):
+    import json
+
+    import matplotlib.image
+
+    tool = load_tool("plot_valid_curves")
+    records = []
+    for name, scores in (("a", [[0, 0.01], [1, 0.02], [2, 0.015]]), ("b", [[0, 0.03], [1, 0.05]])):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"valid_scores": scores, "valid_metric": "ndcg@10"}))
+        records.append(f"{path}={name}")
+    out = tmp_path / "curves.png"
+    assert tool.main([str(out), *records, "--title=t"]) == 0
+    assert matplotlib.image.imread(str(out)).shape[0] > 100
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"status": "timeout"}))
+    assert tool.main([str(tmp_path / "x.png"), str(empty)]) == 2
+    assert "has no validation scores" in capsys.readouterr().err
+    assert tool.main([str(tmp_path / "x.png"), str(tmp_path / "missing.json")]) == 2
+    assert tool.main(["not-a-png", records[0]]) == 2
+    assert not (tmp_path / "x.png").exists()
+
+
 def test_tests_run_against_the_wheel_need_nothing_outside_the_package():
     """.ci/wheel-check copies only tests/ next to the installed package: the test files it names must not
     open the checkout's tools/, docs/, results/ or benchmarks/ folders (they are not in the wheel)."""

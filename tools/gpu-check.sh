@@ -65,6 +65,13 @@ timeout $(( $(left) > 60 ? 240 : 1 )) python3 -m pytest -v -rfE --tb=short --tim
     tests/test_ops_gpu.py tests/test_models_gpu.py >"$LOGS/pytest-fused.log" 2>&1
 say "pytest (fused) rc=$?: $(tail -1 "$LOGS/pytest-fused.log")"
 grep -E "^(FAILED|ERROR)|Error|error [0-9]" "$LOGS/pytest-fused.log" | head -20 >>"$LOG"
+if grep -q "FAILED.*test_ssd_parity" "$LOGS/pytest-fused.log"; then
+    # Triton runs float32 dot products as TF32 by default: the same test with IEEE float32 says
+    # whether that is the gap (the 2026-12-04 H200 run failed this test; its reason was not printed)
+    TRITON_F32_DEFAULT=ieee timeout 120 python3 -m pytest -q -rfE --tb=short -p no:cacheprovider -o addopts="" \
+        "tests/test_ops_gpu.py::test_ssd_parity_with_mamba_kernel" >"$LOGS/pytest-ssd-ieee.log" 2>&1
+    say "SSD parity with TRITON_F32_DEFAULT=ieee rc=$?: $(tail -1 "$LOGS/pytest-ssd-ieee.log")"
+fi
 
 # 5. timings
 bench() {  # output-folder [env assignments...]

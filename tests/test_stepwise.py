@@ -16,13 +16,18 @@ def full_scores(model, seq: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
     return model.full_sort_predict(Interaction({model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: lens}))
 
 
-def stepwise_model(name, dataset, tiny_data, seed, **over):  # noqa: F811
+# CPU always; CUDA too where there is one (recbole-ssm's kernels, or mamba-ssm's where they import)
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
+
+
+def stepwise_model(name, dataset, tiny_data, seed, device="cpu", **over):  # noqa: F811
     model = make(name, dataset, tiny_data, num_layers=2, **over)
     with torch.no_grad():  # weights away from the near-zero initialisation, so that errors show
         g = torch.Generator().manual_seed(seed)
         for p in model.parameters():
             p.add_(0.1 * torch.randn(p.shape, generator=g))
-    return model.eval()
+    model.device = torch.device(device)
+    return model.to(device).eval()
 
 
 def assert_scores_close(got, want):
@@ -45,12 +50,14 @@ def test_stepping_item_by_item_scores_like_the_whole_history(dataset, tiny_data,
     assert state.length.tolist() == [13, 13, 13]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", CAUSAL)
-def test_state_from_mixed_lengths_then_steps_scores_like_the_whole_history(dataset, tiny_data, name):  # noqa: F811
-    model = stepwise_model(name, dataset, tiny_data, 43)
+def test_state_from_mixed_lengths_then_steps_scores_like_the_whole_history(dataset, tiny_data, name, device):  # noqa: F811
+    model = stepwise_model(name, dataset, tiny_data, 43, device)
     lengths = [13, 1, 7, 17, 4]
     seq, lens = random_batch(dataset.item_num, lengths, 20, 44)
     new = torch.randint(1, dataset.item_num, (5, 3), generator=torch.Generator().manual_seed(45))
+    seq, lens, new = seq.to(device), lens.to(device), new.to(device)
     with torch.no_grad():
         state = model.state_from(seq, lens)
         assert_scores_close(model.score(state), full_scores(model, seq, lens))
@@ -58,7 +65,7 @@ def test_state_from_mixed_lengths_then_steps_scores_like_the_whole_history(datas
         longer = seq.clone()
         for k in range(3):
             model.step(state, new[:, k])
-            longer[torch.arange(5), lens + k] = new[:, k]
+            longer[torch.arange(5, device=device), lens + k] = new[:, k]
         assert_scores_close(model.score(state), full_scores(model, longer, lens + 3))
     assert state.nbytes() == size  # constant-size state
 

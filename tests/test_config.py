@@ -97,6 +97,18 @@ def test_default_training_regime(model, regime, tiny_data):
     assert config["train_targets"] == "last"  # the command line still chooses
 
 
+def test_beauty_trains_128_windows_a_batch_by_default(tiny_data, tmp_path):
+    # the package's dataset yaml for amazon-beauty overrides overall.yaml's 32 (short windows,
+    # docs/results.md); the command line still chooses
+    from tests.conftest import write_ml100k_slice
+
+    data = write_ml100k_slice(str(tmp_path), "amazon-beauty")
+    config, _ = build_config("Mamba2Rec", "amazon-beauty", None, {"data_path": data})
+    assert config["train_targets"] == "all" and config["train_window_batch_size"] == 128
+    config, _ = build_config("Mamba2Rec", "amazon-beauty", None, {"data_path": data, "train_window_batch_size": 32})
+    assert config["train_window_batch_size"] == 32
+
+
 def test_embedded_default_dataset_is_ml100k():
     config, _ = build_config("SASRec", None, None, None)
     assert config["dataset"] == "ml-100k"

@@ -10,6 +10,7 @@ import yaml
 from recbole_ssm import config as cfg
 from recbole_ssm.errors import UsageError
 from recbole_ssm.quick_start import build_config
+from tests.conftest import write_ml100k_slice
 
 
 def write(path: str, data: dict) -> str:
@@ -97,11 +98,9 @@ def test_default_training_regime(model, regime, tiny_data):
     assert config["train_targets"] == "last"  # the command line still chooses
 
 
-def test_beauty_trains_128_windows_a_batch_by_default(tiny_data, tmp_path):
+def test_beauty_trains_128_windows_a_batch_by_default(tmp_path):
     # the package's dataset yaml for amazon-beauty overrides overall.yaml's 32 (short windows,
     # docs/results.md); the command line still chooses
-    from tests.conftest import write_ml100k_slice
-
     data = write_ml100k_slice(str(tmp_path), "amazon-beauty")
     config, _ = build_config("Mamba2Rec", "amazon-beauty", None, {"data_path": data})
     assert config["train_targets"] == "all" and config["train_window_batch_size"] == 128

@@ -18,15 +18,7 @@ def main(argv: list[str]) -> int:
         print("usage: python tools/plot_valid_curves.py OUT.png RECORD.json[=LABEL] ... [--title=TEXT]",
               file=sys.stderr)
         return 2
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from recbole_ssm.bench.common import save_png
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    metric = "validation score"
+    curves = []  # (label, scores, metric): every record read and checked before anything is drawn
     for arg in args[1:]:
         path, _, label = arg.partition("=")
         try:
@@ -39,8 +31,19 @@ def main(argv: list[str]) -> int:
         if not scores:
             print(f"error: {path} has no validation scores (not a finished bench table run)", file=sys.stderr)
             return 2
-        metric = f"validation {record.get('valid_metric', 'ndcg@10')}"
-        ax.plot([e for e, _ in scores], [v for _, v in scores], label=label or os.path.basename(path))
+        curves.append((label or os.path.basename(path), scores, record.get("valid_metric", "ndcg@10")))
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from recbole_ssm.bench.common import save_png
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, scores, _ in curves:
+        ax.plot([e for e, _ in scores], [v for _, v in scores], label=label)
+    metric = f"validation {curves[-1][2]}"
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
     ax.grid(True, alpha=0.3)

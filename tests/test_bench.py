@@ -406,12 +406,15 @@ def test_regimes_leave_window_only_settings_out_of_last():
 
 def test_bench_stream_writes_latencies_and_state_sizes(tmp_path):
     out = tmp_path / "stream"
-    argv = ["stream", "--models=Mamba2Rec,SASRec", "--lengths=8,24", "--repeats=2", "--hidden_size=16",
+    # RecMamba's learned positions must reach the last stepped event (24 + 1 warm-up + 3 repeats)
+    argv = ["stream", "--models=Mamba2Rec,SASRec,RecMamba", "--lengths=8,24", "--repeats=3", "--hidden_size=16",
             "--n_items=60", "--headdim=8", "--d_state=8", f"--output={out}"]
     assert bench_main(argv) == 0
     rows = list(csv.DictReader(open(out / "stream.csv", encoding="utf-8")))
     assert [(r["Model"], r["History n"]) for r in rows] == [("Mamba2Rec", "8"), ("Mamba2Rec", "24"),
-                                                            ("SASRec", "8"), ("SASRec", "24")]
+                                                            ("SASRec", "8"), ("SASRec", "24"),
+                                                            ("RecMamba", "8"), ("RecMamba", "24")]
+    assert float(rows[5]["Step (ms/event)"]) > 0
     ssm, sasrec = rows[0], rows[2]
     assert float(ssm["Step (ms/event)"]) > 0 and ssm["State (bytes/user)"] == rows[1]["State (bytes/user)"]
     assert sasrec["Step (ms/event)"] == "-" and sasrec["Re-encode / baseline re-encode"] == "1.00"

@@ -129,8 +129,11 @@ def main(argv: list[str]) -> int:
     models = {}
     logging.disable(logging.WARNING)  # RecBole's data set and model logging
     try:
-        for spec in specs:  # one model per name, long enough for the longest history (SASRec's positions)
-            model, items, torch = build(spec.name, data_root, max(lengths) + 1, hidden, seed,
+        # one model per name, with positions (SASRec's, RecMamba's) for the longest history re-encoded and for
+        # the last event stepped: n + 1 items re-encoded, n + 1 + repeats stepped (the warm-up call included)
+        longest = max(lengths) + 1 + repeats
+        for spec in specs:
+            model, items, torch = build(spec.name, data_root, longest, hidden, seed,
                                         {**overrides, **spec.overrides})
             models[spec.label] = (model, items)
     finally:

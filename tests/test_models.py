@@ -152,8 +152,8 @@ def test_trimming_padding_does_not_change_output(dataset, tiny_data, name):
         torch.testing.assert_close(trimmed(seq, lens), full(seq, lens), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name,over", [(m, {}) for m in MODELS] + [("Hydra4Rec", {"train_targets": "cloze",
-                                                                                   "num_layers": 2})])
+@pytest.mark.parametrize("name,over", [(m, {}) for m in MODELS + ["SASRec", "GRU4Rec"]]
+                         + [("Hydra4Rec", {"train_targets": "cloze", "num_layers": 2})])
 @pytest.mark.parametrize("seed", [21, 22])
 def test_reading_by_length_gives_each_row_what_the_whole_batch_gives(dataset, tiny_data, name, over, seed):
     model = make(name, dataset, tiny_data, **over).double()

@@ -12,7 +12,7 @@ from recbole.model.loss import BPRLoss
 from recbole_ssm.errors import ConfigError
 from recbole_ssm.layers import SSMLayer
 from recbole_ssm.layers.block import take
-from recbole_ssm.models.causal import CausalLoss
+from recbole_ssm.models.causal import CausalLoss, ReadByLength
 from recbole_ssm.regime import TARGETS
 from recbole_ssm.validate import positive_int, require
 
@@ -55,7 +55,7 @@ def ssd_settings(model, config, odd_conv: bool = False) -> dict:
     return s
 
 
-class SSMRecommender(CausalLoss, SequentialRecommender):
+class SSMRecommender(CausalLoss, ReadByLength, SequentialRecommender):
     """Item embedding -> dropout -> LayerNorm -> N x SSMLayer -> state at the last real position.
 
     Subclasses give ``make_mixer(config)`` and set ``bidirectional`` when the mixer looks ahead
@@ -76,7 +76,6 @@ class SSMRecommender(CausalLoss, SequentialRecommender):
         self.num_layers = require(config, "num_layers", positive_int, "a positive integer")
         self.dropout_prob = require(config, "dropout_prob", lambda v: 0.0 <= float(v) < 1.0, "a float in [0, 1)")
         self.loss_type = require(config, "loss_type", lambda v: v in ("CE", "BPR"), "CE or BPR")
-        self.trim_padding = require(config, "trim_padding", lambda v: isinstance(v, bool), "True or False")
 
         # define layers and loss
         self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
@@ -189,34 +188,3 @@ class SSMRecommender(CausalLoss, SequentialRecommender):
         neg = interaction[self.NEG_ITEM_ID] if self.loss_type == "BPR" else None
         return self.target_loss(seq_output, interaction[self.POS_ITEM_ID], neg)
 
-    EVAL_GROUP_POSITIONS = 1 << 16  # padded positions a group of ``read_by_length`` reads at once
-
-    def read_by_length(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
-        """``forward`` for evaluation, with the rows grouped by length when that saves padding.
-
-        A row's output depends on its own items only, so reading groups of rows of similar length,
-        each group trimmed to its longest row, gives each row the output ``forward`` gives it on
-        the whole batch. Used outside training with ``trim_padding``, when the batch would be more
-        than half padding (histories of mixed lengths, e.g. L=2048 on ML-1M)."""
-        longest = int(item_seq_len.max())
-        if self.training or not self.trim_padding or item_seq.size(0) * longest <= 2 * int(item_seq_len.sum()):
-            return self.forward(item_seq, item_seq_len)
-        order = torch.argsort(item_seq_len, descending=True, stable=True)
-        out, start, sizes = None, 0, item_seq_len[order].tolist()
-        while start < len(sizes):
-            stop = start + max(1, self.EVAL_GROUP_POSITIONS // max(1, sizes[start]))
-            rows = order[start:stop]
-            hidden = self.forward(item_seq[rows, : sizes[start]], item_seq_len[rows])
-            if out is None:
-                out = hidden.new_empty(item_seq.size(0), hidden.size(1))
-            out[rows] = hidden
-            start = stop
-        return out
-
-    def predict(self, interaction) -> torch.Tensor:
-        seq_output = self.read_by_length(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
-        return (seq_output * self.item_embedding(interaction[self.ITEM_ID])).sum(-1)
-
-    def full_sort_predict(self, interaction) -> torch.Tensor:
-        seq_output = self.read_by_length(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
-        return seq_output @ self.item_embedding.weight.t()  # (B, n_items)

@@ -56,3 +56,50 @@ class CausalLoss:
         if TARGETS in interaction:
             return self.all_positions_loss(interaction)
         return super().calculate_loss(interaction)
+
+
+class ReadByLength:
+    """Mixin: evaluation (``predict``, ``full_sort_predict``) reads the rows of a batch grouped by
+    length, each group trimmed to its longest row, when the batch would be more than half padding.
+
+    For models whose ``forward(item_seq, item_seq_len) -> (B, d)`` gives each row an output that
+    depends only on its own items before ``item_seq_len`` (right padding, causal or masked), and
+    that score with ``item_embedding``. ``trim_padding`` (True unless set False) switches it on.
+    """
+
+    EVAL_GROUP_POSITIONS = 1 << 16  # padded positions a group of ``read_by_length`` reads at once
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.trim_padding = require(config, "trim_padding", lambda v: isinstance(v, bool), "True or False",
+                                    default=True)
+
+    def read_by_length(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
+        """``forward`` for evaluation, with the rows grouped by length when that saves padding.
+
+        A row's output depends on its own items only, so reading groups of rows of similar length,
+        each group trimmed to its longest row, gives each row the output ``forward`` gives it on
+        the whole batch. Used outside training with ``trim_padding``, when the batch would be more
+        than half padding (histories of mixed lengths, e.g. L=2048 on ML-1M)."""
+        longest = int(item_seq_len.max())
+        if self.training or not self.trim_padding or item_seq.size(0) * longest <= 2 * int(item_seq_len.sum()):
+            return self.forward(item_seq, item_seq_len)
+        order = torch.argsort(item_seq_len, descending=True, stable=True)
+        out, start, sizes = None, 0, item_seq_len[order].tolist()
+        while start < len(sizes):
+            stop = start + max(1, self.EVAL_GROUP_POSITIONS // max(1, sizes[start]))
+            rows = order[start:stop]
+            hidden = self.forward(item_seq[rows, : sizes[start]], item_seq_len[rows])
+            if out is None:
+                out = hidden.new_empty(item_seq.size(0), hidden.size(1))
+            out[rows] = hidden
+            start = stop
+        return out
+
+    def predict(self, interaction) -> torch.Tensor:
+        seq_output = self.read_by_length(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        return (seq_output * self.item_embedding(interaction[self.ITEM_ID])).sum(-1)
+
+    def full_sort_predict(self, interaction) -> torch.Tensor:
+        seq_output = self.read_by_length(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        return seq_output @ self.item_embedding.weight.t()  # (B, n_items)

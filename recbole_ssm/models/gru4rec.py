@@ -1,7 +1,9 @@
 """GRU4Rec (Hidasi et al. 2016, "Session-based Recommendations with Recurrent Neural Networks"):
 RecBole's model, with ``encode`` so that it also trains under ``train_targets: all``.
 
-Under ``last`` it is RecBole's GRU4Rec exactly: same parameters, ``forward``, loss and scores.
+Under ``last`` it is RecBole's GRU4Rec: same parameters, ``forward`` and loss. Evaluation reads a batch's
+rows grouped by length when it is mostly padding (``ReadByLength``; scores equal within float
+rounding); ``trim_padding: False`` scores the whole padded batch at once, as RecBole does.
 """
 
 import torch
@@ -9,10 +11,10 @@ from recbole.model.sequential_recommender.gru4rec import GRU4Rec as RecBoleGRU4R
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from recbole_ssm.models.base import StepState
-from recbole_ssm.models.causal import CausalLoss
+from recbole_ssm.models.causal import CausalLoss, ReadByLength
 
 
-class GRU4Rec(CausalLoss, RecBoleGRU4Rec):
+class GRU4Rec(CausalLoss, ReadByLength, RecBoleGRU4Rec):
     """RecBole's GRU4Rec plus ``encode``; settings as RecBole's (``recbole/properties/model/GRU4Rec.yaml``)."""
 
     def encode(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:

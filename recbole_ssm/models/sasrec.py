@@ -1,16 +1,18 @@
 """SASRec (Kang & McAuley 2018, "Self-Attentive Sequential Recommendation"): RecBole's model,
 with ``encode`` so that it also trains under ``train_targets: all``.
 
-Under ``last`` it is RecBole's SASRec exactly: same parameters, ``forward``, loss and scores.
+Under ``last`` it is RecBole's SASRec: same parameters, ``forward`` and loss. Evaluation reads a batch's
+rows grouped by length when it is mostly padding (``ReadByLength``; scores equal within float
+rounding); ``trim_padding: False`` scores the whole padded batch at once, as RecBole does.
 """
 
 import torch
 from recbole.model.sequential_recommender.sasrec import SASRec as RecBoleSASRec
 
-from recbole_ssm.models.causal import CausalLoss
+from recbole_ssm.models.causal import CausalLoss, ReadByLength
 
 
-class SASRec(CausalLoss, RecBoleSASRec):
+class SASRec(CausalLoss, ReadByLength, RecBoleSASRec):
     """RecBole's SASRec plus ``encode``; settings as RecBole's (``recbole/properties/model/SASRec.yaml``)."""
 
     def encode(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:

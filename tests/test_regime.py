@@ -528,7 +528,7 @@ def test_baselines_behave_exactly_as_recboles_under_last(name, tiny_dataset, tin
     config, _ = build_config(name, "ml-tiny", None, {**TINY, **SMALL, "data_path": tiny_data,
                                                       "MAX_ITEM_LIST_LENGTH": 12})
     theirs = getattr(rs, name)(config, train).eval()
-    assert type(ours).__mro__[2] is type(theirs)  # ours is a subclass, not a copy
+    assert type(theirs) in type(ours).__mro__  # ours is a subclass, not a copy
     theirs.load_state_dict(ours.state_dict())
     histories = random_histories(ours.n_items, [9, 3, 12, 6], seed=23)
     batch = prefix_batch(histories, 12)
@@ -539,6 +539,23 @@ def test_baselines_behave_exactly_as_recboles_under_last(name, tiny_dataset, tin
         enc = ours.encode(batch["item_id_list"], batch["item_length"])
         read = enc[torch.arange(len(batch)), batch["item_length"] - 1]
         torch.testing.assert_close(read, theirs.forward(batch["item_id_list"], batch["item_length"]))
+        # a batch mostly padding: ours reads it by length (scores within rounding), or whole without trim_padding
+        from recbole.data.interaction import Interaction
+
+        lens = torch.tensor([11, 1, 2, 1, 3, 2, 1])
+        seq = torch.zeros(len(lens), 12, dtype=torch.long)
+        for row, h in enumerate(random_histories(ours.n_items, lens.tolist(), seed=24)):
+            seq[row, : len(h)] = h
+        mostly_padding = Interaction({"item_id_list": seq, "item_length": lens})
+        want = theirs.full_sort_predict(mostly_padding)
+        calls = []
+        ours.EVAL_GROUP_POSITIONS = 12  # small groups: the long row alone, then the short ones
+        ours.forward = lambda s, n, f=ours.forward: calls.append(s.shape) or f(s, n)
+        torch.testing.assert_close(ours.full_sort_predict(mostly_padding), want, rtol=1e-5, atol=1e-6)
+        assert len(calls) > 1 and calls[0][1] == 11 and all(w <= 3 for _, w in calls[1:])
+        ours.trim_padding, calls[:] = False, []
+        torch.testing.assert_close(ours.full_sort_predict(mostly_padding), want, rtol=0, atol=0)
+        assert len(calls) == 1
 
 
 # ---------------------------------------------------------------------------------------

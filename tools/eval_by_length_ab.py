@@ -20,11 +20,8 @@ import time
 
 def main(argv: list[str]) -> int:
     import torch
-    from recbole.utils import init_seed
 
-    from recbole_ssm import compat
-    from recbole_ssm.quick_start import build_config
-    from recbole_ssm.regime import create_dataset, prepare_data
+    from recbole_ssm.bench.regimes import data_setup
 
     if len(argv) not in (4, 5):
         print(__doc__.strip().splitlines()[3].strip(), file=sys.stderr)
@@ -34,10 +31,7 @@ def main(argv: list[str]) -> int:
     logging.disable(logging.WARNING)
     for name in models:
         settings = {"MAX_ITEM_LIST_LENGTH": length, "eval_batch_size": eval_batch_size, "train_targets": "all"}
-        config, model_class = build_config(name, dataset, [], settings)
-        init_seed(config["seed"], config["reproducibility"])
-        with compat.quiet_recbole():
-            train, valid, _test = prepare_data(config, create_dataset(config))
+        config, model_class, (train, valid, _test), _data_s = data_setup(name, dataset, settings)
         model = model_class(config, train._dataset).eval()
         batches = []
         for batch in valid:

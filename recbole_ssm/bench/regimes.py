@@ -82,11 +82,9 @@ def regimes_of(window: str, which: str = "both") -> tuple[str, ...]:
     return {"both": both, "last": both[:1], "windows": both[1:]}[which]
 
 
-def training_setup(model_name: str, dataset: str, settings: dict):
-    """RecBole's data pipeline for ``settings`` (``train_targets`` among them), the regime's training
-    loader, the model in train mode and Adam. Returns (loader, model, optimizer, seconds spent on
-    the data)."""
-    import torch
+def data_setup(model_name: str, dataset: str, settings: dict):
+    """RecBole's data pipeline for ``settings`` (``train_targets`` among them). Returns (config, model
+    class, (train, valid, test) loaders, seconds spent on the data)."""
     from recbole.utils import init_seed
 
     from recbole_ssm import compat
@@ -97,8 +95,17 @@ def training_setup(model_name: str, dataset: str, settings: dict):
     init_seed(config["seed"], config["reproducibility"])
     t0 = time.perf_counter()
     with compat.quiet_recbole():
-        train, _valid, _test = prepare_data(config, create_dataset(config))
-    data_s = time.perf_counter() - t0
+        loaders = prepare_data(config, create_dataset(config))
+    return config, model_class, loaders, time.perf_counter() - t0
+
+
+def training_setup(model_name: str, dataset: str, settings: dict):
+    """RecBole's data pipeline for ``settings`` (``train_targets`` among them), the regime's training
+    loader, the model in train mode and Adam. Returns (loader, model, optimizer, seconds spent on
+    the data)."""
+    import torch
+
+    config, model_class, (train, _valid, _test), data_s = data_setup(model_name, dataset, settings)
     model = model_class(config, train._dataset)
     optimizer = torch.optim.Adam(model.parameters(), lr=config["learning_rate"])
     model.train()

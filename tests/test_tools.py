@@ -95,3 +95,17 @@ def test_gitignore_keeps_bench_records_and_drops_artefacts():
             "recbole_ssm/models/base.py"]
     assert [p for p in dropped if not ignored(p)] == []
     assert [p for p in kept if ignored(p)] == []
+
+
+def test_eval_by_length_tool_times_both_ways_and_their_scores_agree(capsys):
+    tool = load_tool("eval_by_length_ab")
+    assert tool.main(["ml-100k", "200", "1", "SASRec,Mamba4Rec", "64"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[0] for line in lines] == ["SASRec", "Mamba4Rec"]
+    import re
+
+    for line in lines:
+        by_length, whole, diff = re.search(r"by length ([\d.]+) s\twhole batch ([\d.]+) s\t.*"
+                                           r"max score difference ([\d.e+-]+)$", line).groups()
+        assert float(by_length) > 0 and float(whole) > 0 and float(diff) < 1e-5
+    assert tool.main(["ml-100k", "200"]) == 2

@@ -179,6 +179,38 @@ def test_reading_by_length_gives_each_row_what_the_whole_batch_gives(dataset, ti
     assert calls == [seq.shape]
 
 
+@pytest.mark.parametrize("name", MODELS + ["SASRec", "GRU4Rec"])
+def test_a_dense_batch_is_read_no_wider_than_its_longest_row_and_in_groups_past_the_budget(dataset, tiny_data,
+                                                                                          name):
+    """Little padding but many long rows: read whole, the batch would hold every row's activations
+    (SASRec: attention scores, quadratic in the width) at once; and short rows in a wide tensor are
+    read without the columns past the longest (RecBole's SASRec reads all it is given)."""
+    model = make(name, dataset, tiny_data).double()
+    long = model.max_seq_length - 1
+    g = torch.Generator().manual_seed(31)
+    lengths = torch.randint(long - 2, long + 1, (9,), generator=g).tolist()  # dense: under a third padding
+    seq, lens = random_batch(dataset.item_num, lengths, long, 31)
+    calls = []
+    model.forward = lambda s, n, f=model.forward: calls.append(tuple(s.shape)) or f(s, n)
+    with torch.no_grad():
+        whole = type(model).forward(model, seq, lens)
+        model.EVAL_GROUP_POSITIONS = 9 * long  # the batch fits the budget: one call on the whole batch
+        torch.testing.assert_close(model.read_by_length(seq, lens), whole, rtol=1e-10, atol=1e-10)
+        assert calls == [(9, max(lengths))]
+        calls.clear()
+        model.EVAL_GROUP_POSITIONS = 3 * long  # it does not: groups of at most 3 rows
+        torch.testing.assert_close(model.read_by_length(seq, lens), whole, rtol=1e-10, atol=1e-10)
+        assert len(calls) == 3 and all(n <= 3 for n, _ in calls)
+        # short rows, little padding among them, in a batch as wide as the longest allowed: read
+        # once, no wider than its longest row
+        short = [4, 3, 4, 2, 4, 3, 4]
+        seq, lens = random_batch(dataset.item_num, short, long, 32)
+        calls.clear()
+        torch.testing.assert_close(model.read_by_length(seq, lens), type(model).forward(model, seq, lens),
+                                   rtol=1e-10, atol=1e-10)
+    assert calls == [(7, 4)]
+
+
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("num_layers", [1, 2])
 def test_last_layer_at_the_read_position_equals_the_full_layer_gathered(dataset, tiny_data, name, num_layers):

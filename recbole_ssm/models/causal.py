@@ -59,9 +59,9 @@ class CausalLoss:
 
 
 class ReadByLength:
-    """Mixin: evaluation (``predict``, ``full_sort_predict``) reads the rows of a batch grouped by
-    length, each group trimmed to its longest row, when the batch would be more than half padding
-    or more than ``EVAL_GROUP_POSITIONS`` padded positions.
+    """Mixin: evaluation (``predict``, ``full_sort_predict``) reads a batch no wider than its longest
+    row, and in groups of rows of similar length, each trimmed to its own longest row, when the
+    batch would be more than ``EVAL_GROUP_POSITIONS`` padded positions.
 
     For models whose ``forward(item_seq, item_seq_len) -> (B, d)`` gives each row an output that
     depends only on its own items before ``item_seq_len`` (right padding, causal or masked), and
@@ -82,15 +82,15 @@ class ReadByLength:
         each group trimmed to its longest row, gives each row the output ``forward`` gives it on
         the whole batch. With ``trim_padding``, outside training, a batch is read no wider than
         its longest row (RecBole's SASRec and GRU4Rec read every column they are given), and in
-        groups when it would be more than half padding (histories of mixed lengths, e.g. L=2048 on
-        ML-1M) or more than ``EVAL_GROUP_POSITIONS`` positions (many long histories: SASRec's
-        attention scores over 393 rows of 2,048 take 6.6 GB a layer)."""
+        groups when it would be more than ``EVAL_GROUP_POSITIONS`` positions: one long history
+        among short ones (L=2048 on ML-1M) then costs the short rows no padding, and many long
+        histories are not read at once (SASRec's attention scores over 393 rows of 2,048 take
+        6.6 GB a layer)."""
         if self.training or not self.trim_padding:
             return self.forward(item_seq, item_seq_len)
         longest = int(item_seq_len.max())
-        positions = item_seq.size(0) * longest
-        if positions <= self.EVAL_GROUP_POSITIONS and positions <= 2 * int(item_seq_len.sum()):
-            return self.forward(item_seq[:, :longest], item_seq_len)  # one read, without the padding past it
+        if item_seq.size(0) * longest <= self.EVAL_GROUP_POSITIONS:  # one group: read it at once
+            return self.forward(item_seq[:, :longest], item_seq_len)
         order = torch.argsort(item_seq_len, descending=True, stable=True)
         out, start, sizes = None, 0, item_seq_len[order].tolist()
         while start < len(sizes):

@@ -2,8 +2,8 @@
 RecBole's model, with ``encode`` so that it also trains under ``train_targets: all``.
 
 Under ``last`` it is RecBole's GRU4Rec: same parameters, ``forward`` and loss. Evaluation reads a batch's
-rows grouped by length when it is mostly padding (``ReadByLength``; scores equal within float
-rounding); ``trim_padding: False`` scores the whole padded batch at once, as RecBole does.
+rows no wider than its longest, grouped by length when it is large (``ReadByLength``; scores equal
+within float rounding); ``trim_padding: False`` scores the whole padded batch at once, as RecBole does.
 """
 
 import torch

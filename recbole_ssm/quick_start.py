@@ -130,12 +130,14 @@ def run(
     trainer = _build_trainer(config, net, callbacks, fit_memory, world)
     _resume_state_file(trainer, state, resume, resume_file, saved, train_data)
     result = _fit_and_test(trainer, config, train_data, valid_data, test_data, saved, world)
+    checkpoint = os.path.abspath(trainer.saved_model_file) if saved else None
+    result["checkpoint"] = checkpoint
     return RunOutput(
         result=result,
         config=config,
         model=net,
         trainer=trainer,
-        saved_model_file=os.path.abspath(trainer.saved_model_file) if saved else None,
+        saved_model_file=checkpoint,
         params=params,
         timings={"data_s": t_data, "fit_s": trainer.fit_s},
         test_data=test_data,
@@ -270,7 +272,8 @@ def run_recbole_ssm(
     config_dict: dict | None = None,
     saved: bool = True,
 ) -> dict:
-    """Train and test ``model`` on ``dataset``; returns the dict RecBole's ``run_recbole`` returns."""
+    """Train and test ``model`` on ``dataset``; returns the dict RecBole's ``run_recbole`` returns, plus
+    ``checkpoint``: the path of the saved best model (None when ``saved`` is False)."""
     return run(model, dataset, config_file_list, config_dict, saved).result
 
 
@@ -392,4 +395,8 @@ def format_result(out: RunOutput) -> str:
         lines[0] += f" train_targets={out.config['train_targets'] or 'last'} epochs={len(epochs)} best_epoch={best}"
     for name, res in (("valid", out.result["best_valid_result"]), ("test", out.result["test_result"])):
         lines.append(format_metrics(name, res))
+    if out.saved_model_file:
+        lines.append(f"saved {out.saved_model_file}")
+        command = f"python run_recbole_ssm.py recommend --checkpoint={out.saved_model_file} --users=all"
+        lines.append(f"  every user's top 10: {command}")
     return "\n".join(lines)

@@ -79,22 +79,38 @@ class Recommendation:
     score: float
 
 
+Request = tuple  # (internal user id or None, item ids after the user's history): one user to rank for
+
+
 class Recommender:
     """Top-k items for users of a data set, from a trained model (see the module docstring).
 
     ``histories`` maps internal user ids to their item ids in time order (internal ids), e.g.
     :func:`user_histories` of the data set the model was trained on. Tokens are translated
     with ``dataset`` (RecBole's ``field2id_token``).
+
+    - :meth:`recommend` ranks for many users at once: histories encoded ``batch_size`` at a time,
+      item scores a chunk of the catalogue at a time (``recbole_ssm.scoring``); a DataFrame out.
+    - :meth:`observe` appends a user's new events; :meth:`recommend_one` ranks for one user,
+      stepping a cached state through the new items only where the model has a step API.
     """
 
-    def __init__(self, model, dataset, histories: dict[int, np.ndarray], max_bytes: int = 256 << 20):
+    def __init__(self, model, dataset, histories: dict[int, np.ndarray], max_bytes: int = 256 << 20,
+                 batch_size: int = 1024):
         self.model = model.eval()
         self.dataset = dataset
         self.histories = histories
         self.cache = StateCache(max_bytes) if stepwise(model) else None
         self.max_length = int(model.max_seq_length)
+        self.batch_size = int(batch_size)
         self._lock = threading.Lock()
         self._device = next(model.parameters()).device
+        self._item_tokens = np.asarray(dataset.field2id_token[dataset.iid_field], dtype=object)
+
+    @classmethod
+    def from_checkpoint(cls, path: str, max_bytes: int = 256 << 20) -> Recommender:
+        """A Recommender for a checkpoint written by a training run, with its data set's histories."""
+        return from_checkpoint(path, max_bytes)
 
     # -- tokens
     def user_id(self, token: str) -> int:
@@ -109,9 +125,92 @@ class Recommender:
             raise UsageError(f"unknown {what} token {token!r}: not in the data set the model was trained on")
         return int(mapping[str(token)])
 
-    # -- recommending
-    def recommend(self, user: str | None, new_items: Sequence[str] = (), k: int = 10,
-                  exclude_seen: bool = False) -> list[Recommendation]:
+    def user_token(self, uid: int | None) -> str:
+        return "-" if uid is None else str(self.dataset.field2id_token[self.dataset.uid_field][uid])
+
+    def all_users(self) -> list[int]:
+        """Internal ids of every user with a history, in the data set's order."""
+        return sorted(self.histories)
+
+    def known_users(self, tokens: Sequence[str]) -> tuple[list[int], list[str]]:
+        """(internal ids of the tokens the data set knows, the tokens it does not), in order."""
+        mapping = self.dataset.field2token_id[self.dataset.uid_field]
+        known, unknown = [], []
+        for token in tokens:
+            uid = mapping.get(str(token), 0)
+            (known.append(int(uid)) if uid else unknown.append(str(token)))
+        return known, unknown
+
+    # -- many users at once
+    def recommend(self, users: str | Sequence[str] = "all", k: int = 10, exclude_seen: bool = True,
+                  strict: bool = False):
+        """Top ``k`` items for ``users`` ("all", one token, or a list of tokens) as a pandas DataFrame
+        with columns user, rank (from 1), item, score; users the data set does not know raise
+        with ``strict``, else they are left out with a warning."""
+        import pandas as pd
+
+        if users == "all":
+            uids = self.all_users()
+        else:
+            uids, unknown = self.known_users([users] if isinstance(users, str) else list(users))
+            if unknown and strict:
+                raise UsageError(f"unknown user token {unknown[0]!r}: not in the data set the model was trained on")
+            if unknown:
+                warn_unknown(unknown)
+        parts = [frame_rows(self, batch, values, items) for batch, values, items in
+                 self.topk([(u, ()) for u in uids], k, exclude_seen)]
+        columns = ["user", "rank", "item", "score"]
+        if not parts:
+            return pd.DataFrame({c: [] for c in columns})
+        return pd.DataFrame({c: np.concatenate([p[c] for p in parts]) for c in columns})
+
+    def topk(self, requests: Sequence[Request], k: int, exclude_seen: bool, batch_size: int | None = None):
+        """For each batch of ``requests``: (the batch, top-k scores (b, k), item ids (b, k)) as numpy;
+        a score of -inf marks a rank past the items the user can be given."""
+        from recbole_ssm.scoring import seen_pairs, topk_items
+
+        if k < 1:
+            raise UsageError(f"k must be a whole number >= 1, got {k}")
+        size = batch_size or self.batch_size
+        for start in range(0, len(requests), size):
+            batch = requests[start:start + size]
+            histories = [self._history(uid, new) for uid, new in batch]
+            seq, lengths = self._pad([h[-self.max_length:] for h in histories])
+            exclude = seen_pairs(histories, self._device) if exclude_seen else None
+            with self._lock, torch.no_grad():
+                values, items = topk_items(self.model, seq, lengths, k, exclude)
+            yield batch, values.cpu().numpy(), items.cpu().numpy()
+
+    def _history(self, uid: int | None, new: Sequence[int]) -> np.ndarray:
+        past = self.histories.get(uid, np.zeros(0, dtype=np.int64)) if uid is not None else np.zeros(0, np.int64)
+        history = np.concatenate([past, np.asarray(new, dtype=np.int64)]) if len(new) else past
+        if len(history) == 0:
+            raise UsageError(f"user {self.user_token(uid)} has an empty history: give items to rank after")
+        return history
+
+    def _pad(self, rows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+        seq = torch.zeros(len(rows), int(lengths.max()), dtype=torch.long)
+        for i, r in enumerate(rows):
+            seq[i, : len(r)] = torch.as_tensor(r)
+        return seq.to(self._device), lengths.to(self._device)
+
+    # -- one user, step by step
+    def observe(self, user: str, items: Sequence[str]) -> int:
+        """Append ``items`` (tokens, oldest first) to a user of the data set's history, stepping the
+        user's cached state where there is one; returns the number of events the user now has."""
+        uid = self.user_id(user)
+        new = [self.item_id(t) for t in items]
+        with self._lock, torch.no_grad():
+            past = self.histories[uid]
+            history = np.concatenate([past, np.asarray(new, dtype=np.int64)])
+            if self.cache is not None and uid in self.cache:
+                self._advance(uid, self.cache.get(uid), past, new, history)
+            self.histories[uid] = history
+        return len(history)
+
+    def recommend_one(self, user: str | None, new_items: Sequence[str] = (), k: int = 10,
+                      exclude_seen: bool = True) -> list[Recommendation]:
         """Top ``k`` items after ``user``'s history (None: an empty history) and ``new_items``
         (tokens, oldest first; they extend the cached state and are remembered)."""
         if k < 1:
@@ -135,10 +234,15 @@ class Recommender:
         return [Recommendation(str(tokens[i]), float(s)) for s, i in zip(top.values.tolist(), top.indices.tolist())]
 
     def _scores(self, uid, past: np.ndarray, new: list[int], history: np.ndarray) -> torch.Tensor:
-        model = self.model
         if self.cache is None:
             return self._encode(history)
         state = self.cache.get(uid) if uid is not None else None
+        state = self._advance(uid, state, past, new, history)
+        return self.model.score(state)[0]
+
+    def _advance(self, uid, state: StepState | None, past: np.ndarray, new: list[int], history: np.ndarray):
+        """``state`` (after ``past``; None: not cached) stepped through ``new``, cached for ``uid``."""
+        model = self.model
         if state is None:
             state = self._state_from(past) if len(past) else model.init_state(1)
         fits = int(state.length[0]) + len(new) <= self.max_length or not getattr(model, "bounded_positions", False)
@@ -149,7 +253,7 @@ class Recommender:
             state = self._state_from(history)  # learned positions end at L: the last L items afresh
         if uid is not None:
             self.cache.put(uid, state)
-        return model.score(state)[0]
+        return state
 
     def _last(self, history: np.ndarray):
         last = torch.as_tensor(history[-self.max_length:], device=self._device).unsqueeze(0)
@@ -164,6 +268,24 @@ class Recommender:
 
         batch = Interaction({self.model.ITEM_SEQ: seq, self.model.ITEM_SEQ_LEN: length})
         return self.model.full_sort_predict(batch)[0]
+
+
+def frame_rows(rec: Recommender, batch: Sequence[Request], values: np.ndarray, items: np.ndarray) -> dict:
+    """One batch's top-k as columns user, rank, item, score (ranks past the rankable items left out)."""
+    keep = np.isfinite(values)  # (b, k)
+    users = np.asarray([rec.user_token(uid) for uid, _ in batch], dtype=object)
+    rows, ranks = np.nonzero(keep)
+    return {"user": users[rows], "rank": ranks + 1, "item": rec._item_tokens[items[keep]],
+            "score": values[keep].astype(np.float64)}
+
+
+def warn_unknown(tokens: list[str]) -> None:
+    """One warning line naming the users left out."""
+    import sys
+
+    shown = ", ".join(repr(t) for t in tokens[:5]) + (f" and {len(tokens) - 5} more" if len(tokens) > 5 else "")
+    print(f"warning: {len(tokens)} user(s) not in the data set the model was trained on, skipped: {shown} "
+          "(--strict=true makes this an error)", file=sys.stderr, flush=True)
 
 
 def user_histories(dataset) -> dict[int, np.ndarray]:
@@ -191,8 +313,10 @@ def user_histories(dataset) -> dict[int, np.ndarray]:
 
 
 def from_checkpoint(path: str, max_bytes: int = 256 << 20) -> Recommender:
-    """A Recommender for a checkpoint written by a recbole-ssm run, with its data set's histories."""
+    """A Recommender for a checkpoint written by a recbole-ssm run, with its data set's histories;
+    :meth:`Recommender.recommend` reads the run's ``eval_batch_size`` users at a time."""
     from recbole_ssm.quick_start import load_data_and_model
 
-    _, model, dataset, _, _, _ = load_data_and_model(path)
-    return Recommender(model, dataset, user_histories(dataset), max_bytes=max_bytes)
+    config, model, dataset, _, _, _ = load_data_and_model(path)
+    return Recommender(model, dataset, user_histories(dataset), max_bytes=max_bytes,
+                       batch_size=int(config["eval_batch_size"] or 1024))

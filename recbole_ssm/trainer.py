@@ -30,6 +30,11 @@ class TrainerHooks:
 
     def __init__(self, config, model):
         super().__init__(config, model)
+        # RecBole names the best model <Model>-<time>.pth; the data set's name makes it findable
+        from recbole.utils import get_local_time
+
+        self.saved_model_file = os.path.join(
+            self.checkpoint_dir, f"{config['model']}-{config['dataset']}-{get_local_time()}.pth")
         self.epoch_times: list[float] = []
         self.valid_callbacks: list[ValidCallback] = []
         self.fit_memory = None

@@ -95,35 +95,38 @@ def test_recommend_steps_the_cached_state_and_matches_encoding_the_whole_history
     user = str(tokens[rec.dataset.uid_field][uid])
     items = [str(tokens[rec.dataset.iid_field][i]) for i in (5, 9, 13)]
     before = rec.histories[uid].copy()
-    top = rec.recommend(user, items[:2], k=5)
+    top = rec.recommend_one(user, items[:2], k=5, exclude_seen=False)
     want = encoded_scores(rec, np.concatenate([before, [5, 9]]))
     want[0] = -torch.inf
     best = torch.topk(want, 5).indices.tolist()
     assert [r.item for r in top] == [str(tokens[rec.dataset.iid_field][i]) for i in best]
     np.testing.assert_allclose([r.score for r in top], torch.topk(want, 5).values.numpy(), rtol=1e-4, atol=1e-5)
     assert len(rec.cache) == 1 and int(rec.cache.get(uid).length[0]) == len(before) + 2
-    top = rec.recommend(user, items[2:], k=5)  # a cache hit: one step
+    top = rec.recommend_one(user, items[2:], k=5, exclude_seen=False)  # a cache hit: one step
     want = encoded_scores(rec, np.concatenate([before, [5, 9, 13]]))
     np.testing.assert_allclose([r.score for r in top], torch.topk(want, 5).values.numpy(), rtol=1e-4, atol=1e-5)
-    seen = rec.recommend(user, k=len(rec.dataset.field2id_token[rec.dataset.iid_field]), exclude_seen=True)
+    seen = rec.recommend_one(user, k=len(rec.dataset.field2id_token[rec.dataset.iid_field]), exclude_seen=True)
     assert not {r.item for r in seen} & {str(tokens[rec.dataset.iid_field][i]) for i in rec.histories[uid]}
     with pytest.raises(UsageError, match="unknown user token 'nobody'"):
-        rec.recommend("nobody")
+        rec.recommend_one("nobody")
     with pytest.raises(UsageError, match="unknown item token 'no-such-item'"):
-        rec.recommend(user, ["no-such-item"])
+        rec.recommend_one(user, ["no-such-item"])
 
 
 def test_recommend_command_end_to_end(mamba2_checkpoint, tmp_path, capsys):
     out = tmp_path / "top.jsonl"
     assert main(["recommend", f"--checkpoint={mamba2_checkpoint}", "--users=1,2", "--items=50", "--k=3",
-                 "--format=jsonl", f"--output={out}"]) == 0
+                 f"--output={out}"]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["user"] for r in rows] == ["1", "2"] and all(len(r["items"]) == 3 for r in rows)
+    assert [(r["user"], r["rank"]) for r in rows] == [(u, r) for u in ("1", "2") for r in (1, 2, 3)]
+    assert all(set(r) == {"user", "rank", "item", "score"} for r in rows)
     history = tmp_path / "history.tsv"
-    history.write_text("-\t50 172 133\n3\t\n")
+    history.write_text("-\t50 172 133\n3\t\n4\n")  # no user; a user, no new items (with and without the tab)
     assert main(["recommend", f"--checkpoint={mamba2_checkpoint}", f"--history_file={history}", "--k=2"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split("\t")[:2] for line in lines] == [["-", "1"], ["-", "2"], ["3", "1"], ["3", "2"]]
+    assert lines[0] == "user\trank\titem\tscore"
+    assert [line.split("\t")[:2] for line in lines[1:]] == [["-", "1"], ["-", "2"], ["3", "1"], ["3", "2"],
+                                                          ["4", "1"], ["4", "2"]]
 
 
 @pytest.mark.parametrize(("args", "words"), [
@@ -133,7 +136,13 @@ def test_recommend_command_end_to_end(mamba2_checkpoint, tmp_path, capsys):
     (["--checkpoint=CKPT", "--users=nobody"], "unknown user token 'nobody'"),
     (["--checkpoint=CKPT", "--users=1", "--items=zzz"], "unknown item token 'zzz'"),
     (["--checkpoint=CKPT", "--users=1", "--k=0"], "--k takes a whole number >= 1"),
-    (["--checkpoint=CKPT", "--users=1", "--format=xml"], "--format takes one of tsv, jsonl"),
+    (["--checkpoint=CKPT", "--users=1", "--format=xml"], "--format takes one of tsv, jsonl, parquet"),
+    (["--checkpoint=CKPT", "--users=1", "--output=top.xls"], "unknown extension '.xls'"),
+    (["--checkpoint=CKPT", "--users=1", "--format=parquet"], "--format=parquet needs --output"),
+    (["--checkpoint=CKPT", "--users=all", "--items=50"], "with --users=all use --history_file"),
+    (["--checkpoint=CKPT", "--users=@/nonexistent"], "cannot read --users=@/nonexistent"),
+    (["--checkpoint=CKPT", "--users=1,nobody", "--strict=true"], "unknown user token 'nobody'"),
+    (["--checkpoint=CKPT", "--users=1", "--output=/nonexistent/top.tsv"], "folder /nonexistent does not exist"),
     (["--checkpoint=CKPT", "--user=1"], "unknown or malformed option '--user=1'"),
     (["--checkpoint=CKPT"], "recommend needs --users"),
 ])

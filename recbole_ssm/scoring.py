@@ -1,0 +1,101 @@
+"""Top-k items for many users in bounded memory: item scores a chunk of the catalogue at a time.
+
+Scoring B users against n items at once holds a (B, n) matrix: 4,096 users against 207,649 items
+is 3.4 GB. :func:`chunked_topk` scores ``chunk`` items at a time and keeps a running top-k, so
+at most (B, chunk + k) scores are alive. :func:`dense_topk` is the plain formula beside it.
+
+Items excluded from a user's ranking (the padding item 0 always, and with ``exclude_seen`` the
+items already in the user's history) score ``-inf``; a row with fewer than k rankable items ends
+in ``-inf`` entries, which callers drop.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import numpy as np
+import torch
+
+SCORE_BUDGET_MIB = 256.0  # scores of one chunk of items for a batch of users
+
+
+class TopK(NamedTuple):
+    values: torch.Tensor  # (B, k) best first
+    indices: torch.Tensor  # (B, k) item ids
+
+
+def seen_pairs(histories: Sequence[np.ndarray], device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, items) of every item in each row's history: what ``exclude`` takes."""
+    lengths = [len(h) for h in histories]
+    rows = np.repeat(np.arange(len(histories)), lengths)
+    items = np.concatenate(histories) if histories else np.zeros(0, dtype=np.int64)
+    return (torch.as_tensor(rows, dtype=torch.long, device=device),
+            torch.as_tensor(items, dtype=torch.long, device=device))
+
+
+def chunk_items(batch: int, n_items: int, budget_mib: float = SCORE_BUDGET_MIB, itemsize: int = 4) -> int:
+    """Items a chunk scores so that (batch, chunk) scores fit ``budget_mib``."""
+    return max(1, min(n_items, int(budget_mib * 2**20) // max(1, batch * itemsize)))
+
+
+def dense_topk(scores: torch.Tensor, k: int, exclude: tuple[torch.Tensor, torch.Tensor] | None = None):
+    """Reference: top ``k`` of full (B, n) ``scores`` with item 0 and the ``exclude`` pairs at -inf."""
+    scores = scores.clone()
+    scores[:, 0] = -torch.inf
+    if exclude is not None:
+        scores[exclude[0], exclude[1]] = -torch.inf
+    return TopK(*torch.topk(scores, min(k, scores.size(1)), dim=1))
+
+
+@torch.no_grad()
+def chunked_topk(hidden: torch.Tensor, weight: torch.Tensor, k: int,
+                 exclude: tuple[torch.Tensor, torch.Tensor] | None = None, chunk: int | None = None):
+    """Top ``k`` of ``hidden @ weight.T`` for each row, ``chunk`` items at a time.
+
+    hidden (B, d), weight (n, d); ``exclude`` is (rows, items) pairs ranked last. Returns
+    (values (B, k'), indices (B, k')) with k' = min(k, n), best first, as ``torch.topk`` orders them.
+    """
+    batch, n = hidden.size(0), weight.size(0)
+    k = min(k, n)
+    chunk = chunk or chunk_items(batch, n, itemsize=hidden.element_size())
+    if exclude is not None:
+        order = torch.argsort(exclude[1])
+        ex_rows, ex_items = exclude[0][order], exclude[1][order]  # sorted by item: each chunk's pairs are a slice
+    best_v = hidden.new_full((batch, 0), -torch.inf)
+    best_i = torch.zeros(batch, 0, dtype=torch.long, device=hidden.device)
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        scores = hidden @ weight[start:stop].t()  # (B, c)
+        if start == 0:
+            scores[:, 0] = -torch.inf  # the padding item
+        if exclude is not None:
+            lo, hi = torch.searchsorted(ex_items, torch.tensor([start, stop], device=ex_items.device)).tolist()
+            scores[ex_rows[lo:hi], ex_items[lo:hi] - start] = -torch.inf
+        ids = torch.arange(start, stop, device=hidden.device).expand(batch, -1)  # (B, c)
+        values = torch.cat([best_v, scores], dim=1)  # (B, k + c)
+        indices = torch.cat([best_i, ids], dim=1)
+        top = torch.topk(values, min(k, values.size(1)), dim=1)
+        best_v, best_i = top.values, indices.gather(1, top.indices)
+    return TopK(best_v, best_i)
+
+
+def user_vectors(model, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor | None:
+    """(B, d) the vectors a model scores items with (``scores = vectors @ item_embedding.weight.T``),
+    or None for a model that scores otherwise (then use its ``full_sort_predict``)."""
+    if not callable(getattr(model, "read_by_length", None)) or not hasattr(model, "item_embedding"):
+        return None
+    return model.read_by_length(item_seq, item_seq_len)
+
+
+@torch.no_grad()
+def topk_items(model, item_seq: torch.Tensor, item_seq_len: torch.Tensor, k: int,
+               exclude: tuple[torch.Tensor, torch.Tensor] | None = None):
+    """Top ``k`` (values, indices) for a batch of right-padded histories (B, L) of lengths (B,), in
+    bounded memory where the model scores by dot product with its item embeddings."""
+    hidden = user_vectors(model, item_seq, item_seq_len)
+    if hidden is not None:
+        return chunked_topk(hidden, model.item_embedding.weight, k, exclude)
+    from recbole.data.interaction import Interaction
+
+    batch = Interaction({model.ITEM_SEQ: item_seq, model.ITEM_SEQ_LEN: item_seq_len})
+    return dense_topk(model.full_sort_predict(batch), k, exclude)

@@ -5,7 +5,7 @@ import sys
 from recbole_ssm.errors import UsageError
 from recbole_ssm.options import wants_help
 
-USAGE = "usage: python -m recbole_ssm.data prepare {movielens,amazon2023,seqtext} --input PATH [...]\n"
+USAGE = "usage: python -m recbole_ssm.data prepare {movielens,amazon2023,seqtext,csv} --input PATH [...]\n"
 
 
 def _prepare(argv: list[str]) -> int:

@@ -25,7 +25,7 @@ import yaml
 
 from recbole_ssm.errors import UsageError
 
-SOURCES = ("movielens", "amazon2023", "seqtext")
+SOURCES = ("movielens", "amazon2023", "seqtext", "csv")
 FIRST_BAD_SHOWN = 5
 SNIFF_LINES = 20  # a file whose first 20 data lines all fail to parse is the wrong source
 
@@ -72,15 +72,24 @@ def guess_source(line: bytes) -> str:
         return "amazon2023"
     if b"::" in text or re.match(rb"^\s*userId,movieId,rating", text):
         return "movielens"
-    if b"," in text:
-        return "a CSV file (movielens reads the ml-20m/25m ratings.csv layout)"
-    if b"\t" in text:
-        return "a tab-separated file"
+    if b"," in text or b"\t" in text or b";" in text:
+        return "csv"
     return "seqtext"
 
 
+LOOKS_LIKE = {"csv": "a CSV file (comma, tab or semicolon separated, with a header line)"}
+
+
 class BadLine(ValueError):
-    """A malformed input line; the message says why (e.g. "non-numeric rating")."""
+    """A malformed input line; the message says why (e.g. "non-numeric rating").
+
+    ``kind`` is what the summary counts it under (default: the message); a message that quotes
+    the line's own value gives a fixed ``kind`` so the count of reasons stays small.
+    """
+
+    def __init__(self, reason: str, kind: str | None = None) -> None:
+        super().__init__(reason)
+        self.kind = kind or reason
 
 
 @dataclass
@@ -91,17 +100,18 @@ class BadLines:
     count: int = 0
     reasons: Counter = field(default_factory=Counter)
     first: list = field(default_factory=list)
+    unit: str = "line"  # "row" where rows are not lines (Parquet)
 
-    def add(self, line_no: int, reason: str) -> None:
+    def add(self, line_no: int, reason: str, kind: str | None = None) -> None:
         self.count += 1
-        self.reasons[reason] += 1
+        self.reasons[kind or reason] += 1
         if len(self.first) < FIRST_BAD_SHOWN:
             self.first.append((line_no, reason))
 
     def describe(self) -> str:
         where = ", ".join(f"{n} ({why})" for n, why in self.first)
         more = ", ..." if self.count > len(self.first) else ""
-        return f"{self.count} malformed line(s) in {self.path}: line {where}{more}"
+        return f"{self.count} malformed {self.unit}(s) in {self.path}: {self.unit} {where}{more}"
 
     def as_dict(self) -> dict:
         return {"file": self.path, "count": self.count, "reasons": dict(self.reasons),
@@ -144,17 +154,14 @@ class Interactions:
                 np.frombuffer(self.r, dtype=np.float32), np.frombuffer(self.t, dtype=np.int64))
 
 
-_BAD_ID = re.compile(r"[\t\r\n]")
-
-
 def valid_id(value: object) -> str | None:
     """``value`` as an id string, or None when it is empty or holds a tab/newline."""
-    if isinstance(value, (int,)) and not isinstance(value, bool):
+    if type(value) is not str:  # one test for the usual case: read once a row and id
+        if not isinstance(value, (str, int)) or isinstance(value, bool):
+            return None
         value = str(value)
-    if not isinstance(value, str):
-        return None
     value = value.strip()
-    if not value or _BAD_ID.search(value):
+    if not value or "\t" in value or "\n" in value or "\r" in value:
         return None
     return value
 
@@ -189,7 +196,7 @@ class LineReader:
         good = 0
         for n, raw in lines:
             self.lines = n
-            if not raw.strip():
+            if not raw or (isinstance(raw, bytes) and not raw.strip()):  # raw: a line, or a parsed record
                 self.blank += 1
                 continue
             if first_line is None:
@@ -197,7 +204,7 @@ class LineReader:
             try:
                 out = parse(n, raw)
             except BadLine as why:
-                self.bad.add(n, str(why))
+                self.bad.add(n, str(why), why.kind)
                 if good == 0 and self.bad.count >= SNIFF_LINES:
                     self.wrong_source(first_line)
                 continue
@@ -208,8 +215,11 @@ class LineReader:
             self.rows += add(out)
         if good == 0:
             if first_line is None:
-                raise DataFormatError(f"{self.path} holds no data lines: check --input")
+                self.no_data()
             self.wrong_source(first_line)
+
+    def no_data(self) -> None:
+        raise DataFormatError(f"{self.path} holds no data lines: check --input")
 
     def wrong_source(self, first_line: bytes) -> None:
         guess = guess_source(first_line)
@@ -218,7 +228,7 @@ class LineReader:
         why = self.bad.first[0][1] if self.bad.first else "no data"
         raise DataFormatError(
             f"{self.path} does not look like {self.source} input (line 1: {snippet!r}: {why}); "
-            f"it looks like {guess}: {hint}"
+            f"it looks like {LOOKS_LIKE.get(guess, guess)}: {hint}"
         )
 
     def data_lines(self) -> int:
@@ -234,7 +244,7 @@ class LineReader:
             )
 
     def as_dict(self) -> dict:
-        return {"file": self.path, "lines": self.lines, "data_lines": self.data_lines(),
+        return {"file": self.path, "unit": self.bad.unit, "lines": self.lines, "data_lines": self.data_lines(),
                 "header_lines": self.skipped, "blank_lines": self.blank, "rows": self.rows,
                 "malformed": self.bad.as_dict()}
 
@@ -302,6 +312,17 @@ class SourceData:
     ts_scale: int  # 1: seconds (or positions); 1000: milliseconds, written as seconds.mmm
     max_len: int
     side: Callable[..., SideResult] | None = None
+    whole_seconds: bool = False  # ts_scale 1000, but plain seconds when every kept time is a whole second
+
+
+def to_whole_seconds(table: Interactions, order: np.ndarray) -> bool:
+    """Divide the millisecond timestamps by 1000 in place when every row in ``order`` is a whole
+    second; return whether it did."""
+    t = table.columns()[3]
+    if (t[order] % 1000).any():
+        return False
+    t //= 1000
+    return True
 
 
 # ---------------------------------------------------------------------------------------
@@ -418,8 +439,8 @@ def format_timestamp(ts: int, scale: int) -> str:
     if scale == 1:
         return str(ts)
     if scale == 1000:
-        sec, ms = divmod(int(ts), 1000)
-        return f"{sec}.{ms:03d}"
+        sec, ms = divmod(abs(int(ts)), 1000)
+        return f"{'-' if ts < 0 else ''}{sec}.{ms:03d}"
     raise ValueError(f"unsupported timestamp scale {scale}")
 
 
@@ -491,13 +512,14 @@ def format_summary(summary: dict) -> str:
     out = [f"prepared {s['name']} from {s['source']} -> {s['output']}"]
     for rd in s["inputs"]:
         mal = rd["malformed"]
-        line = (f"  read {rd['file']}: {rd['lines']} lines, {rd['rows']} rows, "
+        lines = f"{rd['lines']} lines, " if rd.get("unit", "line") == "line" else ""  # Parquet: rows only
+        line = (f"  read {rd['file']}: {lines}{rd['rows']} rows, "
                 f"{mal['count']} malformed, {rd['blank_lines']} blank, {rd['header_lines']} header")
         out.append(line)
         if mal["count"]:
             first = ", ".join(f"{b['line']} ({b['reason']})" for b in mal["first"])
             more = ", ..." if mal["count"] > len(mal["first"]) else ""
-            out.append(f"    malformed lines (skipped): {first}{more}")
+            out.append(f"    malformed {rd.get('unit', 'line')}s (skipped): {first}{more}")
     out.append(f"  dropped: {st.get('below_min_rating', 0)} rows below --min-rating"
                + (f" {s['min_rating']:g}" if s.get("min_rating") is not None else " (not set)")
                + f", {st['duplicates']} exact duplicate rows, "

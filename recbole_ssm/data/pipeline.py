@@ -7,6 +7,7 @@ import re
 import time
 
 from recbole_ssm.data import amazon2023, movielens, seqtext
+from recbole_ssm.data import csv as events
 from recbole_ssm.data.common import (
     SOURCES,
     DataFormatError,
@@ -17,6 +18,7 @@ from recbole_ssm.data.common import (
     filter_rows,
     format_summary,
     sequence_stats,
+    to_whole_seconds,
     write_inter,
     write_summary_files,
 )
@@ -26,11 +28,12 @@ from recbole_ssm.utils import atomic_write_text
 
 def default_name(source: str, path: str) -> str:
     """A dataset name from the input's file name: ``ml-1m.zip`` -> ``ml-1m``,
-    ``Video_Games.jsonl.gz`` -> ``amazon-video-games``, ``Beauty.txt`` -> ``beauty``."""
+    ``Video_Games.jsonl.gz`` -> ``amazon-video-games``, ``Beauty.txt`` -> ``beauty``,
+    ``events.csv.gz`` -> ``events``."""
     base = os.path.basename(os.path.normpath(path))
     if source == "movielens" and base in ("ratings.dat", "ratings.csv"):
         base = os.path.basename(os.path.dirname(os.path.abspath(path)))
-    stem = re.sub(r"(\.jsonl|\.json|\.txt|\.dat|\.csv|\.zip)?(\.gz)?$", "", base, flags=re.I)
+    stem = re.sub(r"(\.jsonl|\.json|\.txt|\.dat|\.csv|\.tsv|\.zip|\.parquet|\.pq)?(\.gz)?$", "", base, flags=re.I)
     slug = re.sub(r"[^\w.\-]+", "-", stem).strip("-").lower()
     if source == "amazon2023":
         slug = "amazon-" + slug.replace("_", "-")
@@ -51,22 +54,25 @@ def prepare(
     max_item_list_length: int | None = None,
     verbose: bool = True,
     last: int | None = None,
+    columns: dict | None = None,
 ) -> dict:
     """Convert one raw data set to RecBole atomic files; returns the summary dict.
 
     Writes ``<output>/<name>.inter`` (plus ``.item`` / ``.user`` where the source has them),
     ``<output>/<name>.yaml`` (read by every run of the data set, see ``config.property_files``),
     ``summary.txt`` and ``summary.json`` through a temp folder renamed into place; with
-    ``properties_dir``, also ``<properties_dir>/dataset/<name>.yaml``. Nothing else is written. Raises
+    ``properties_dir``, also ``<properties_dir>/dataset/<name>.yaml``. Nothing else is written.
+    ``columns`` (csv only) maps ``user`` / ``item`` / ``time`` / ``rating`` to column names. Raises
     :class:`~recbole_ssm.errors.UsageError` (nothing written) on bad arguments, the wrong
     source for the file, or more malformed lines than ``max_bad`` allows.
     """
+    columns = {k: v for k, v in (columns or {}).items() if v is not None}
     name, output = _check_arguments(source, input, output, name, kcore, min_rating, max_bad, meta,
-                                    max_item_list_length, last)
+                                    max_item_list_length, last, columns)
     yaml_path = os.path.join(properties_dir, "dataset", f"{name}.yaml") if properties_dir else None
     check_targets(output, yaml_path, force)
     t0 = time.perf_counter()
-    table, data, filtered = _read_and_filter(source, input, meta, max_bad, kcore, min_rating, last)
+    table, data, filtered = _read_and_filter(source, input, meta, max_bad, kcore, min_rating, last, columns)
     settings = {"name": name, "source": source, "output": os.path.abspath(output), "kcore": kcore,
                 "min_rating": min_rating, "last": last, "max_bad": max_bad,
                 "MAX_ITEM_LIST_LENGTH": max_item_list_length or data.max_len,
@@ -80,7 +86,7 @@ def prepare(
 
 
 def _check_arguments(source, input, output, name, kcore, min_rating, max_bad, meta, max_item_list_length,
-                     last) -> tuple[str, str]:
+                     last, columns) -> tuple[str, str]:
     """One-line errors for bad arguments; returns the data set's name and output folder."""
     if source not in SOURCES:
         raise UsageError(f"unknown source {source!r}: use one of {', '.join(SOURCES)}")
@@ -94,6 +100,13 @@ def _check_arguments(source, input, output, name, kcore, min_rating, max_bad, me
         raise UsageError(f"--max-item-list-length must be 1 or more, got {max_item_list_length}")
     if min_rating is not None and source == "seqtext":
         raise UsageError("--min-rating does not apply to seqtext: the text layouts have no rating")
+    if columns and source != "csv":
+        flags = ", ".join(f"--{k}-col" for k in columns)
+        raise UsageError(f"{flags} is for the csv source only (the {source} layout names its own columns)")
+    if unknown := sorted(set(columns) - {"user", "item", "time", "rating"}):
+        raise UsageError(f"unknown column role(s) {', '.join(unknown)}: use user, item, time or rating")
+    if min_rating is not None and source == "csv" and "rating" not in columns:
+        raise UsageError("--min-rating needs --rating-col with the csv source: name the column that holds the rating")
     if meta is not None and source != "amazon2023":
         raise UsageError("--meta is for the amazon2023 source only")
     if meta is not None and not os.path.isfile(meta):
@@ -102,6 +115,8 @@ def _check_arguments(source, input, output, name, kcore, min_rating, max_bad, me
         raise UsageError(f"input not found: {input} (check --input)")
     if source == "seqtext" and os.path.isdir(input):
         raise UsageError(f"{input} is a folder: seqtext reads one text file (--input FILE.txt)")
+    if source == "csv" and os.path.isdir(input):
+        raise UsageError(f"{input} is a folder: csv reads one file (--input FILE.csv, .tsv, .csv.gz or .parquet)")
     if name is None:
         name = os.path.basename(os.path.normpath(output)) if output else default_name(source, input)
     if not re.fullmatch(r"[\w.\-]+", name):
@@ -113,13 +128,15 @@ def _check_arguments(source, input, output, name, kcore, min_rating, max_bad, me
     return name, output
 
 
-def _read_and_filter(source, input, meta, max_bad, kcore, min_rating, last):
+def _read_and_filter(source, input, meta, max_bad, kcore, min_rating, last, columns=None):
     """The source's interactions (and side readers), checked for bad lines, then k-core / rating / last-N."""
     table = Interactions()
     if source == "movielens":
         data = movielens.read(input, table)
     elif source == "amazon2023":
         data = amazon2023.read(input, table, meta)
+    elif source == "csv":
+        data = events.read(input, table, columns)
     else:
         data = seqtext.read(input, table)
     for reader in data.readers:
@@ -128,6 +145,8 @@ def _read_and_filter(source, input, meta, max_bad, kcore, min_rating, last):
     if filtered.steps["rows_out"] == 0:
         raise DataFormatError(f"no interactions left after filtering ({filtered.steps['rows_in']} read): "
                               f"lower --kcore (now {kcore}) or --min-rating")
+    if data.whole_seconds and to_whole_seconds(table, filtered.order):
+        data.ts_scale = 1
     return table, data, filtered
 
 

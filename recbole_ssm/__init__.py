@@ -15,4 +15,23 @@ def get_model(name):
     return _get_model(name)
 
 
-__all__ = ["get_model", "__version__"]
+def __getattr__(name: str):
+    """The package's verbs, imported on first use: ``prepare`` (your own events to atomic files),
+    ``run_recbole_ssm`` (train and test; the result names the checkpoint) and ``Recommender``
+    (top-k items from a checkpoint)."""
+    if name == "prepare":
+        from recbole_ssm.data.pipeline import prepare
+
+        return prepare
+    if name == "run_recbole_ssm":
+        from recbole_ssm.quick_start import run_recbole_ssm
+
+        return run_recbole_ssm
+    if name == "Recommender":
+        from recbole_ssm.serve import Recommender
+
+        return Recommender
+    raise AttributeError(f"module 'recbole_ssm' has no attribute {name!r}")
+
+
+__all__ = ["get_model", "prepare", "run_recbole_ssm", "Recommender", "__version__"]

@@ -1,4 +1,4 @@
-"""``run_recbole_ssm.py bench {table,lengths,efficiency,regimes,stream,ddp,ops}``
+"""``run_recbole_ssm.py bench {table,lengths,efficiency,regimes,stream,ddp,recommend,ops}``
 (or ``python -m recbole_ssm.bench ...``)."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ usage: run_recbole_ssm.py bench table --models=A,B --dataset=NAME [--seeds=3] [-
        run_recbole_ssm.py bench regimes --models=A,B --dataset=NAME [--batches=5] [...]
        run_recbole_ssm.py bench stream [--models=A,B] [--lengths=100,2000] [...]
        run_recbole_ssm.py bench ddp [--model=A] [--nprocs=1,2] [...]
+       run_recbole_ssm.py bench recommend (--checkpoint=PATH | --synthetic) [...]
        run_recbole_ssm.py bench ops [...]       kernel micro-benchmarks (when installed)
 
   table       train and test each model per seed; mean +- std table (table.md, table.csv)
@@ -26,6 +27,8 @@ usage: run_recbole_ssm.py bench table --models=A,B --dataset=NAME [--seeds=3] [-
   stream      per-event recommendation latency against history length: stepping a cached SSM
               state against re-encoding the history (SASRec)
   ddp         training epoch time with 1, 2, ... data-parallel processes (--nproc)
+  recommend   every user's top-k: batched against one user at a time (a checkpoint), or the
+              export of a synthetic catalogue (wall time, peak RSS)
 Run `bench COMMAND --help` for a command's options.
 """
 
@@ -37,6 +40,7 @@ COMMANDS = {
     "regimes": "recbole_ssm.bench.regimes",
     "stream": "recbole_ssm.bench.stream",
     "ddp": "recbole_ssm.bench.ddp",
+    "recommend": "recbole_ssm.bench.recommend",
 }
 
 

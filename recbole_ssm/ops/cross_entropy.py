@@ -6,9 +6,16 @@ larger catalogue or batch grows that without bound. :func:`linear_cross_entropy`
 ``cross_entropy(hidden @ weight.T, targets)`` a chunk of positions at a time and, when a
 gradient is wanted, computes the gradient of each chunk while its logits exist, so only one
 chunk of logits is ever alive. :func:`linear_cross_entropy_ref` is the plain formula.
+
+Beside it, sampled softmax (``ce_negatives``): :func:`sampled_softmax_cross_entropy` scores each
+position against its own target and N negatives shared by the whole batch, drawn by
+:func:`sample_negatives`, so its cost is O(P x N) whatever the number of items;
+:func:`sampled_softmax_cross_entropy_ref` is the same loss written one row at a time in float64.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -83,13 +90,140 @@ def linear_cross_entropy(
     (no sampling); they are formed during the forward pass, so a forward without a later
     backward costs the gradient work too (not under ``torch.no_grad()``).
     """
+    _check_inputs(hidden, targets, reduction)
+    rows = chunk_rows(weight.size(0), budget_mib, hidden.element_size())
+    total = _LinearCrossEntropy.apply(hidden, weight, targets, rows, torch.is_grad_enabled())
+    return _reduce(total, hidden.size(0), reduction)
+
+
+def _check_inputs(hidden: torch.Tensor, targets: torch.Tensor, reduction: str) -> None:
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', not {reduction!r}")
     if hidden.dim() != 2 or targets.shape != hidden.shape[:1]:
         shapes = f"{tuple(hidden.shape)} and {tuple(targets.shape)}"
         raise ValueError(f"expected hidden (P, d) and targets (P,), got {shapes}")
-    rows = chunk_rows(weight.size(0), budget_mib, hidden.element_size())
-    total = _LinearCrossEntropy.apply(hidden, weight, targets, rows, torch.is_grad_enabled())
-    if reduction == "mean":
-        return total / max(1, hidden.size(0))
-    return total
+
+
+def _reduce(total: torch.Tensor, positions: int, reduction: str) -> torch.Tensor:
+    """The summed loss of ``positions`` rows, as a mean over them or as it is."""
+    return total / max(1, positions) if reduction == "mean" else total
+
+
+# ---------------------------------------------------------------------------------------
+# sampled softmax
+
+
+def sample_negatives(
+    n_items: int,
+    count: int,
+    generator: torch.Generator | None = None,
+    probs: torch.Tensor | None = None,
+    *,
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` item ids drawn with replacement, and the log of each one's probability of being drawn.
+
+    Uniform over the items ``1 .. n_items - 1`` (item 0 is padding, never drawn) unless ``probs``
+    (n_items,) gives each item's probability, or any non-negative weight proportional to it
+    (popularity: its count in the training data); ``probs[0]`` must be 0. Items of weight 0 are
+    never drawn. Returns ``(ids (count,) long, log_q (count,) float64)``, where ``log_q`` is the
+    log probability of one draw (not of the expected count ``count * q``: the two differ by
+    ``log(count)`` for every item alike). ``generator=None`` is torch's default generator of the
+    device (RecBole's seed makes it reproducible); a generator must live on ``device``.
+    """
+    if n_items < 2 or count < 1:
+        raise ValueError(f"need n_items >= 2 (padding and one item) and count >= 1, got {n_items} and {count}")
+    if probs is None:
+        ids = torch.randint(1, n_items, (count,), generator=generator, device=device)  # (N,)
+        return ids, torch.full((count,), -math.log(n_items - 1), dtype=torch.float64, device=ids.device)
+    log_probs = log_probabilities(probs)
+    if log_probs.numel() != n_items:
+        raise ValueError(f"probs has {log_probs.numel()} entries for {n_items} items")
+    ids = torch.multinomial(log_probs.exp(), count, replacement=True, generator=generator)  # (N,)
+    return ids, log_probs[ids]
+
+
+def log_probabilities(weights: torch.Tensor) -> torch.Tensor:
+    """(n,) non-negative weights with weight 0 at item 0 (padding) -> (n,) float64 log probabilities
+    of one draw (``-inf`` where the weight is 0)."""
+    weights = weights.to(torch.float64)
+    if weights.dim() != 1 or not bool((weights >= 0).all()) or float(weights.sum()) <= 0:
+        raise ValueError("sampling weights must be a 1-d tensor of non-negative numbers, not all 0")
+    if float(weights[0]) != 0.0:
+        raise ValueError("item 0 is padding: its sampling weight must be 0")
+    return (weights / weights.sum()).log()
+
+
+def sampled_softmax_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    negatives: torch.Tensor,
+    log_q: torch.Tensor | None = None,
+    target_log_q: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Cross-entropy of each position over its target and N negatives shared by the batch.
+
+    hidden (P, d), weight (n, d), targets (P,) and negatives (N,) indices into weight's rows. Row p
+    has the logits ``[s_t - log q_t, s_j - log q_j for each negative j]`` with ``s_i = hidden[p] .
+    weight[i]``, the target first; its loss is the cross-entropy of that row with class 0:
+    ``logsumexp(row) - row[0]``. A negative equal to the row's own target (an "accidental hit")
+    gets ``-inf`` there, so the target is never counted as its own negative; a negative drawn
+    twice counts twice (the draws are with replacement). The costs are O(P x N), not O(P x n).
+
+    The correction (``log_q`` (N,) for the negatives, ``target_log_q`` (P,) for the targets; 0
+    where None) is subtracted from every logit in the row, the target's included: the logQ
+    correction of Yi et al. (RecSys 2019) and of candidate sampling (Jean et al. 2015; TensorFlow's
+    ``sampled_softmax_loss``), under which the row's softmax is the probability that each
+    candidate is the target given the candidates, when the logits are the model's log
+    probabilities. ``log q`` is the log probability of one draw; the log of the expected count,
+    ``log(N q)``, differs by ``log N`` in every logit alike and would give the same loss. Under a
+    uniform sampler the correction is the same constant in every logit, the target's included,
+    and cancels: the loss is the uncorrected one.
+
+    What it estimates: with every item but padding as a negative exactly once and no correction
+    it is full CE over the items ``1 .. n - 1`` (tests/test_sampled_softmax.py). With random
+    negatives it is a biased estimate of full CE for any finite N. With accidental hits masked,
+    the target's own term is one among about ``N q_t`` draws of the other items: when ``N q_t``
+    is not small (a tiny catalogue, or N near n) the loss moves towards CE with the target left
+    out of the normaliser, not towards full CE; for full CE use :func:`linear_cross_entropy`.
+    """
+    _check_inputs(hidden, targets, reduction)
+    if negatives.dim() != 1 or negatives.numel() == 0:
+        raise ValueError(f"expected negatives (N,) with N >= 1, got {tuple(negatives.shape)}")
+    target_logit = (hidden * weight[targets]).sum(-1)  # (P,)
+    logits = hidden @ weight[negatives].t()  # (P, N)
+    if log_q is not None:
+        logits = logits - log_q.to(logits.dtype)  # (P, N)
+    if target_log_q is not None:
+        target_logit = target_logit - target_log_q.to(target_logit.dtype)  # (P,)
+    hit = targets.unsqueeze(1) == negatives.unsqueeze(0)  # (P, N) accidental hits
+    logits = torch.cat([target_logit.unsqueeze(1), logits.masked_fill(hit, float("-inf"))], dim=1)  # (P, 1 + N)
+    # row 0 is finite, so every row's logsumexp (and its gradient) is finite
+    total = (torch.logsumexp(logits, dim=1) - target_logit).sum()
+    return _reduce(total, hidden.size(0), reduction)
+
+
+def sampled_softmax_cross_entropy_ref(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    negatives: torch.Tensor,
+    log_q: torch.Tensor | None = None,
+    target_log_q: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """:func:`sampled_softmax_cross_entropy` one row at a time, in float64: the negatives that are
+    not the row's target are listed, and the row's loss is -log(softmax of [target, them])[0]."""
+    h, w = hidden.to(torch.float64), weight.to(torch.float64)
+    losses = []
+    for p in range(h.size(0)):
+        t = int(targets[p])
+        row = [h[p] @ w[t] - (float(target_log_q[p]) if target_log_q is not None else 0.0)]
+        for k, j in enumerate(negatives.tolist()):
+            if j != t:
+                row.append(h[p] @ w[j] - (float(log_q[k]) if log_q is not None else 0.0))
+        losses.append(-torch.log_softmax(torch.stack(row), dim=0)[0])
+    total = torch.stack(losses).sum() if losses else h.new_zeros(())
+    return total / max(1, h.size(0)) if reduction == "mean" else total

@@ -151,6 +151,13 @@ def training_histories(dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     return items, offsets, torch.from_numpy(users[first].astype(np.int64))
 
 
+def histories_of(dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``training_histories``'s triple for a training split: the flat histories a
+    :class:`WindowDataset` keeps (``all``, ``cloze``), else rebuilt from RecBole's prefix rows (``last``)."""
+    flat = getattr(dataset, "train_histories", None)
+    return flat if flat is not None else training_histories(dataset)
+
+
 class WindowDataset(SequentialDataset):
     """RecBole's SequentialDataset for the window regimes (``all``, ``cloze``), without the table
     of every prefix.
@@ -266,8 +273,7 @@ class AllPositionsDataLoader(AbstractDataLoader):
     """
 
     def __init__(self, config, dataset, sampler=None, shuffle=True):
-        flat = getattr(dataset, "train_histories", None)  # WindowDataset keeps them; else rebuild
-        self.items, offsets, self.users = flat if flat is not None else training_histories(dataset)
+        self.items, offsets, self.users = histories_of(dataset)
         stride = config["train_window_stride"] if self.overlapping_windows else None
         history, start, self.sizes, self.context = cut_windows(offsets[1:] - offsets[:-1],
                                                                config["MAX_ITEM_LIST_LENGTH"], stride)

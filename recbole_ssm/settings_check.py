@@ -168,6 +168,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "learning_rate": (positive_number, "a number > 0"),
     "weight_decay": (_at_least(0), "a number >= 0"),
     "ce_chunk_mib": (positive_number, "a number of MiB > 0"),
+    "ce_negatives": (lambda v: whole(v) and v >= 0, "a whole number >= 0 (0: full CE over all items)"),
+    "ce_negative_sampler": (lambda v: v in ("uniform", "popularity"), "uniform or popularity"),
     "train_window_stride": (lambda v: v is None or positive_int(v), "a whole number >= 1, or ~ for no overlap"),
     "train_window_positions": (lambda v: v is None or positive_int(v),
                                "a whole number >= 1 (padded positions a batch), or ~ for windows a batch"),

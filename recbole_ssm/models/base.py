@@ -13,7 +13,6 @@ from recbole_ssm.errors import ConfigError
 from recbole_ssm.layers import SSMLayer
 from recbole_ssm.layers.block import take
 from recbole_ssm.models.causal import CausalLoss, ReadByLength
-from recbole_ssm.regime import TARGETS
 from recbole_ssm.validate import positive_int, require
 
 
@@ -66,6 +65,7 @@ class SSMRecommender(CausalLoss, ReadByLength, SequentialRecommender):
     """
 
     bidirectional = False
+    recbole_last_loss = False  # CausalLoss.target_loss under ``last`` too (no RecBole loss to defer to)
     embedding_norm = True  # LayerNorm over the item embeddings (RecMamba scales them instead)
 
     def __init__(self, config, dataset):
@@ -180,11 +180,4 @@ class SSMRecommender(CausalLoss, ReadByLength, SequentialRecommender):
     def score(self, state: StepState) -> torch.Tensor:
         """Scores of every item for each user's next interaction, (B, n_items)."""
         return state.hidden @ self.item_embedding.weight.t()
-
-    def calculate_loss(self, interaction) -> torch.Tensor:
-        if TARGETS in interaction:
-            return self.all_positions_loss(interaction)
-        seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
-        neg = interaction[self.NEG_ITEM_ID] if self.loss_type == "BPR" else None
-        return self.target_loss(seq_output, interaction[self.POS_ITEM_ID], neg)
 

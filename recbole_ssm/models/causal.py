@@ -4,40 +4,96 @@ A causal model gives ``encode(item_seq, item_seq_len) -> (B, L, d)``: its output
 position, where position t depends only on items 0..t. Under ``train_targets: all`` a batch
 carries the next item of every position (``regime.TARGETS``) and the loss is taken at every
 real position; under ``last`` it is RecBole's loss at the last position.
+
+CE is over all items (``ce_negatives: 0``) or a sampled softmax over each target and
+``ce_negatives`` negatives drawn afresh for every batch and shared by its positions
+(``ops.cross_entropy.sampled_softmax_cross_entropy``; docs/models.md, "Sampled softmax").
 """
 
 from __future__ import annotations
 
 import torch
 
-from recbole_ssm.ops.cross_entropy import linear_cross_entropy
-from recbole_ssm.regime import NEG_TARGETS, TARGETS
+from recbole_ssm.errors import ConfigError
+from recbole_ssm.ops.cross_entropy import (
+    linear_cross_entropy,
+    log_probabilities,
+    sample_negatives,
+    sampled_softmax_cross_entropy,
+)
+from recbole_ssm.regime import NEG_TARGETS, TARGETS, histories_of
+from recbole_ssm.settings_check import RULES
 from recbole_ssm.validate import positive_number, require
 
 CE_CHUNK_MIB = 128.0  # logits of one chunk of positions (see ops.cross_entropy), unless ce_chunk_mib is set
+
+
+def training_item_counts(dataset, n_items: int) -> torch.Tensor:
+    """(n_items,) float64: how often each item occurs in the training data a model is built with,
+    each training interaction counted once (item 0, padding, never occurs).
+
+    The model gets the training split (``quick_start``: ``train_data._dataset``). Under ``all`` and
+    ``cloze`` that is a :class:`~recbole_ssm.regime.WindowDataset` split, whose flat training
+    histories are read; under ``last`` it is RecBole's SequentialDataset split, whose rows are one
+    prefix per target (an interaction sits in many rows' item lists), so the histories are rebuilt
+    from them (``regime.training_histories``: a user's first item, then each row's target). Both
+    give the same counts. Where the rows do not chain into histories (RecBole's benchmark files),
+    each row's target is counted once: every training interaction but each user's first.
+    """
+    try:
+        items = histories_of(dataset)[0]  # (interactions,)
+    except ValueError:
+        items = dataset.inter_feat[dataset.iid_field]  # (rows,)
+    return torch.bincount(items.long(), minlength=n_items).to(torch.float64)
 
 
 class CausalLoss:
     """Mixin for causal RecBole sequential models with ``encode``, ``item_embedding`` and ``loss_type``.
 
     Put it before the RecBole model class; ``calculate_loss`` then handles ``all`` batches and
-    leaves every other batch to the model's own loss, untouched.
+    leaves every other batch to the model's own loss, untouched, unless ``ce_negatives`` asks for a
+    sampled softmax (then ``target_loss`` at the last position) or ``recbole_last_loss`` is False.
     """
 
     TRAIN_TARGETS = ("last", "all")
+    # under ``last``, the model class's own (RecBole's) loss, unless the CE is sampled (ce_negatives)
+    recbole_last_loss = True
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.ce_chunk_mib = float(require(config, "ce_chunk_mib", positive_number, "a positive number of MiB",
                                           default=CE_CHUNK_MIB))
+        # (the same rules as the settings check's, for a config built without it)
+        self.ce_negatives = int(require(config, "ce_negatives", *RULES["ce_negatives"], default=0))
+        sampler = require(config, "ce_negative_sampler", *RULES["ce_negative_sampler"], default="uniform")
+        if self.ce_negatives and config["loss_type"] != "CE":  # (self.loss_type: not set yet in the SSMs)
+            raise ConfigError(f"ce_negatives applies to loss_type=CE, not {config['loss_type']}; unset it "
+                              "(ce_negatives=0) or train with loss_type=CE")
+        # popularity: each item's count in the training data; a buffer, so that it follows the model's
+        # device, and not persistent, so that checkpoints are the same whatever the loss
+        weights = training_item_counts(dataset, self.n_items) if self.ce_negatives and sampler == "popularity" else None
+        if weights is not None:
+            log_probabilities(weights)  # checked once here: not all 0, none at padding
+        self.register_buffer("ce_sampling_weights", weights, persistent=False)
 
     def target_loss(self, hidden: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean loss of hidden states (P, d) against their next items (P,): CE over all items, or BPR."""
+        """Mean loss of hidden states (P, d) against their next items (P,): CE over all items, sampled
+        softmax over ``ce_negatives`` negatives, or BPR against ``neg`` (P,)."""
         if self.loss_type == "BPR":
             pos_score = (hidden * self.item_embedding(pos)).sum(-1)  # (P,)
             neg_score = (hidden * self.item_embedding(neg)).sum(-1)
             return self.loss_fct(pos_score, neg_score)
-        return linear_cross_entropy(hidden, self.item_embedding.weight, pos, budget_mib=self.ce_chunk_mib)
+        weight = self.item_embedding.weight  # (n, d)
+        if not self.ce_negatives:
+            return linear_cross_entropy(hidden, weight, pos, budget_mib=self.ce_chunk_mib)
+        # fresh negatives for every batch, from torch's default generator (RecBole seeds it)
+        negatives, log_q = sample_negatives(self.n_items, self.ce_negatives, probs=self.ce_sampling_weights,
+                                            device=hidden.device)  # (N,), (N,)
+        if self.ce_sampling_weights is None:
+            # uniform: log q is one constant in every logit, the target's included, and cancels
+            return sampled_softmax_cross_entropy(hidden, weight, pos, negatives)
+        target_log_q = log_probabilities(self.ce_sampling_weights)[pos]  # (P,)
+        return sampled_softmax_cross_entropy(hidden, weight, pos, negatives, log_q, target_log_q)
 
     def window_outputs(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
         """(B, W, d): the outputs a window's loss reads at each position. Under ``all``: the output
@@ -52,10 +108,18 @@ class CausalLoss:
         neg = interaction[NEG_TARGETS][:, : hidden.size(1)][real] if self.loss_type == "BPR" else None
         return self.target_loss(hidden[real], targets[real], neg)  # (P, d) against (P,)
 
+    def last_position_loss(self, interaction) -> torch.Tensor:
+        """Mean loss of a batch of RecBole's prefix samples, each read at its last position."""
+        seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])  # (B, d)
+        neg = interaction[self.NEG_ITEM_ID] if self.loss_type == "BPR" else None
+        return self.target_loss(seq_output, interaction[self.POS_ITEM_ID], neg)
+
     def calculate_loss(self, interaction) -> torch.Tensor:
         if TARGETS in interaction:
             return self.all_positions_loss(interaction)
-        return super().calculate_loss(interaction)
+        if self.recbole_last_loss and not self.ce_negatives:
+            return super().calculate_loss(interaction)  # RecBole's model's own loss, untouched
+        return self.last_position_loss(interaction)
 
 
 class ReadByLength:

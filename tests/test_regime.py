@@ -121,18 +121,23 @@ def test_overlapping_windows_train_every_target_once_with_context(seed, max_len,
         cut_windows(lengths, max_len, max_len + 1)
 
 
-@pytest.fixture(scope="module")
-def tiny_dataset(tiny_data):
-    """ml-tiny with windows of 7: most users are longer than one window."""
+def tiny_splits(tiny_data, train_targets: str):
+    """ml-tiny with windows of 7 under ``train_targets``: (config, training split, test split)."""
     from recbole.data import create_dataset, data_preparation
 
     from recbole_ssm import compat
 
     config, _ = build_config("Mamba2Rec", "ml-tiny", None, {**TINY, "data_path": tiny_data,
-                                                             "MAX_ITEM_LIST_LENGTH": 7, "train_targets": "all"})
+                                                             "MAX_ITEM_LIST_LENGTH": 7, "train_targets": train_targets})
     with compat.quiet_recbole():
         train, _valid, test = data_preparation(config, create_dataset(config))
     return config, train._dataset, test._dataset
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tiny_data):
+    """ml-tiny with windows of 7: most users are longer than one window."""
+    return tiny_splits(tiny_data, "all")
 
 
 def test_training_histories_are_the_users_sequences_without_valid_and_test(tiny_dataset, tiny_data):

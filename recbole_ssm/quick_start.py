@@ -343,7 +343,7 @@ def _runtime_of_this_process(config) -> None:
     check_dataset_files(config)
 
 
-EVALUATION_SETTINGS = ("eval_filter_seen",)
+EVALUATION_SETTINGS = ("eval_filter_seen", "eval_score_chunks")
 
 
 def evaluation_run(model_file: str, settings: dict | None = None) -> tuple[Any, Any, Any, dict]:

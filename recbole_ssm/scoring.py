@@ -15,6 +15,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
+from recbole.evaluator.collector import Collector
 
 SCORE_BUDGET_MIB = 32.0  # scores of one chunk of items for a batch of users (larger: more page faults, no faster)
 
@@ -33,9 +34,10 @@ def seen_pairs(histories: Sequence[np.ndarray], device=None) -> tuple[torch.Tens
             torch.as_tensor(items, dtype=torch.long, device=device))
 
 
-def chunk_items(batch: int, n_items: int, budget_mib: float = SCORE_BUDGET_MIB, itemsize: int = 4) -> int:
-    """Items a chunk scores so that (batch, chunk) scores fit ``budget_mib``."""
-    return max(1, min(n_items, int(budget_mib * 2**20) // max(1, batch * itemsize)))
+def chunk_items(batch: int, n_items: int, budget_mib: float | None = None, itemsize: int = 4) -> int:
+    """Items a chunk scores so that (batch, chunk) scores fit ``budget_mib`` (default SCORE_BUDGET_MIB)."""
+    budget = SCORE_BUDGET_MIB if budget_mib is None else budget_mib
+    return max(1, min(n_items, int(budget * 2**20) // max(1, batch * itemsize)))
 
 
 def dense_topk(scores: torch.Tensor, k: int, exclude: tuple[torch.Tensor, torch.Tensor] | None = None):
@@ -79,10 +81,18 @@ def chunked_topk(hidden: torch.Tensor, weight: torch.Tensor, k: int,
     return TopK(best_v, best_i)
 
 
+def scores_by_dot_product(model) -> bool:
+    """Whether ``model.full_sort_predict`` is ``read_by_length(...) @ item_embedding.weight.T``
+    (:class:`~recbole_ssm.models.causal.ReadByLength`'s, not overridden)."""
+    from recbole_ssm.models.causal import ReadByLength
+
+    return type(model).full_sort_predict is ReadByLength.full_sort_predict
+
+
 def user_vectors(model, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor | None:
     """(B, d) the vectors a model scores items with (``scores = vectors @ item_embedding.weight.T``),
     or None for a model that scores otherwise (then use its ``full_sort_predict``)."""
-    if not callable(getattr(model, "read_by_length", None)) or not hasattr(model, "item_embedding"):
+    if not scores_by_dot_product(model):
         return None
     return model.read_by_length(item_seq, item_seq_len)
 
@@ -99,3 +109,36 @@ def topk_items(model, item_seq: torch.Tensor, item_seq_len: torch.Tensor, k: int
 
     batch = Interaction({model.ITEM_SEQ: item_seq, model.ITEM_SEQ_LEN: item_seq_len})
     return dense_topk(model.full_sort_predict(batch), k, exclude)
+
+
+def topk_suffices(collector) -> bool:
+    """Whether the metrics read only a top-k (Hit, NDCG, MRR, Recall, Precision, ...): not
+    ``rec.meanrank`` / ``rec.score`` (GAUC, ...) nor labels (value metrics), which need every score."""
+    return not any(collector.register.need(key) for key in ("rec.meanrank", "rec.score", "data.label"))
+
+
+def collect_topk(collector, top: TopK, positive_u: torch.Tensor, positive_i: torch.Tensor) -> None:
+    """What RecBole's ``Collector.eval_batch_collect`` stores for ``rec.items`` and ``rec.topk``,
+    from a batch's top-k instead of its (B, n) scores: the top items, and for ``rec.topk`` whether
+    each is a positive plus each row's number of positives."""
+    k = max(collector.topk)
+    items = top.indices[:, :k]  # (B, k)
+    if collector.register.need("rec.items"):
+        collector.data_struct.update_tensor("rec.items", items)
+    if collector.register.need("rec.topk"):
+        n = int(max(int(items.max()) if items.numel() else 0, int(positive_i.max()) if positive_i.numel() else 0)) + 1
+        keys = torch.unique(positive_u.to(items.device) * n + positive_i.to(items.device))  # (P,) a (row, item) each
+        rows = torch.arange(items.size(0), device=items.device).unsqueeze(1)
+        hit = torch.isin(rows * n + items, keys).int()  # (B, k)
+        counts = torch.bincount(keys // n, minlength=items.size(0)).int().unsqueeze(1)  # (B, 1) positives a row
+        collector.data_struct.update_tensor("rec.topk", torch.cat((hit, counts), dim=1))
+
+
+
+class TopKCollector(Collector):
+    """RecBole's Collector that also takes a batch's :class:`TopK` in place of its (B, n) scores."""
+
+    def eval_batch_collect(self, scores_tensor, interaction, positive_u, positive_i):
+        if isinstance(scores_tensor, TopK):
+            return collect_topk(self, scores_tensor, positive_u, positive_i)
+        return super().eval_batch_collect(scores_tensor, interaction, positive_u, positive_i)

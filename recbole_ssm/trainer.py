@@ -35,6 +35,9 @@ class TrainerHooks:
 
         self.saved_model_file = os.path.join(
             self.checkpoint_dir, f"{config['model']}-{config['dataset']}-{get_local_time()}.pth")
+        from recbole_ssm.scoring import TopKCollector
+
+        self.eval_collector = TopKCollector(config)
         self.epoch_times: list[float] = []
         self.valid_callbacks: list[ValidCallback] = []
         self.fit_memory = None
@@ -163,6 +166,8 @@ class TrainerHooks:
             self._seen = None
 
     def _full_sort_batch_eval(self, batched_data):
+        if self._score_in_chunks():
+            return self._topk_batch_eval(batched_data)
         interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)
         if self._seen is not None:
             c = self.config
@@ -170,6 +175,32 @@ class TrainerHooks:
                                           c["ITEM_ID_FIELD"] + c["LIST_SUFFIX"], c["ITEM_LIST_LENGTH_FIELD"])
             scores[rows.to(scores.device), items.to(scores.device)] = -np.inf
         return interaction, scores, positive_u, positive_i
+
+    def _score_in_chunks(self) -> bool:
+        """Full-sort evaluation through a running top-k over chunks of items (``eval_score_chunks``,
+        on by default): memory O(batch x chunk), not O(batch x items); the same metrics."""
+        from recbole_ssm.scoring import scores_by_dot_product, topk_suffices
+
+        return (self.config["eval_score_chunks"] is not False and scores_by_dot_product(self.model)
+                and topk_suffices(self.eval_collector))
+
+    def _topk_batch_eval(self, batched_data):
+        """What ``_full_sort_batch_eval`` gives, with a :class:`~recbole_ssm.scoring.TopK` for the scores."""
+        from recbole_ssm.scoring import chunked_topk, user_vectors
+
+        interaction, history_index, positive_u, positive_i = batched_data
+        interaction = interaction.to(self.device)
+        model, c = self.model, self.config
+        hidden = user_vectors(model, interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN])  # (B, d)
+        pairs = [history_index] if history_index is not None else []  # (rows, items): ranked last
+        if self._seen is not None:
+            pairs.append(self._seen.mask(interaction, c["USER_ID_FIELD"], c["ITEM_ID_FIELD"],
+                                         c["ITEM_ID_FIELD"] + c["LIST_SUFFIX"], c["ITEM_LIST_LENGTH_FIELD"]))
+        exclude = None
+        if pairs:
+            exclude = tuple(torch.cat([p[i].to(self.device).long() for p in pairs]) for i in (0, 1))
+        top = chunked_topk(hidden, model.item_embedding.weight, max(self.eval_collector.topk), exclude)
+        return interaction, top, positive_u, positive_i
 
     def _save_checkpoint(self, *args, **kwargs):
         if self.world is not None and not self.world.main:

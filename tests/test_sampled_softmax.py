@@ -344,3 +344,15 @@ def test_bpr_with_negatives_is_a_one_line_error(tiny_dataset, tiny_data):
 def test_bad_sampled_softmax_settings_are_one_line_errors(arg, key, capsys):
     assert main(["--model=Mamba2Rec", "--epochs=1", arg]) == 2
     assert_one_line_error(capsys.readouterr().err, f"invalid {key}=")
+
+
+def test_benchmark_tool_times_full_and_sampled_ce(capsys):
+    from tests.test_tools import load_tool
+
+    threads = torch.get_num_threads()
+    try:
+        assert load_tool("bench_sampled_ce").main(["29,101", "13", "4", "8", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| 29 ", "| 101 "))]
+    assert len(rows) == 2 and all(len(row.split("|")) == 8 for row in rows)

@@ -299,8 +299,9 @@ def test_models_train_a_step_on_sampled_softmax_under_all_and_last(name, sampler
 
 @pytest.mark.parametrize("sampler", ["uniform", "popularity"])
 def test_model_loss_is_the_sampled_softmax_of_its_sampler(sampler, tiny_dataset, tiny_data):
-    """target_loss draws ce_negatives items from torch's default generator and corrects by log q
-    of one draw, the target's logit too (popularity), or not at all (uniform: it would cancel)."""
+    """target_loss draws ce_negatives items from torch's default generator and corrects each
+    negative's logit by the log of its expected count, log(N q_j), the target's not (popularity),
+    or none (uniform)."""
     _config, train, _test = tiny_dataset
     model = make_model("Mamba2Rec", train, tiny_data, ce_negatives=9, ce_negative_sampler=sampler)
     g = torch.Generator().manual_seed(54)
@@ -311,7 +312,7 @@ def test_model_loss_is_the_sampled_softmax_of_its_sampler(sampler, tiny_dataset,
     got = model.target_loss(hidden, pos)
     torch.manual_seed(55)
     negatives, log_q = sample_negatives(model.n_items, 9, None, counts)
-    correction = (log_q, log_probabilities(counts)[pos]) if counts is not None else ()
+    correction = (log_q + math.log(9),) if counts is not None else ()  # log(N q_j), the negatives only
     want = sampled_softmax_cross_entropy_ref(hidden, model.item_embedding.weight, pos, negatives, *correction)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
 

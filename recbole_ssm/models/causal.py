@@ -12,6 +12,8 @@ CE is over all items (``ce_negatives: 0``) or a sampled softmax over each target
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from recbole_ssm.errors import ConfigError
@@ -90,10 +92,11 @@ class CausalLoss:
         negatives, log_q = sample_negatives(self.n_items, self.ce_negatives, probs=self.ce_sampling_weights,
                                             device=hidden.device)  # (N,), (N,)
         if self.ce_sampling_weights is None:
-            # uniform: log q is one constant in every logit, the target's included, and cancels
-            return sampled_softmax_cross_entropy(hidden, weight, pos, negatives)
-        target_log_q = log_probabilities(self.ce_sampling_weights)[pos]  # (P,)
-        return sampled_softmax_cross_entropy(hidden, weight, pos, negatives, log_q, target_log_q)
+            return sampled_softmax_cross_entropy(hidden, weight, pos, negatives)  # uniform: no correction
+        # logQ: each negative's logit less the log of its expected count, log(N q_j); the target's as it
+        # is. The sum over the negatives then estimates the softmax's normaliser without bias, and the
+        # loss tends to full CE as N grows (tests/test_sampled_softmax.py)
+        return sampled_softmax_cross_entropy(hidden, weight, pos, negatives, log_q + math.log(self.ce_negatives))
 
     def window_outputs(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
         """(B, W, d): the outputs a window's loss reads at each position. Under ``all``: the output

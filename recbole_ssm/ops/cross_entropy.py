@@ -182,6 +182,10 @@ def sampled_softmax_cross_entropy(
     uniform sampler the correction is the same constant in every logit, the target's included,
     and cancels: the loss is the uncorrected one.
 
+    The models (``CausalLoss.target_loss``) pass ``log_q = log(N q_j)`` for the negatives of a
+    non-uniform sampler and no ``target_log_q``: the importance-sampling estimate of the
+    normaliser, which tends to full CE as N grows (see below for the all-logits convention).
+
     What it estimates: with every item but padding as a negative exactly once and no correction
     it is full CE over the items ``1 .. n - 1`` (tests/test_sampled_softmax.py). With random
     negatives it is a biased estimate of full CE for any finite N. With accidental hits masked,

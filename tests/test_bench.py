@@ -323,6 +323,25 @@ def test_fingerprint_follows_property_and_config_files(tmp_path):
     assert common.settings_files_digest("2Mamba4Rec", "ml-100k", [str(cfg)]) == two
     cfg.write_text("learning_rate: 0.01\nepochs: 4\n")
     assert common.settings_files_digest("2Mamba4Rec", "ml-100k", [str(cfg)])[str(cfg)] != two[str(cfg)]
+    # a setting added at its neutral value (the behaviour from before it existed) changes nothing
+    cfg.write_text("learning_rate: 0.01\nepochs: 3\nce_negatives: 0\neval_score_chunks: true\n")
+    assert common.settings_files_digest("2Mamba4Rec", "ml-100k", [str(cfg)]) == two
+    cfg.write_text("learning_rate: 0.01\nepochs: 3\nce_negatives: 64\n")
+    assert common.settings_files_digest("2Mamba4Rec", "ml-100k", [str(cfg)])[str(cfg)] != two[str(cfg)]
+
+
+def test_the_shipped_defaults_of_the_neutral_settings_are_neutral():
+    """overall.yaml holds ce_negatives, ce_negative_sampler and eval_score_chunks at the values that
+    behave as before they existed, so its digest, and every record measured before, is unchanged."""
+    import os
+
+    import yaml
+
+    from recbole_ssm.config import PROPERTIES_DIR
+
+    with open(os.path.join(PROPERTIES_DIR, "overall.yaml"), encoding="utf-8") as f:
+        shipped = yaml.safe_load(f)
+    assert {k: shipped[k] for k in common.NEUTRAL_SETTINGS} == common.NEUTRAL_SETTINGS
 
 
 def test_ops_benchmark_prints_every_row_on_tiny_sizes(capsys):

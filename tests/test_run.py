@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from recbole_ssm import get_model
@@ -15,7 +17,8 @@ def test_same_seed_gives_identical_metrics(tiny_config):
     second = run_recbole_ssm("SASRec", "ml-tiny", None, tiny_config)
     assert first["test_result"] == second["test_result"]
     assert first["best_valid_result"] == second["best_valid_result"]
-    assert set(first) == {"best_valid_score", "valid_score_bigger", "best_valid_result", "test_result"}
+    assert set(first) == {"best_valid_score", "valid_score_bigger", "best_valid_result", "test_result", "checkpoint"}
+    assert os.path.isfile(second["checkpoint"]) and "SASRec-ml-tiny-" in second["checkpoint"]
 
 
 def test_checkpoint_reload_reproduces_test_metrics_exactly(tiny_config):

@@ -81,6 +81,7 @@ def test_full_sort_scores_of_the_whole_history_are_minus_infinity(tiny_data, reg
     assert max(len(h) for h in history.values()) > 100
     for filter_seen in (True, False):
         config, model_class, (train, _, test) = _config_and_loaders(tiny_data, regime, 10, filter_seen)
+        config["eval_score_chunks"] = False  # the (B, n) scores (the chunked path: tests/test_eval_chunks.py)
         model = model_class(config, train._dataset).eval()
         trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
         trainer._seen, trainer.tot_item_num = getattr(test, "seen_items", None), test._dataset.item_num

@@ -80,6 +80,18 @@ def fingerprint(settings: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+# Settings that, at these values, behave as the package did before they existed: a property file
+# that adds one at its neutral value keeps its digest, so the records measured before still count.
+NEUTRAL_SETTINGS = {"ce_negatives": 0, "ce_negative_sampler": "uniform", "eval_score_chunks": True}
+
+
+def without_neutral(mapping):
+    """``mapping`` less the keys of :data:`NEUTRAL_SETTINGS` that hold their neutral value."""
+    if not isinstance(mapping, dict):
+        return mapping
+    return {k: v for k, v in mapping.items() if not (k in NEUTRAL_SETTINGS and v == NEUTRAL_SETTINGS[k])}
+
+
 def settings_files_digest(model_name: str, dataset: str, files: Iterable[str] = ()) -> dict:
     """``{file: sha256 prefix}`` of the property and config files a run reads.
 
@@ -100,7 +112,7 @@ def settings_files_digest(model_name: str, dataset: str, files: Iterable[str] = 
             out[key] = "missing"
             continue
         try:
-            text = json.dumps(yaml.safe_load(raw), sort_keys=True, default=str)
+            text = json.dumps(without_neutral(yaml.safe_load(raw)), sort_keys=True, default=str)
         except yaml.YAMLError:  # not YAML: its bytes
             text = raw.hex()
         out[key] = hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -135,7 +135,7 @@ class ReadByLength:
     that score with ``item_embedding``. ``trim_padding`` (True unless set False) switches it on.
     """
 
-    EVAL_GROUP_POSITIONS = 1 << 16  # padded positions a group of ``read_by_length`` reads at once
+    EVAL_GROUP_POSITIONS = 1 << 13  # padded positions a group of ``read_by_length`` reads at once (docs/models.md)
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)

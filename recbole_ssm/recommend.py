@@ -156,9 +156,9 @@ class Writer:
             return
         if self.file is not None:
             self.file.close()
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.tmp, 0o666 & ~umask)  # mkstemp creates 0600; the result is an ordinary file
+        from recbole_ssm.utils import default_mode
+
+        os.chmod(self.tmp, default_mode(0o666))  # mkstemp creates 0600; the result is an ordinary file
         os.replace(self.tmp, self.path)
 
     def discard(self) -> None:
@@ -191,29 +191,43 @@ def _parquet_writer(path: str):
 
 def resolve(rec, todo, strict: bool) -> list[tuple[int | None, list[int]]]:
     """Requests with internal ids; unknown users are an error with ``strict``, else named once and skipped."""
-    from recbole_ssm.serve import warn_unknown
-
     if todo == "all":
         return [(uid, []) for uid in rec.all_users()]
+    from recbole_ssm.serve import warn_unknown
+
+    named = [user for user, _ in todo if user is not None]
+    uids = iter(rec.known_users(named, strict))
     out, unknown = [], []
     for user, items in todo:
         new = [rec.item_id(t) for t in items]
-        if user is None:
-            out.append((None, new))
-            continue
-        known, missing = rec.known_users([user])
-        if missing and strict:
-            rec.user_id(user)  # the one-line error
-        if missing:
+        uid = next(uids) if user is not None else None
+        if user is not None and uid is None:
             unknown.append(user)
         else:
-            out.append((known[0], new))
+            out.append((uid, new))
     if unknown and not out:
         raise UsageError(f"unknown user token {unknown[0]!r}: none of the users given is in the data set the model "
                          "was trained on")
     if unknown:
         warn_unknown(unknown)
     return out
+
+
+def export(rec, work, k: int, exclude_seen: bool, writer: Writer, batch_size: int | None = None,
+           progress: bool = False) -> None:
+    """Every request's top ``k`` through ``writer``, committed whole, or discarded on any error."""
+    from recbole_ssm.serve import frame_rows
+
+    try:
+        batches = rec.topk(work, k, exclude_seen, batch_size)
+        if progress:
+            batches = _progress(batches, len(work), batch_size or rec.batch_size)
+        for batch, values, items in batches:
+            writer.write(frame_rows(rec, batch, values, items))
+        writer.commit()
+    except BaseException:
+        writer.discard()
+        raise
 
 
 def main(argv: list[str]) -> int:
@@ -225,7 +239,7 @@ def main(argv: list[str]) -> int:
     if opts["format"] == "parquet":
         _pyarrow()  # before the model is loaded
 
-    from recbole_ssm.serve import frame_rows, from_checkpoint
+    from recbole_ssm.serve import from_checkpoint
 
     logging.disable(logging.INFO)  # RecBole's INFO lines while the data set loads: the output is the point
     try:
@@ -233,15 +247,8 @@ def main(argv: list[str]) -> int:
     finally:
         logging.disable(logging.NOTSET)
     work = resolve(rec, todo, opts["strict"])
-    writer = Writer(opts["output"], opts["format"])
-    try:
-        batches = rec.topk(work, opts["k"], opts["exclude_seen"], opts["batch_size"])
-        for batch, values, items in _progress(batches, len(work), opts["batch_size"] or rec.batch_size):
-            writer.write(frame_rows(rec, batch, values, items))
-        writer.commit()
-    except BaseException:
-        writer.discard()
-        raise
+    export(rec, work, opts["k"], opts["exclude_seen"], Writer(opts["output"], opts["format"]), opts["batch_size"],
+           progress=True)
     return 0
 
 

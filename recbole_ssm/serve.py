@@ -132,14 +132,13 @@ class Recommender:
         """Internal ids of every user with a history, in the data set's order."""
         return sorted(self.histories)
 
-    def known_users(self, tokens: Sequence[str]) -> tuple[list[int], list[str]]:
-        """(internal ids of the tokens the data set knows, the tokens it does not), in order."""
+    def known_users(self, tokens: Sequence[str], strict: bool = False) -> list[int | None]:
+        """Each token's internal id, None where the data set does not know it (an error with ``strict``)."""
         mapping = self.dataset.field2token_id[self.dataset.uid_field]
-        known, unknown = [], []
-        for token in tokens:
-            uid = mapping.get(str(token), 0)
-            (known.append(int(uid)) if uid else unknown.append(str(token)))
-        return known, unknown
+        uids = [int(mapping.get(str(token), 0)) or None for token in tokens]
+        if strict and None in uids:
+            self.user_id(tokens[uids.index(None)])  # the one-line error
+        return uids
 
     # -- many users at once
     def recommend(self, users: str | Sequence[str] = "all", k: int = 10, exclude_seen: bool = True,
@@ -152,11 +151,11 @@ class Recommender:
         if users == "all":
             uids = self.all_users()
         else:
-            uids, unknown = self.known_users([users] if isinstance(users, str) else list(users))
-            if unknown and strict:
-                raise UsageError(f"unknown user token {unknown[0]!r}: not in the data set the model was trained on")
-            if unknown:
-                warn_unknown(unknown)
+            tokens = [users] if isinstance(users, str) else list(users)
+            uids = self.known_users(tokens, strict)
+            if None in uids:
+                warn_unknown([t for t, u in zip(tokens, uids) if u is None])
+            uids = [u for u in uids if u is not None]
         parts = [frame_rows(self, batch, values, items) for batch, values, items in
                  self.topk([(u, ()) for u in uids], k, exclude_seen)]
         columns = ["user", "rank", "item", "score"]

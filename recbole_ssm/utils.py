@@ -18,6 +18,14 @@ def count_parameters(model) -> tuple[int, int]:
     return total, total - emb
 
 
+def default_mode(base: int) -> int:
+    """``base`` (0o666 for a file, 0o777 for a folder) less this process's umask: the mode an
+    ordinary ``open`` or ``mkdir`` would have given (``mkstemp`` and ``mkdtemp`` give 0600/0700)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return base & ~umask
+
+
 def atomic_write_text(path: str, text: str) -> None:
     """Write ``text`` to ``path`` through a temp file in the same folder, then rename."""
     folder = os.path.dirname(os.path.abspath(path))

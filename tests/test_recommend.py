@@ -181,3 +181,14 @@ def test_python_api_recommends_and_observes(checkpoint):
     fresh = from_checkpoint(checkpoint)
     want = fresh.recommend_one("3", new, k=5)
     assert after["item"].tolist() == [r.item for r in want]
+
+
+def test_bench_recommend_times_both_paths_and_exports_a_synthetic_catalogue(checkpoint, tmp_path, capsys):
+    assert main(["bench", "recommend", f"--checkpoint={checkpoint}", "--sample=5", "--k=3"]) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record["users"] == 120 and record["sample"] == 5 and record["rows"] == 360
+    assert record["one_at_a_time_ms_per_user"] > 0 and record["batched_ms_per_user"] > 0
+    out = tmp_path / "syn.jsonl"
+    assert main(["bench", "recommend", "--synthetic", "--users=50", "--items=300", "--k=4", f"--output={out}"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 200 and {r["user"] for r in rows} == {f"u{i}" for i in range(1, 51)}

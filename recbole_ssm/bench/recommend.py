@@ -138,8 +138,8 @@ def export_synthetic(opts: dict) -> dict:
     """Every synthetic user's top-k written to ``opts['output']`` as ``recommend`` writes it."""
     import logging
 
-    from recbole_ssm.recommend import Writer
-    from recbole_ssm.serve import Recommender, frame_rows
+    from recbole_ssm.recommend import FORMATS, Writer, export
+    from recbole_ssm.serve import Recommender
 
     logging.disable(logging.WARNING)
     t0 = time.perf_counter()
@@ -150,16 +150,9 @@ def export_synthetic(opts: dict) -> dict:
     setup_s = time.perf_counter() - t0
     setup_rss = peak_rss_mib()
     output = opts["output"] or os.path.join(tempfile.mkdtemp(prefix="bench-recommend-"), "top.parquet")
-    fmt = {".parquet": "parquet", ".jsonl": "jsonl"}.get(os.path.splitext(output)[1], "tsv")
-    writer = Writer(output, fmt)
+    fmt = FORMATS.get(os.path.splitext(output)[1], "tsv")
     t0 = time.perf_counter()
-    try:
-        for batch, values, items in rec.topk([(u, ()) for u in rec.all_users()], opts["k"], True):
-            writer.write(frame_rows(rec, batch, values, items))
-        writer.commit()
-    except BaseException:
-        writer.discard()
-        raise
+    export(rec, [(u, ()) for u in rec.all_users()], opts["k"], True, Writer(output, fmt))
     export_s = time.perf_counter() - t0
     return {"model": opts["model"], "users": opts["users"], "items": opts["items"], "k": opts["k"],
             "events": int(sum(len(h) for h in histories.values())), "length": opts["length"],

@@ -24,6 +24,7 @@ import numpy as np
 import yaml
 
 from recbole_ssm.errors import UsageError
+from recbole_ssm.utils import default_mode
 
 SOURCES = ("movielens", "amazon2023", "seqtext", "csv")
 FIRST_BAD_SHOWN = 5
@@ -563,9 +564,7 @@ class OutputFolder:
         parent = os.path.dirname(self.output)
         os.makedirs(parent, exist_ok=True)
         self.tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(self.output)}.tmp-", dir=parent)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.tmp, 0o777 & ~umask)  # mkdtemp's 0700 would outlive the rename
+        os.chmod(self.tmp, default_mode(0o777))  # mkdtemp's 0700 would outlive the rename
 
     def path(self, filename: str) -> str:
         return os.path.join(self.tmp, filename)

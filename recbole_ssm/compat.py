@@ -178,3 +178,34 @@ def quiet_recbole() -> Iterator[None]:
         for category, message, module in _RECBOLE_NOISE:
             warnings.filterwarnings("ignore", message=message, category=category, module=module)
         yield
+
+
+class _CEnginePandas(types.ModuleType):
+    """pandas, except that ``read_csv`` uses the C engine (RecBole asks for the python one)."""
+
+    def __init__(self, pandas: types.ModuleType):
+        super().__init__(pandas.__name__)
+        self._pandas = pandas
+
+    def __getattr__(self, name: str):
+        return getattr(self._pandas, name)
+
+    def read_csv(self, *args, **kwargs):
+        if kwargs.get("engine") == "python" and len(str(kwargs.get("delimiter", ","))) == 1:
+            kwargs["engine"] = "c"
+        return self._pandas.read_csv(*args, **kwargs)
+
+
+# RecBole's Dataset._load_feat reads atomic files with pandas' python engine, about 3x slower than
+# the C engine (35 s for 6.6 M rows); with a one-character separator both give the same frame.
+@contextlib.contextmanager
+def c_engine_atomic_files() -> Iterator[None]:
+    """Within the block, RecBole's ``Dataset._load_feat`` reads with pandas' C engine."""
+    from recbole.data.dataset import dataset as recbole_dataset
+
+    kept = recbole_dataset.pd
+    recbole_dataset.pd = _CEnginePandas(kept)
+    try:
+        yield
+    finally:
+        recbole_dataset.pd = kept

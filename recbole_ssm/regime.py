@@ -173,6 +173,12 @@ class WindowDataset(SequentialDataset):
     time order, for serving.
     """
 
+    def _load_feat(self, filepath, source):
+        from recbole_ssm.compat import c_engine_atomic_files
+
+        with c_engine_atomic_files():
+            return super()._load_feat(filepath, source)
+
     def data_augmentation(self):
         self._aug_presets()
         self._check_field("uid_field", "time_field")
@@ -217,12 +223,21 @@ class WindowDataset(SequentialDataset):
                     and field in self.config["numerical_features"]:
                 shape += (2,)
             value = self.inter_feat[field]
-            column = torch.zeros(shape, dtype=value.dtype)
-            for row, (first, k) in enumerate(zip(seq_start, length)):
-                column[row][:k] = value[first: first + k]
-            new_dict[list_field] = column
+            new_dict[list_field] = _gather_lists(value, seq_start, length, shape)
         new_data.update(Interaction(new_dict))
         self.inter_feat = new_data
+
+
+def _gather_lists(value: torch.Tensor, seq_start: np.ndarray, length: np.ndarray, shape: tuple) -> torch.Tensor:
+    """RecBole's item-list rows: row r holds ``value[seq_start[r] : seq_start[r] + length[r]]``,
+    zero-padded on the right to ``shape[1]`` (the rows of ``value`` may themselves be vectors)."""
+    width = shape[1]
+    start = torch.from_numpy(np.asarray(seq_start, dtype=np.int64))
+    size = torch.from_numpy(np.asarray(length, dtype=np.int64))
+    padded = torch.cat([value, torch.zeros((1,) + tuple(value.shape[1:]), dtype=value.dtype)])  # (N + 1, ...)
+    pos = torch.arange(width)
+    at = torch.where(pos.unsqueeze(0) < size.unsqueeze(1), start.unsqueeze(1) + pos, len(value))  # (R, W)
+    return padded[at].reshape(shape)
 
 
 def create_dataset(config):

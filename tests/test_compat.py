@@ -162,3 +162,33 @@ def test_importing_recboles_models_leaves_anomaly_mode_as_it_was():
     # a process that asked for anomaly mode keeps it
     assert _anomaly_after("import torch; torch.autograd.set_detect_anomaly(True); import recbole_ssm.models\n"
                           "print(torch.is_anomaly_check_nan_enabled())") == ["True", "True"]
+
+
+def test_recbole_reads_atomic_files_with_the_python_engine_unless_c_engine_atomic_files(tmp_path, monkeypatch):
+    """Needed: RecBole asks pandas for its slow python engine. Effective: inside the block the C
+    engine reads, and the frame is the same (quoted tokens, floats, empty fields, odd spacing)."""
+    from recbole.data.dataset import dataset as recbole_dataset
+
+    path = tmp_path / "x.inter"
+    path.write_text('user_id:token\titem_id:token\trating:float\ttimestamp:float\n'
+                    'u1\t"a b"\t4.5\t881250949\n u2 \ti,2\t\t1e9\nu3\t\'q\'\t-0.25\t12.75\n')
+    engines = []
+    real = pd.read_csv
+
+    def spy(*args, **kwargs):
+        engines.append(kwargs.get("engine"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pd, "read_csv", spy)
+    kwargs = {"delimiter": "\t", "usecols": None, "encoding": "utf-8", "engine": "python",
+              "dtype": {"user_id:token": str, "item_id:token": str, "rating:float": float, "timestamp:float": float}}
+    theirs = recbole_dataset.pd.read_csv(path, **kwargs)
+    with compat.c_engine_atomic_files():
+        ours = recbole_dataset.pd.read_csv(path, **kwargs)
+        assert recbole_dataset.pd is not pd
+    assert recbole_dataset.pd is pd
+    assert engines == ["python", "c"]
+    pd.testing.assert_frame_equal(ours, theirs)
+    import inspect
+
+    assert 'engine="python"' in inspect.getsource(recbole_dataset.Dataset._load_feat)  # still needed

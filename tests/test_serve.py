@@ -40,6 +40,19 @@ def test_state_cache_keeps_its_byte_bound_and_evicts_the_least_recently_used():
         StateCache(max_bytes=one - 1).put(9, fake_state(400))
 
 
+def test_state_cache_keeps_its_user_bound_and_forgets_a_discarded_state():
+    one = fake_state(400).nbytes()
+    cache = StateCache(max_bytes=100 * one, max_users=2)
+    for user in ("a", "b", "c"):
+        cache.put(user, fake_state(400))
+    assert "a" not in cache and len(cache) == 2 and cache.evictions == 1 and cache.nbytes == 2 * one
+    cache.discard("b")
+    cache.discard("nobody")
+    assert len(cache) == 1 and cache.nbytes == one and cache.get("b") is None
+    with pytest.raises(ValueError, match="max_users must be positive"):
+        StateCache(max_bytes=one, max_users=0)
+
+
 @pytest.mark.parametrize("regime", ["last", "all"])
 def test_user_histories_hold_every_interaction_of_each_user(tiny_data, regime):
     """From RecBole's prefix rows (last) and from the window data set (all): each user's whole

@@ -6,6 +6,8 @@ length of the history before it. :class:`StateCache` holds those states, least r
 first out when a byte budget is exceeded. :class:`Recommender` answers ``recommend(user,
 new_items, k)``: it steps a cached state through the new items only, or builds the state from
 the user's last ``MAX_ITEM_LIST_LENGTH`` items in one chunked pass (``state_from``) on a miss.
+The HTTP service (``recbole_ssm.serve.service`` and ``.http``) keeps its users' states in a
+StateCache bounded by a number of users as well.
 
 Models without a step-wise update (the bidirectional Hydra4Rec, RecBole's SASRec and GRU4Rec)
 re-encode the user's last ``MAX_ITEM_LIST_LENGTH`` items on every call, which costs a full pass
@@ -21,7 +23,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Hashable, Sequence
 
 import numpy as np
 import torch
@@ -36,41 +38,59 @@ def stepwise(model) -> bool:
 
 
 class StateCache:
-    """Users' states, each a one-row :class:`StepState`, within ``max_bytes`` (LRU eviction)."""
+    """Users' states, each a one-row :class:`StepState`, within ``max_bytes`` and, where given,
+    ``max_users`` states (LRU eviction). Keys are any hashable user key (an internal id, a token).
 
-    def __init__(self, max_bytes: int):
+    Each call is atomic (one lock), so threads serving different users may share a cache; a state
+    taken out with :meth:`get` is the caller's to update while it serves that user.
+    """
+
+    def __init__(self, max_bytes: int, max_users: int | None = None):
         if max_bytes <= 0:
             raise ValueError(f"max_bytes must be positive, got {max_bytes}")
+        if max_users is not None and max_users <= 0:
+            raise ValueError(f"max_users must be positive, got {max_users}")
         self.max_bytes = int(max_bytes)
-        self._states: OrderedDict[int, StepState] = OrderedDict()
+        self.max_users = None if max_users is None else int(max_users)
+        self._states: OrderedDict[Hashable, StepState] = OrderedDict()
+        self._lock = threading.Lock()
         self.nbytes = 0
         self.evictions = 0
 
     def __len__(self) -> int:
         return len(self._states)
 
-    def __contains__(self, user: int) -> bool:
+    def __contains__(self, user: Hashable) -> bool:
         return user in self._states
 
-    def get(self, user: int) -> StepState | None:
-        state = self._states.get(user)
-        if state is not None:
-            self._states.move_to_end(user)
-        return state
+    def get(self, user: Hashable) -> StepState | None:
+        with self._lock:
+            state = self._states.get(user)
+            if state is not None:
+                self._states.move_to_end(user)
+            return state
 
-    def put(self, user: int, state: StepState) -> None:
+    def discard(self, user: Hashable) -> None:
+        """Forget ``user``'s state, if held (it is rebuilt on the next use)."""
+        with self._lock:
+            old = self._states.pop(user, None)
+            if old is not None:
+                self.nbytes -= old.nbytes()
+
+    def put(self, user: Hashable, state: StepState) -> None:
         size = state.nbytes()
         if size > self.max_bytes:
             raise ValueError(f"one user's state takes {size} bytes, more than the cache's {self.max_bytes}")
-        old = self._states.pop(user, None)
-        if old is not None:
-            self.nbytes -= old.nbytes()
-        self._states[user] = state
-        self.nbytes += size
-        while self.nbytes > self.max_bytes:
-            _, evicted = self._states.popitem(last=False)
-            self.nbytes -= evicted.nbytes()
-            self.evictions += 1
+        with self._lock:
+            old = self._states.pop(user, None)
+            if old is not None:
+                self.nbytes -= old.nbytes()
+            self._states[user] = state
+            self.nbytes += size
+            while self.nbytes > self.max_bytes or (self.max_users is not None and len(self._states) > self.max_users):
+                _, evicted = self._states.popitem(last=False)
+                self.nbytes -= evicted.nbytes()
+                self.evictions += 1
 
 
 @dataclass

@@ -4,7 +4,8 @@ Without a sub-command it trains and tests one model (RecBole's ``run_recbole`` c
 Sub-commands: ``prepare`` (raw data -> atomic files), ``bench`` (tables, efficiency curves,
 training regimes, kernels),
 ``tune`` (Ray Tune sweeps),
-``recommend`` (top-k items from a checkpoint), ``evaluate`` (a checkpoint's metrics).
+``recommend`` (top-k items from a checkpoint), ``evaluate`` (a checkpoint's metrics),
+``serve`` (an HTTP recommendation service of a checkpoint).
 Misuse prints one ``error:`` line and exits with code 2.
 """
 
@@ -24,6 +25,7 @@ usage: run_recbole_ssm.py [--model=NAME] [--dataset=NAME] [--config_files="a.yam
        run_recbole_ssm.py tune --model=NAME [...]                Ray Tune sweep
        run_recbole_ssm.py recommend --checkpoint=PATH --users=U1,U2 [...]   top-k items from a saved model
        run_recbole_ssm.py evaluate --checkpoint=PATH [--eval_filter_seen=true]  a saved model's metrics
+       run_recbole_ssm.py serve --checkpoint=PATH [--port=8000] [--state_dir=DIR]   an HTTP recommendation service
 
 Trains and tests one model through RecBole's pipeline and prints valid/test metrics.
   --model         a recbole-ssm model (Mamba4Rec, Mamba2Rec / 2Mamba4Rec, Hydra4Rec, RecMamba, SeqPop;
@@ -44,6 +46,7 @@ SUBCOMMANDS = {
     "tune": "recbole_ssm.tune.cli",
     "recommend": "recbole_ssm.recommend",
     "evaluate": "recbole_ssm.evaluate",
+    "serve": "recbole_ssm.serve.cli",
 }
 
 

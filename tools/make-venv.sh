@@ -89,14 +89,14 @@ case "$version" in
     constraints=()
     if [ "$version" = 3.11 ]; then constraints=(-c constraints.txt); fi
     "$vpy" -m pip install -q "torch==$TORCH_VERSION"
-    "$vpy" -m pip install -q "${constraints[@]}" -e ".[dev,parquet]"
+    "$vpy" -m pip install -q "${constraints[@]}" -e ".[dev,parquet,serve]"
     "$vpy" -m pip check
     ;;
 *)
     "$vpy" -m pip install -q uv
     uv=("$VENV/bin/uv" pip)
     "${uv[@]}" install -q --python "$vpy" "torch==$TORCH_VERSION"
-    "${uv[@]}" install -q --python "$vpy" --override overrides.txt -e ".[dev,parquet]"
+    "${uv[@]}" install -q --python "$vpy" --override overrides.txt -e ".[dev,parquet,serve]"
     # The one incompatibility uv may report is the pin overrides.txt lifts on purpose.
     report=$("${uv[@]}" check --python "$vpy" 2>&1) || {
         others=$(printf '%s\n' "$report" | grep -i "requires" | grep -v "recbole. requires .ray>=1.13.0,<=2.6.3." || true)

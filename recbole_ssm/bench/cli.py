@@ -1,4 +1,4 @@
-"""``run_recbole_ssm.py bench {table,lengths,efficiency,regimes,stream,ddp,recommend,ops}``
+"""``run_recbole_ssm.py bench {table,lengths,efficiency,regimes,stream,ddp,recommend,serve,ops}``
 (or ``python -m recbole_ssm.bench ...``)."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ usage: run_recbole_ssm.py bench table --models=A,B --dataset=NAME [--seeds=3] [-
        run_recbole_ssm.py bench stream [--models=A,B] [--lengths=100,2000] [...]
        run_recbole_ssm.py bench ddp [--model=A] [--nprocs=1,2] [...]
        run_recbole_ssm.py bench recommend (--checkpoint=PATH | --synthetic) [...]
+       run_recbole_ssm.py bench serve (--models=A,B --dataset=NAME | --checkpoints=CK1,CK2) [...]
        run_recbole_ssm.py bench ops [...]       kernel micro-benchmarks (when installed)
 
   table       train and test each model per seed; mean +- std table (table.md, table.csv)
@@ -29,6 +30,8 @@ usage: run_recbole_ssm.py bench table --models=A,B --dataset=NAME [--seeds=3] [-
   ddp         training epoch time with 1, 2, ... data-parallel processes (--nproc)
   recommend   every user's top-k: batched against one user at a time (a checkpoint), or the
               export of a synthetic catalogue (wall time, peak RSS)
+  serve       the HTTP service under a closed-loop load on loopback: throughput, p50/p99
+              latency and RSS per model, answers checked against the offline recommendation
 Run `bench COMMAND --help` for a command's options.
 """
 
@@ -41,6 +44,7 @@ COMMANDS = {
     "stream": "recbole_ssm.bench.stream",
     "ddp": "recbole_ssm.bench.ddp",
     "recommend": "recbole_ssm.bench.recommend",
+    "serve": "recbole_ssm.bench.serve",
 }
 
 

@@ -532,3 +532,85 @@ def test_serve_without_the_extra_names_it(monkeypatch, capsys):
     assert main(["serve", "--checkpoint=x.pth"]) == 2
     err = capsys.readouterr().err
     assert "the service needs the serve extra: pip install 'recbole-ssm[serve]'" in err and err.count("\n") == 1
+
+
+# -- micro-batching (serve/batching.py)
+
+
+@pytest.mark.parametrize("model", ["mamba2", "sasrec"])
+def test_requests_run_together_answer_as_they_do_one_at_a_time(model, request):
+    """Events and recommendations of many users submitted together run as one batch of the model
+    worker, and each user ends with the same state and top items as a service taking one request
+    at a time (states and scores to float rounding: a batch sums in another order)."""
+    rec, _ = request.getfixturevalue(model)
+    batched, single = Service(rec), Service(rec)
+    users = [*long_users(rec, 3), short_user(rec), "newcomer", "newcomer2"]
+    rng = np.random.default_rng(11)
+    n_items = rec.dataset.item_num
+    posts = {u: [items_of(rec, rng.integers(1, n_items, int(rng.integers(1, 4))).tolist()) for _ in range(3)]
+             for u in users}
+    for user in users:  # one at a time
+        for items in posts[user]:
+            single.post_events(user, items)
+    gate = threading.Barrier(len(users))
+    answers: dict = {}
+    errors: list = []
+
+    def client(user: str) -> None:
+        try:
+            for items in posts[user]:
+                gate.wait()  # every user's n-th post submitted at once
+                batched.post_events(user, items)
+            gate.wait()
+            answers[user] = batched.recommend(user, k=10)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=(u,)) for u in users]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    # a stateful model steps each post and encodes each recommendation; SASRec only encodes
+    per_user = 4 if batched.cache is not None else 1
+    assert batched.worker.jobs == per_user * len(users) and batched.worker.batches < batched.worker.jobs
+    for user in users:
+        assert batched.events(user) == single.events(user)
+        want = single.recommend(user, k=10)
+        assert_same_ranking(dict(zip(("items", "scores"), answers[user])), dict(zip(("items", "scores"), want)))
+        if batched.cache is not None:
+            got_state, want_state = batched.cache.get(user), single.cache.get(user)
+            assert torch.equal(got_state.length, want_state.length)
+            torch.testing.assert_close(got_state.hidden, want_state.hidden, rtol=1e-4, atol=1e-5)
+
+
+def test_state_stack_splits_back_what_it_stacked():
+    """Stacking users' states and splitting the batch gives each user's own state back, for the
+    SSMs (users on dimension 0) and GRU4Rec (users on dimension 1 of its hidden state)."""
+    from recbole_ssm.models.base import StepState
+    from recbole_ssm.serve.batching import StateStack
+
+    class GruLike:
+        def init_state(self, b):
+            return StepState([(torch.zeros(2, b, 3),)], torch.zeros(b, 4), torch.zeros(b, dtype=torch.long))
+
+    class SsmLike:
+        def init_state(self, b):
+            return StepState([(torch.zeros(b, 5, 3), torch.zeros(b, 2, 4, 6)), (torch.zeros(b, 5, 3),)],
+                             torch.zeros(b, 4), torch.zeros(b, dtype=torch.long))
+
+    g = torch.Generator().manual_seed(0)
+    for model in (GruLike(), SsmLike()):
+        stack = StateStack(model)
+        states = []
+        for n in range(3):
+            s = model.init_state(1)
+            s.layers = [tuple(torch.randn(t.shape, generator=g) for t in layer) for layer in s.layers]
+            s.hidden, s.length = torch.randn(1, 4, generator=g), torch.tensor([n + 7])
+            states.append(s)
+        back = stack.split(stack.stack(states), 3)
+        for a, b in zip(states, back):
+            assert torch.equal(a.hidden, b.hidden) and torch.equal(a.length, b.length)
+            for la, lb in zip(a.layers, b.layers):
+                assert all(torch.equal(x, y) for x, y in zip(la, lb))

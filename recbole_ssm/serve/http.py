@@ -81,6 +81,8 @@ class Health(BaseModel):
     log_records: int | None = Field(description="Batches logged since the service started.")
     log_fsyncs: int | None = Field(description="fsyncs of the log since the service started (group commit: "
                                                "one covers every batch waiting).")
+    model_batches: int = Field(description="Batches the model has run (requests waiting together run as one).")
+    model_jobs: int = Field(description="Requests the model has run: model_jobs / model_batches is the mean batch.")
 
 
 class ErrorBody(BaseModel):

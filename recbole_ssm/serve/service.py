@@ -45,6 +45,7 @@ import torch
 
 from recbole_ssm.errors import UsageError
 from recbole_ssm.models.base import StepState
+from recbole_ssm.serve.batching import Job, ModelWorker, StateStack
 from recbole_ssm.serve.log import EventLog, LogError, Recovered
 from recbole_ssm.serve.state import Recommender, StateCache, stepwise
 
@@ -165,6 +166,8 @@ class Service:
                 self.log.close()
                 raise
         self._warm_up()
+        self.stack = StateStack(self.model) if self.stepwise else None
+        self.worker = ModelWorker(self._run_batch)  # every model call, batched (serve/batching.py)
 
     def _warm_up(self) -> None:
         """One state built and stepped before the first request: a kernel built on first use (the
@@ -240,11 +243,7 @@ class Service:
 
     def _state(self, user: str, record: UserRecord) -> StepState:
         """The user's state after every appended event: cached, or rebuilt and cached."""
-        state = self.cache.get(user)
-        if state is None:
-            state = self._build(record, len(record.events))
-            self.cache.put(user, state)
-        return state
+        return self._states([(user, record, len(record.events))])[0]
 
     # -- the API
     def post_events(self, user: str, items: Sequence[str]) -> int:
@@ -271,22 +270,8 @@ class Service:
     def _apply(self, user: str, record: UserRecord, ids: list[int]) -> None:
         before = len(record.events)
         record.events.extend(ids)
-        if self.cache is None:
-            return
-        try:
-            with torch.no_grad():
-                state = self.cache.get(user)
-                if state is None:
-                    state = self._build(record, before)
-                if self.bounded and int(state.length[0]) + len(ids) > self.max_length:
-                    state = self._build(record, len(record.events))  # learned positions end at L: the last L afresh
-                else:
-                    for item in ids:
-                        self.model.step(state, torch.tensor([item], device=self.device))
-                self.cache.put(user, state)
-        except BaseException:
-            self.cache.discard(user)  # perhaps stepped part of the way: rebuilt from the seed next time
-            raise
+        if self.cache is not None:
+            self.worker.submit("step", user=user, record=record, ids=ids, before=before)
 
     def recommend(self, user: str, k: int = 10, exclude_seen: bool = True) -> tuple[list[str], list[float]]:
         """``user``'s top ``k`` items (tokens) and their scores, best first; fewer than ``k`` where
@@ -298,27 +283,100 @@ class Service:
         if record is None or len(record) == 0:
             raise RequestError(f"user {user!r} has no history: the data set does not know them and no event "
                                f"was posted for them (POST /users/{{user}}/events first)", status=404)
-        with record.lock, torch.no_grad():
-            history = record.history()
-            if self.cache is not None:
-                scores = self.model.score(self._state(user, record))[0]
-            else:
-                scores = self._encode(history)
-        scores = scores.clone()
-        scores[0] = -torch.inf  # the padding item
-        if exclude_seen:
-            scores[torch.as_tensor(history, device=scores.device)] = -torch.inf
-        top = torch.topk(scores, min(k, int(torch.isfinite(scores).sum())))
-        return self._item_tokens[top.indices.cpu().numpy()].tolist(), top.values.tolist()
+        with record.lock:
+            return self.worker.submit("recommend", user=user, record=record, k=k, exclude_seen=exclude_seen)
 
-    def _encode(self, history: np.ndarray) -> torch.Tensor:
-        """(n_items,) scores after the last L events, re-encoded: the offline ``recommend``'s."""
+    # -- the model's work, in the worker's thread: every job waiting, as one batch
+    def _run_batch(self, jobs: list[Job]) -> None:
+        """Steps for the "step" jobs, top-k for the "recommend" jobs (a user is in one job at most)."""
+        with torch.no_grad():
+            steps = [j for j in jobs if j.kind == "step"]
+            if steps:
+                try:
+                    self._step_batch(steps)
+                except BaseException:
+                    for job in steps:  # perhaps stepped part of the way: rebuilt from the seed next time
+                        self.cache.discard(job.args["user"])
+                    raise
+            wanted = [j for j in jobs if j.kind == "recommend"]
+            if wanted:
+                self._recommend_batch(wanted)
+
+    def _states(self, wanted: list[tuple[str, UserRecord, int]]) -> list[StepState]:
+        """Each user's state after ``upto`` appended events: cached, or built (all missing ones in one
+        chunked pass) and cached."""
+        states: list[StepState | None] = [self.cache.get(user) for user, _, _ in wanted]
+        missing = [i for i, state in enumerate(states) if state is None]
+        seeds = {i: self._seed(wanted[i][1], wanted[i][2]) for i in missing}
+        for i in [i for i in missing if len(seeds[i]) == 0]:
+            states[i] = self.model.init_state(1)
+        built = [i for i in missing if len(seeds[i])]
+        if built:
+            lengths = torch.tensor([len(seeds[i]) for i in built], device=self.device)
+            seq = torch.zeros(len(built), int(lengths.max()), dtype=torch.long)  # (B, n) right-padded
+            for row, i in enumerate(built):
+                seq[row, : len(seeds[i])] = torch.as_tensor(seeds[i])
+            for i, state in zip(built, self.stack.split(self.model.state_from(seq.to(self.device), lengths),
+                                                         len(built))):
+                states[i] = state
+        for i in missing:
+            self.cache.put(wanted[i][0], states[i])
+        return states
+
+    def _step_batch(self, jobs: list[Job]) -> None:
+        states = self._states([(j.args["user"], j.args["record"], j.args["before"]) for j in jobs])
+        current: dict[int, StepState] = {}
+        for n, (job, state) in enumerate(zip(jobs, states)):
+            record, ids = job.args["record"], job.args["ids"]
+            if self.bounded and int(state.length[0]) + len(ids) > self.max_length:
+                state = self._build(record, len(record.events))  # learned positions end at L: the last L afresh
+                self.cache.put(job.args["user"], state)
+            else:
+                current[n] = state
+        rounds = max((len(jobs[n].args["ids"]) for n in current), default=0)
+        for r in range(rounds):  # one item of every job that has an r-th, as one step
+            active = [n for n in current if len(jobs[n].args["ids"]) > r]
+            batch = self.stack.stack([current[n] for n in active])
+            items = torch.tensor([jobs[n].args["ids"][r] for n in active], device=self.device)  # (B,)
+            self.model.step(batch, items)
+            current.update(zip(active, self.stack.split(batch, len(active))))
+        for n, state in current.items():
+            self.cache.put(jobs[n].args["user"], state)
+        for job in jobs:
+            job.result = True
+
+    def _recommend_batch(self, jobs: list[Job]) -> None:
+        records = [j.args["record"] for j in jobs]
+        histories = [r.history() for r in records]
+        if self.cache is not None:
+            states = self._states([(j.args["user"], r, len(r.events)) for j, r in zip(jobs, records)])
+            scores = self.model.score(self.stack.stack(states))  # (B, n_items + 1)
+        else:
+            scores = self._encode_batch(histories)
+        scores = scores.clone()
+        scores[:, 0] = -torch.inf  # the padding item
+        for row, (job, history) in enumerate(zip(jobs, histories)):
+            if job.args["exclude_seen"]:
+                scores[row, torch.as_tensor(history, device=scores.device)] = -torch.inf
+        top = torch.topk(scores, max(j.args["k"] for j in jobs))
+        finite = torch.isfinite(scores).sum(1).tolist()
+        values, indices = top.values.cpu(), top.indices.cpu().numpy()
+        for row, job in enumerate(jobs):
+            k = min(job.args["k"], finite[row])
+            job.result = (self._item_tokens[indices[row, :k]].tolist(), values[row, :k].tolist())
+
+    def _encode_batch(self, histories: list[np.ndarray]) -> torch.Tensor:
+        """(B, n_items + 1) scores after each history's last L events, re-encoded together."""
         from recbole.data.interaction import Interaction
 
-        seq = torch.as_tensor(history[-self.max_length:], device=self.device).unsqueeze(0)
-        batch = Interaction({self.model.ITEM_SEQ: seq,
-                             self.model.ITEM_SEQ_LEN: torch.tensor([seq.size(1)], device=self.device)})
-        return self.model.full_sort_predict(batch)[0]
+        rows = [h[-self.max_length:] for h in histories]
+        lengths = torch.tensor([len(r) for r in rows])
+        seq = torch.zeros(len(rows), int(lengths.max()), dtype=torch.long)  # (B, n) right-padded
+        for i, r in enumerate(rows):
+            seq[i, : len(r)] = torch.as_tensor(r)
+        batch = Interaction({self.model.ITEM_SEQ: seq.to(self.device),
+                             self.model.ITEM_SEQ_LEN: lengths.to(self.device)})
+        return self.model.full_sort_predict(batch)
 
     def events(self, user: str) -> int:
         """The number of events ``user`` has (0 for a user the service has never seen)."""
@@ -341,6 +399,8 @@ class Service:
             "state_dir": self.log.folder if self.log is not None else None,
             "log_records": self.log.records if self.log is not None else None,
             "log_fsyncs": self.log.fsyncs if self.log is not None else None,
+            "model_batches": self.worker.batches,
+            "model_jobs": self.worker.jobs,
         }
 
     # -- snapshots and shutting down
@@ -388,5 +448,6 @@ class Service:
         try:
             self.snapshot()
         finally:
+            self.worker.stop()
             if self.log is not None:
                 self.log.close()

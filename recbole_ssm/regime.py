@@ -45,27 +45,16 @@ from recbole.data.interaction import Interaction
 from recbole.utils.enum_type import FeatureType
 
 from recbole_ssm.errors import ConfigError
+from recbole_ssm.histories import histories_of, training_histories  # noqa: F401  (re-exported)
+from recbole_ssm.targets import (  # noqa: F401  (re-exported: the names' home is targets.py)
+    NEG_TARGETS,
+    TARGETS,
+    TRAIN_TARGETS,
+    WINDOW_REGIMES,
+    supported_targets,
+    trains_every_prefix,
+)
 from recbole_ssm.validate import positive_int, require
-
-TRAIN_TARGETS = ("last", "all", "cloze")
-WINDOW_REGIMES = ("all", "cloze")  # trained on history windows (WindowDataset and a window loader)
-# Interaction fields of an ``all`` batch besides RecBole's item list and its length:
-TARGETS = "target_item_id_list"  # (B, L) the next item at every input position, 0 on padding
-NEG_TARGETS = "neg_target_item_id_list"  # (B, L) one sampled negative per position (BPR only)
-
-
-def supported_targets(model_class) -> tuple:
-    """The ``train_targets`` values a model class can train with (RecBole's models: ``last`` only)."""
-    return getattr(model_class, "TRAIN_TARGETS", ("last",))
-
-
-def trains_every_prefix(config, model_class) -> bool:
-    """Whether the model's outputs under ``all`` are each prefix's own: a causal model's, or a
-    bidirectional one's whose ``trains_every_prefix(config)`` says so (the one-layer Hydra4Rec)."""
-    if not getattr(model_class, "bidirectional", False):
-        return True
-    exact = getattr(model_class, "trains_every_prefix", None)
-    return bool(exact and exact(config))
 
 
 def check_train_targets(config, model_class) -> str:
@@ -113,49 +102,6 @@ def check_train_targets(config, model_class) -> str:
     if value == "cloze":
         require(config, "mask_ratio", lambda v: 0.0 < float(v) < 1.0, "a fraction in (0, 1) of items to mask")
     return value
-
-
-def training_histories(dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Each user's training history, rebuilt from RecBole's prefix samples of the training split.
-
-    RecBole keeps a user's prefix samples together and in time order; the first sample's item
-    list starts the history and each sample's target extends it. Returns
-    ``(items, offsets, users)``: the histories concatenated (N,), their bounds (U + 1,) and
-    their users (U,). Raises ValueError where the samples do not chain (a RecBole change).
-    """
-    feat = dataset.inter_feat
-    seq_field, len_field = dataset.item_id_list_field, dataset.item_list_length_field
-    users = feat[dataset.uid_field].numpy()
-    targets = feat[dataset.iid_field].numpy()
-    lengths = feat[len_field].numpy()
-    lists = feat[seq_field].numpy()
-    n = len(users)
-    if n == 0:
-        empty = torch.zeros(0, dtype=torch.long)
-        return empty, torch.zeros(1, dtype=torch.long), empty
-    first = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])  # first sample of each user's run
-    if len(np.unique(users[first])) != len(first):
-        raise ValueError("training samples of a user are not contiguous: cannot rebuild histories")
-    # inside a run, sample r + 1's item list ends with sample r's target
-    inner = np.setdiff1d(np.arange(1, n), first)
-    last_input = lists[inner, lengths[inner] - 1]
-    if not np.array_equal(last_input, targets[inner - 1]):
-        raise ValueError("training samples do not chain in time order: cannot rebuild histories")
-    run_ends = np.r_[first[1:], n]
-    parts = []
-    for start, end in zip(first, run_ends):  # the first sample's item list, then the run's targets
-        parts += [lists[start, : lengths[start]], targets[start:end]]
-    sizes = (lengths[first] + run_ends - first).astype(np.int64)  # (U,)
-    items = torch.from_numpy(np.concatenate(parts).astype(np.int64))
-    offsets = torch.from_numpy(np.r_[0, np.cumsum(sizes)])
-    return items, offsets, torch.from_numpy(users[first].astype(np.int64))
-
-
-def histories_of(dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``training_histories``'s triple for a training split: the flat histories a
-    :class:`WindowDataset` keeps (``all``, ``cloze``), else rebuilt from RecBole's prefix rows (``last``)."""
-    flat = getattr(dataset, "train_histories", None)
-    return flat if flat is not None else training_histories(dataset)
 
 
 class WindowDataset(SequentialDataset):

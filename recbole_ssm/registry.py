@@ -47,7 +47,7 @@ def available_sequential_models() -> list[str]:
 
 def models_supporting(train_targets: str) -> list[str]:
     """Names of the plugin's models that train with ``train_targets`` ('last', 'all' or 'cloze')."""
-    from recbole_ssm.regime import supported_targets
+    from recbole_ssm.targets import supported_targets
 
     return sorted(name for name, cls in plugin_models().items() if train_targets in supported_targets(cls))
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from recbole_ssm.errors import ConfigError
+from recbole_ssm.histories import user_histories
 
 
 class SeenItems:
@@ -34,8 +35,6 @@ class SeenItems:
     @classmethod
     def from_dataset(cls, dataset) -> SeenItems:
         """From a built sequential data set (RecBole's prefix rows or a window regime's histories)."""
-        from recbole_ssm.serve import user_histories
-
         return cls(user_histories(dataset))
 
     def position(self, user: int, target: int, history: np.ndarray, width: int) -> int:

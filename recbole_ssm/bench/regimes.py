@@ -66,8 +66,8 @@ def window_regime(name: str, settings: dict) -> str:
     """The model's one-pass-per-window regime: ``all`` where it trains every prefix with these
     settings (the causal models, the one-layer Hydra4Rec), else ``cloze`` where it has that
     (BERT4Rec, a deeper Hydra4Rec), else ``all`` (whose config error then names the fix)."""
-    from recbole_ssm.regime import supported_targets, trains_every_prefix
     from recbole_ssm.registry import get_model
+    from recbole_ssm.targets import supported_targets, trains_every_prefix
 
     cls = get_model(name)
     targets = supported_targets(cls)

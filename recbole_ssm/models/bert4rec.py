@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from recbole.model.sequential_recommender.bert4rec import BERT4Rec as RecBoleBERT4Rec
 
-from recbole_ssm.regime import NEG_TARGETS, TARGETS
+from recbole_ssm.targets import NEG_TARGETS, TARGETS
 
 
 def fit_positions(length: int, seq: torch.Tensor, lengths: torch.Tensor, *aligned: torch.Tensor):

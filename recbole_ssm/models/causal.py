@@ -17,14 +17,15 @@ import math
 import torch
 
 from recbole_ssm.errors import ConfigError
+from recbole_ssm.histories import histories_of
 from recbole_ssm.ops.cross_entropy import (
     linear_cross_entropy,
     log_probabilities,
     sample_negatives,
     sampled_softmax_cross_entropy,
 )
-from recbole_ssm.regime import NEG_TARGETS, TARGETS, histories_of
 from recbole_ssm.settings_check import RULES
+from recbole_ssm.targets import NEG_TARGETS, TARGETS
 from recbole_ssm.validate import positive_number, require
 
 CE_CHUNK_MIB = 128.0  # logits of one chunk of positions (see ops.cross_entropy), unless ce_chunk_mib is set

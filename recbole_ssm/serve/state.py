@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from recbole_ssm.errors import UsageError
+from recbole_ssm.histories import user_histories  # noqa: F401  (recbole_ssm.serve exports it)
 from recbole_ssm.models.base import StepState
 
 
@@ -305,30 +306,6 @@ def warn_unknown(tokens: list[str]) -> None:
     shown = ", ".join(repr(t) for t in tokens[:5]) + (f" and {len(tokens) - 5} more" if len(tokens) > 5 else "")
     print(f"warning: {len(tokens)} user(s) not in the data set the model was trained on, skipped: {shown} "
           "(--strict=true makes this an error)", file=sys.stderr, flush=True)
-
-
-def user_histories(dataset) -> dict[int, np.ndarray]:
-    """Every user's items (internal ids) in time order, over all of the data set's interactions.
-
-    A :class:`~recbole_ssm.regime.WindowDataset` keeps them (``user_sequences``). RecBole's
-    SequentialDataset holds one row per prefix: a user's first row lists the first item, and
-    the rows' targets are the items after it.
-    """
-    kept = getattr(dataset, "user_sequences", None)
-    if kept is not None:
-        return kept
-    inter = dataset.inter_feat
-    users = inter[dataset.uid_field].numpy()
-    items = inter[dataset.iid_field].numpy()
-    lists = inter[dataset.item_id_list_field].numpy()
-    keys: list[np.ndarray] = [users]
-    if dataset.time_field and dataset.time_field in inter:
-        keys.insert(0, inter[dataset.time_field].numpy())
-    order = np.lexsort(keys)  # by user, then time; stable
-    users, items, lists = users[order], items[order], lists[order]
-    cuts = np.flatnonzero(np.diff(users)) + 1
-    return {int(u[0]): np.r_[first[0, :1], i] for u, i, first in
-            zip(np.split(users, cuts), np.split(items, cuts), np.split(lists, cuts)) if len(u)}
 
 
 def from_checkpoint(path: str, max_bytes: int = 256 << 20) -> Recommender:

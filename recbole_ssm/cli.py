@@ -28,17 +28,44 @@ usage: run_recbole_ssm.py [--model=NAME] [--dataset=NAME] [--config_files="a.yam
        run_recbole_ssm.py serve --checkpoint=PATH [--port=8000] [--state_dir=DIR]   an HTTP recommendation service
 
 Trains and tests one model through RecBole's pipeline and prints valid/test metrics.
-  --model         a recbole-ssm model (Mamba4Rec, Mamba2Rec / 2Mamba4Rec, Hydra4Rec, RecMamba, SeqPop;
-                  SASRec and GRU4Rec with all-position training) or any RecBole model (BERT4Rec, ...)
-  --train_targets last (RecBole's one sample per prefix), all (every position; causal models) or
-                  cloze (masked items, one pass per window; Hydra4Rec); default all for Mamba4Rec,
-                  Mamba2Rec and RecMamba, last for the others
+  --model         {models}
+  --train_targets {targets}
   --dataset       default ml-100k (shipped with RecBole); others from dataset/<name>/<name>.inter
   --config_files  space-separated yaml files, applied after the property files, before --KEY=VALUE
   --KEY=VALUE     any RecBole or model setting, e.g. --epochs=3 --learning_rate=1e-3
   --resume=PATH   continue an interrupted run from its <checkpoint>-resume.pth (its own settings)
   --nproc=N       data-parallel training in N processes (docs/distributed.md; torchrun for several machines)
 """
+
+
+
+def usage() -> str:
+    """USAGE, with the models and their default ``train_targets`` read from the registry and the
+    models' property files (``recbole_ssm.models.MODELS``)."""
+    import textwrap
+
+    from recbole_ssm.config import property_files, read_yaml
+    from recbole_ssm.models import MODELS
+    from recbole_ssm.registry import ALIASES
+
+    aliases = {model: alias for alias, model in ALIASES.items()}
+    names = [f"{n} / {aliases[n]}" if n in aliases else n for n in MODELS]
+    default = {}
+    for name in MODELS:
+        for path in property_files(name, None):
+            default[name] = read_yaml(path).get("train_targets", default.get(name))
+    window = [n + (" with one layer" if getattr(MODELS[n], "bidirectional", False) else "")
+              for n in MODELS if default[n] == "all"]
+
+    def wrap(text: str) -> str:
+        return "\n".join(textwrap.wrap(text, 100, subsequent_indent=" " * 18, initial_indent=" " * 18)).lstrip()
+
+    models = wrap(f"a recbole-ssm model ({', '.join(names)}) or any of RecBole's (Caser, NARM, ...)")
+    targets = wrap("last (RecBole's one sample per prefix), all (every position; causal models) or cloze (masked "
+                   f"items, one pass per window; bidirectional models); default all for {', '.join(window)}, "
+                   "last for the others")
+    return USAGE.replace("{models}", models).replace("{targets}", targets)
+
 
 SUBCOMMANDS = {
     "prepare": "recbole_ssm.data.cli",
@@ -82,7 +109,7 @@ def run_main(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if wants_help(argv):
-        print(USAGE, end="")
+        print(usage(), end="")
         return 0
     return guarded(_dispatch, argv)
 

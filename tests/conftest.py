@@ -68,3 +68,29 @@ def _run_in_tmp(tmp_path, monkeypatch):
     """RecBole writes log/, saved/ and log_tensorboard/ into the working directory."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RECBOLE_SSM_OFFLINE", "1")
+
+
+def models_where(test) -> list[str]:
+    """The package's models (``recbole_ssm.models.MODELS``, found by module name) whose class passes
+    ``test``: the tests' model lists follow the registry, so a new model is tested without a list to edit."""
+    from recbole_ssm.models import MODELS
+
+    return [name for name, cls in MODELS.items() if test(cls)]
+
+
+def is_ssm(cls) -> bool:
+    from recbole_ssm.models.base import SSMRecommender
+
+    return issubclass(cls, SSMRecommender)
+
+
+def trains_causally(cls) -> bool:
+    """A causal model that trains under ``all`` (every position of a window)."""
+    from recbole_ssm.targets import supported_targets
+
+    return "all" in supported_targets(cls) and not getattr(cls, "bidirectional", False)
+
+
+def steps(cls) -> bool:
+    """A causal model with the step API (``init_state``, ``step``): serving without re-encoding."""
+    return hasattr(cls, "init_state") and hasattr(cls, "step") and not getattr(cls, "bidirectional", False)

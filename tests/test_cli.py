@@ -95,6 +95,23 @@ def test_help_prints_usage(capsys):
     assert "--model" in capsys.readouterr().out
 
 
+def test_help_lists_the_models_found_in_the_models_package(monkeypatch, capsys):
+    """The --help list of models and of the models trained under 'all' by default come from
+    recbole_ssm.models.MODELS and the models' property files: a new model shows without an edit."""
+    from recbole_ssm import models
+
+    class NewRec(models.Mamba2Rec):
+        pass
+
+    assert main(["--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "Mamba2Rec / 2Mamba4Rec" in out and "NewRec" not in out
+    assert "default all for Hydra4Rec with one layer, Mamba2Rec, Mamba4Rec, RecMamba, last for the others" in out
+    monkeypatch.setitem(models.MODELS, "NewRec", NewRec)
+    assert main(["--help"]) == 0
+    assert "NewRec" in capsys.readouterr().out
+
+
 def test_split_run_args_reads_model_dataset_files_and_overrides():
     model, dataset, files, over = split_run_args(
         ["--model=SASRec", "--dataset=ml-100k", "--config_files=a.yaml b.yaml", "--epochs=3",

@@ -11,9 +11,9 @@ from recbole_ssm.errors import ConfigError
 from recbole_ssm.models import Hydra4Rec, Mamba2Rec, Mamba4Rec
 from recbole_ssm.quick_start import build_config
 from recbole_ssm.utils import count_parameters
-from tests.conftest import TINY
+from tests.conftest import TINY, is_ssm, models_where
 
-MODELS = ["Mamba4Rec", "Mamba2Rec", "Hydra4Rec", "RecMamba"]
+MODELS = models_where(is_ssm)  # Hydra4Rec, Mamba2Rec, Mamba4Rec, RecMamba
 SMALL = {"hidden_size": 16, "headdim": 8, "d_state": 8, "chunk_size": 8}
 
 

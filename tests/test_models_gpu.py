@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from recbole_ssm.ops import backend as B
+from tests.conftest import is_ssm, models_where
 from tests.test_models import dataset, random_batch  # noqa: F401  (dataset is a fixture)
 from tests.test_stepwise import stepwise_model
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
-SSMS = ["Mamba4Rec", "Mamba2Rec", "RecMamba", "Hydra4Rec"]
+SSMS = models_where(is_ssm)
 HAS_KERNELS = B.mamba_selective_scan() is not None and B.mamba_ssd() is not None
 
 

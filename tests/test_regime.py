@@ -20,9 +20,9 @@ from recbole_ssm.regime import (
     length_batches,
     training_histories,
 )
-from tests.conftest import TINY
+from tests.conftest import TINY, models_where, trains_causally
 
-CAUSAL = ["Mamba4Rec", "Mamba2Rec", "RecMamba", "SASRec", "GRU4Rec"]
+CAUSAL = models_where(trains_causally)  # GRU4Rec, Mamba2Rec, Mamba4Rec, RecMamba, SASRec
 NO_DROPOUT = {"dropout_prob": 0.0, "hidden_dropout_prob": 0.0, "attn_dropout_prob": 0.0}
 SMALL = {"hidden_size": 16, "embedding_size": 16, "inner_size": 32, "headdim": 8, "d_state": 8, "chunk_size": 4}
 

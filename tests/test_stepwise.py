@@ -7,9 +7,10 @@ import pytest
 import torch
 from recbole.data.interaction import Interaction
 
+from tests.conftest import models_where, steps
 from tests.test_models import dataset, make, random_batch  # noqa: F401  (dataset is a fixture)
 
-CAUSAL = ["Mamba4Rec", "Mamba2Rec", "RecMamba", "GRU4Rec"]
+CAUSAL = models_where(steps)  # GRU4Rec, Mamba2Rec, Mamba4Rec, RecMamba
 
 
 def full_scores(model, seq: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:

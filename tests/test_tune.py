@@ -26,7 +26,7 @@ pytest.importorskip("ray.tune")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "run_recbole_ssm.py")
-HYPER_MODELS = ("Mamba4Rec", "Mamba2Rec", "Hydra4Rec", "SASRec", "BERT4Rec", "GRU4Rec")
+HYPER_MODELS = sorted(f.removesuffix(".yaml") for f in os.listdir(os.path.join(PROPERTIES_DIR, "hyper")))  # tune spaces
 # A GRU4Rec run of seconds on the ml-tiny slice (conftest.tiny_data).
 SMALL = ["--epochs=3", "--MAX_ITEM_LIST_LENGTH=20", "--hidden_size=16", "--embedding_size=16", "--state=WARNING"]
 

@@ -76,18 +76,33 @@ def read_yaml(path: str) -> dict:
     return data
 
 
-def property_files(model_name: str, dataset: str, data_path: str | None = None) -> list[str]:
-    """The property files that apply to this model and dataset, lowest first: the package's, then
-    the data set's own yaml beside its atomic files (``data_path`` None: RecBole's ``dataset/``)."""
-    files = [os.path.join(PROPERTIES_DIR, "overall.yaml")]
-    for sub, name in (("model", model_name), ("dataset", dataset)):
-        path = os.path.join(PROPERTIES_DIR, sub, f"{name}.yaml")
-        if os.path.isfile(path):
-            files.append(path)
-    beside = os.path.join(data_path or "dataset/", dataset, f"{dataset}.yaml")
-    if os.path.isfile(beside):
-        files.append(beside)
-    return files
+def recbole_properties_dir() -> str:
+    """RecBole's own property files (``recbole/properties``)."""
+    import recbole
+
+    return os.path.join(os.path.dirname(recbole.__file__), "properties")
+
+
+def property_files(model_name: str, dataset: str | None, data_path: str | None = None,
+                   recbole: bool = False) -> list[str]:
+    """The property files that apply to this model and data set, lowest first: the package's, then
+    the data set's own yaml beside its atomic files (``data_path`` None: RecBole's ``dataset/``);
+    ``dataset`` None: none of a data set's. The one list of them, for the run's Config (which
+    reads RecBole's own files itself), the settings check and the tune spaces.
+
+    ``recbole=True`` puts first the RecBole files that declare settings: its ``overall.yaml``,
+    ``dataset/sample.yaml`` (the data keys) and the model's own file."""
+    files = []
+    if recbole:
+        rb = recbole_properties_dir()
+        files += [os.path.join(rb, "overall.yaml"), os.path.join(rb, "dataset", "sample.yaml"),
+                  os.path.join(rb, "model", f"{model_name}.yaml")]
+    files.append(os.path.join(PROPERTIES_DIR, "overall.yaml"))
+    files.append(os.path.join(PROPERTIES_DIR, "model", f"{model_name}.yaml"))
+    if dataset:
+        files.append(os.path.join(PROPERTIES_DIR, "dataset", f"{dataset}.yaml"))
+        files.append(os.path.join(data_path or "dataset/", dataset, f"{dataset}.yaml"))
+    return [f for f in files if os.path.isfile(f)]
 
 
 def merged_user_config(config_file_list: list[str] | None, config_dict: dict | None) -> dict:

@@ -37,9 +37,9 @@ _INTERNAL = {"model", "dataset", "config_files", "MODEL_TYPE", "MODEL_INPUT_TYPE
 
 
 def _recbole_properties() -> str:
-    import recbole
+    from recbole_ssm.config import recbole_properties_dir
 
-    return os.path.join(os.path.dirname(recbole.__file__), "properties")
+    return recbole_properties_dir()
 
 
 def _own_properties() -> str:
@@ -84,12 +84,10 @@ def _keys_of(path: str) -> frozenset:
 
 def declared_types(model_name: str) -> dict[str, frozenset]:
     """Each documented key's allowed types, as this model's property files declare them."""
-    rb, own = _recbole_properties(), _own_properties()
-    files = [os.path.join(rb, "overall.yaml"), os.path.join(rb, "dataset", "sample.yaml"),
-             os.path.join(own, "overall.yaml"), os.path.join(rb, "model", f"{model_name}.yaml"),
-             os.path.join(own, "model", f"{model_name}.yaml")]
+    from recbole_ssm.config import property_files
+
     out: dict[str, frozenset] = {}
-    for path in files:  # later files (the model's) win
+    for path in property_files(model_name, None, recbole=True):  # later files (the package's model file) win
         out.update({k: v[0] for k, v in _declarations(path).items()})
     return out
 

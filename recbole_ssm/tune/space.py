@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import yaml
 
-from recbole_ssm.config import PROPERTIES_DIR, parse_value, read_yaml
+from recbole_ssm.config import PROPERTIES_DIR, parse_value, property_files, read_yaml, recbole_properties_dir
 from recbole_ssm.errors import UsageError
 
 Number = (int, float)
@@ -83,32 +83,14 @@ class Param:
     args: list
 
 
-def _recbole_properties() -> str:
-    import recbole
-
-    return os.path.join(os.path.dirname(recbole.__file__), "properties")
-
-
 def known_keys(model: str, dataset: str | None = None) -> set[str]:
     """Settings a space may search for ``model``: its property files, RecBole's and recbole-ssm's."""
     from recbole_ssm.registry import canonical_name
 
-    model = canonical_name(model)
-    rb = _recbole_properties()
-    files = [
-        os.path.join(rb, "overall.yaml"),
-        os.path.join(rb, "dataset", "sample.yaml"),
-        os.path.join(rb, "model", f"{model}.yaml"),
-        os.path.join(PROPERTIES_DIR, "overall.yaml"),
-        os.path.join(PROPERTIES_DIR, "model", f"{model}.yaml"),
-    ]
-    if dataset:
-        files.append(os.path.join(PROPERTIES_DIR, "dataset", f"{dataset}.yaml"))
     keys: set[str] = set()
-    for path in files:
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                keys.update((yaml.safe_load(f) or {}).keys())
+    for path in property_files(canonical_name(model), dataset, recbole=True):
+        with open(path, encoding="utf-8") as f:
+            keys.update((yaml.safe_load(f) or {}).keys())
     return keys
 
 
@@ -121,7 +103,7 @@ def model_has_properties(model: str) -> bool:
         os.path.isfile(p)
         for p in (
             os.path.join(PROPERTIES_DIR, "model", f"{model}.yaml"),
-            os.path.join(_recbole_properties(), "model", f"{model}.yaml"),
+            os.path.join(recbole_properties_dir(), "model", f"{model}.yaml"),
         )
     )
 

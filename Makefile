@@ -9,7 +9,7 @@ DATASET ?= ml-100k
 # The quick start trains to early stopping (RecBole's default: up to 300 epochs, stopping after 10
 # without a better validation NDCG@10): under Mamba2Rec's default train_targets=all an ml-100k epoch
 # takes seconds on 2 CPU cores. A model under RecBole's prefix regime takes minutes an epoch there:
-# give it a budget, e.g. make run MODEL=Hydra4Rec ARGS=--epochs=3.
+# give it a budget, e.g. make run MODEL=SASRec ARGS=--epochs=3.
 ARGS ?=
 
 .PHONY: venv run test lint bench clean

@@ -21,6 +21,7 @@ from recbole_ssm.errors import Interrupted, UsageError
 from recbole_ssm.regime import check_train_targets, create_dataset, prepare_data
 from recbole_ssm.registry import canonical_name, get_model
 from recbole_ssm.settings_check import check_user_settings
+from recbole_ssm.targets import trains_every_prefix
 from recbole_ssm.trainer import get_trainer, load_weights
 from recbole_ssm.utils import best_epoch, count_parameters
 
@@ -61,6 +62,13 @@ def build_config(
             # RecBole validates settings in Config (metrics, topk, CE with negatives, ...)
             reason = " ".join(str(exc).split()) or type(exc).__name__
             raise UsageError(f"invalid configuration: {reason}") from None
+    if "train_targets" not in user and config["train_targets"] == "all" \
+            and not trains_every_prefix(config, model_class):
+        # a default of 'all' that these settings cannot train exactly (Hydra4Rec with more than one layer)
+        config["train_targets"] = "last"
+        print(f"note: {model_class.__name__} trains under train_targets=last with these settings (its default 'all' "
+              "needs num_layers=1 or causal=True); choose with --train_targets=last or cloze", file=sys.stderr,
+              flush=True)
     check_train_targets(config, model_class)
     seen.check(config)
     check_dataset_files(config)

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from recbole_ssm import config as cfg
-from recbole_ssm.errors import UsageError
+from recbole_ssm.errors import ConfigError, UsageError
 from recbole_ssm.quick_start import build_config
 from tests.conftest import write_ml100k_slice
 
@@ -86,11 +86,12 @@ def test_project_defaults_follow_the_evaluation_protocol(tiny_data):
 
 @pytest.mark.parametrize("model,regime", [
     ("Mamba4Rec", "all"), ("Mamba2Rec", "all"), ("2Mamba4Rec", "all"), ("RecMamba", "all"),
-    ("Hydra4Rec", "last"), ("SASRec", "last"), ("GRU4Rec", "last"), ("BERT4Rec", "last"),
+    ("Hydra4Rec", "all"), ("SASRec", "last"), ("GRU4Rec", "last"), ("BERT4Rec", "last"),
 ])
 def test_default_training_regime(model, regime, tiny_data):
     # the causal SSMs train on every position by default (as accurate as RecBole's prefixes at
-    # convergence, docs/results.md); Hydra4Rec and RecBole's own models keep RecBole's regime
+    # convergence, docs/results.md), and so does the one-layer Hydra4Rec (its every-prefix pass is
+    # exact); RecBole's own models keep RecBole's regime
     config, _ = build_config(model, "ml-tiny", None, {"data_path": tiny_data})
     assert (config["train_targets"] or "last") == regime
     assert config["train_window_batch_size"] == 32
@@ -160,3 +161,16 @@ def test_progress_bars_follow_the_terminal_unless_set(tiny_data, monkeypatch):
     assert config["show_progress"] is True
     config, _ = build_config("SASRec", "ml-tiny", None, {"data_path": tiny_data, "show_progress": False})
     assert config["show_progress"] is False
+
+
+def test_hydra4rec_with_more_layers_falls_back_to_last_unless_all_is_chosen(tiny_data, capsys):
+    """Hydra4Rec's default 'all' is exact with one layer only: with two it trains under 'last' and
+    says so in one line; asking for 'all' explicitly still gets the error that names the fixes."""
+    config, _ = build_config("Hydra4Rec", "ml-tiny", None, {"data_path": tiny_data, "num_layers": 2})
+    assert config["train_targets"] == "last"
+    err = capsys.readouterr().err
+    assert "note: Hydra4Rec trains under train_targets=last with these settings" in err and err.count("\n") == 1
+    config, _ = build_config("Hydra4Rec", "ml-tiny", None, {"data_path": tiny_data, "num_layers": 2, "causal": True})
+    assert config["train_targets"] == "all"
+    with pytest.raises(ConfigError, match="train_targets=all cannot train Hydra4Rec with num_layers=2"):
+        build_config("Hydra4Rec", "ml-tiny", None, {"data_path": tiny_data, "num_layers": 2, "train_targets": "all"})

@@ -65,7 +65,7 @@ def restore_numpy_aliases() -> list[str]:
 # imported with recbole.model.sequential_recommender (for SASRec, GRU4Rec, BERT4Rec, any model
 # lookup, any checkpoint): from then on every backward pass of every model in the process checks
 # each gradient for NaN and every forward op records a traceback (about a fifth of a CPU training
-# step; docs/results.md). That package is imported here, and the process's anomaly setting is put
+# step; docs/journal/2026-12-results.md). That package is imported here, and the process's anomaly setting is put
 # back as it was before the import.
 RECBOLE_SEQUENTIAL = "recbole.model.sequential_recommender"
 

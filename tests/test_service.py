@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -614,3 +615,36 @@ def test_state_stack_splits_back_what_it_stacked():
             assert torch.equal(a.hidden, b.hidden) and torch.equal(a.length, b.length)
             for la, lb in zip(a.layers, b.layers):
                 assert all(torch.equal(x, y) for x, y in zip(la, lb))
+
+
+# -- bench serve
+
+
+def test_bench_serve_loads_a_service_and_checks_its_answers_against_the_offline_ones(mamba2, tmp_path, capsys):
+    """``bench serve`` on a checkpoint: a service subprocess, a warm-up, two closed-loop phases of
+    events and top-10 requests with no errors, and every checked user's top 10 equal to the
+    offline recommendation on the same history."""
+    _, path = mamba2
+    out = tmp_path / "serve"
+    assert main(["bench", "serve", f"--checkpoints={path}", "--users=30", "--clients=1,3", "--duration=2",
+                 "--max_requests=200", "--check_users=10", f"--output={out}"]) == 0
+    records = json.loads((out / "serve.json").read_text())
+    assert [r["model"] for r in records] == ["Mamba2Rec"]
+    record = records[0]
+    assert [p["clients"] for p in record["phases"]] == [1, 3]
+    for phase in record["phases"]:
+        assert phase["errors"] == 0 and 0 < phase["requests"] <= 200
+        assert phase["events"] > 0 and phase["recommendations"] > 0
+        assert phase["throughput_rps"] > 0 and 0 < phase["p50_ms"] <= phase["p99_ms"]
+    check = record["check"]
+    assert check["users"] == 10 and check["same_top10"] == 10 and check["max_score_diff"] < 1e-4
+    assert re.search(r"^\| Mamba2Rec +\| 3 +\| ", (out / "serve.md").read_text(), re.M)
+
+
+def test_bench_serve_refuses_bad_options_in_one_line(capsys):
+    for argv, message in ((["--models=SASRec", "--checkpoints=a.pth"], "--models=A,B (with --dataset) or"),
+                          (["--checkpoints=a.pth", "--event_share=1.5"], "--event_share is a fraction from 0 to 1"),
+                          (["--checkpoints=a.pth", "--clients=0"], "--clients takes counts >= 1")):
+        assert main(["bench", "serve", *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err

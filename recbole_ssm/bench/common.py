@@ -247,9 +247,10 @@ def worker_entry(argv: list[str], work) -> int:
 # memory
 
 
-def _status_kib(field_name: str) -> int | None:
+def status_kib(field_name: str, pid: int | str = "self") -> int | None:
+    """A memory field of /proc/PID/status (VmRSS, VmHWM, ...) in KiB; None where there is none."""
     try:
-        with open("/proc/self/status", encoding="ascii") as f:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
             for line in f:
                 if line.startswith(field_name + ":"):
                     return int(line.split()[1])
@@ -290,12 +291,12 @@ class CpuPeakMemory:
                 f.write("5")
         except OSError:
             self.method = "ru_maxrss"
-        self.baseline_kib = _status_kib("VmRSS") or 0
+        self.baseline_kib = status_kib("VmRSS") or 0
         return self
 
     def __exit__(self, *exc) -> None:
         if self.method == "VmHWM reset":
-            self.peak_kib = _status_kib("VmHWM") or 0
+            self.peak_kib = status_kib("VmHWM") or 0
         else:
             import resource
 

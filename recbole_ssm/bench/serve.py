@@ -164,18 +164,16 @@ class Service:
         raise RuntimeError(f"the service did not answer /health within {timeout:.0f} s: {self.log.name}")
 
     def peak_rss_mib(self) -> float:
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-        return float("nan")
+        return self._mib("VmHWM")
 
     def rss_mib(self) -> float:
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        return float("nan")
+        return self._mib("VmRSS")
+
+    def _mib(self, field_name: str) -> float:
+        from recbole_ssm.bench.common import status_kib
+
+        kib = status_kib(field_name, self.proc.pid)
+        return float("nan") if kib is None else kib / 1024
 
     def stop(self) -> None:
         if self.proc.poll() is None:

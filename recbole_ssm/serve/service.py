@@ -47,7 +47,7 @@ from recbole_ssm.errors import UsageError
 from recbole_ssm.models.base import StepState
 from recbole_ssm.serve.batching import Job, ModelWorker, StateStack
 from recbole_ssm.serve.log import EventLog, LogError, Recovered
-from recbole_ssm.serve.state import Recommender, StateCache, stepwise
+from recbole_ssm.serve.state import Recommender, StateCache, pad_right, stepwise
 
 MAX_USER_TOKEN = 1000  # characters
 MAX_BATCH = 10_000  # items in one request
@@ -234,16 +234,16 @@ class Service:
             return np.concatenate([record.base, record.appended(upto)])[-self.max_length:]
         return np.concatenate([record.base[-self.max_length:], record.appended(upto)])
 
-    def _build(self, record: UserRecord, upto: int) -> StepState:
-        seed = self._seed(record, upto)
-        if len(seed) == 0:
-            return self.model.init_state(1)
-        seq = torch.as_tensor(seed, device=self.device).unsqueeze(0)  # (1, n)
-        return self.model.state_from(seq, torch.tensor([len(seed)], device=self.device))
-
-    def _state(self, user: str, record: UserRecord) -> StepState:
-        """The user's state after every appended event: cached, or rebuilt and cached."""
-        return self._states([(user, record, len(record.events))])[0]
+    def _built(self, seeds: list[np.ndarray]) -> list[StepState]:
+        """The state after reading each seed: an empty seed's is fresh, the others are read in one
+        chunked pass over their right-padded batch."""
+        states = [self.model.init_state(1) if len(seed) == 0 else None for seed in seeds]
+        rows = [i for i, seed in enumerate(seeds) if len(seed)]
+        if rows:
+            seq, lengths = pad_right([seeds[i] for i in rows], self.device)  # (B, n), (B,)
+            for i, state in zip(rows, self.stack.split(self.model.state_from(seq, lengths), len(rows))):
+                states[i] = state
+        return states
 
     # -- the API
     def post_events(self, user: str, items: Sequence[str]) -> int:
@@ -307,32 +307,20 @@ class Service:
         chunked pass) and cached."""
         states: list[StepState | None] = [self.cache.get(user) for user, _, _ in wanted]
         missing = [i for i, state in enumerate(states) if state is None]
-        seeds = {i: self._seed(wanted[i][1], wanted[i][2]) for i in missing}
-        for i in [i for i in missing if len(seeds[i]) == 0]:
-            states[i] = self.model.init_state(1)
-        built = [i for i in missing if len(seeds[i])]
-        if built:
-            lengths = torch.tensor([len(seeds[i]) for i in built], device=self.device)
-            seq = torch.zeros(len(built), int(lengths.max()), dtype=torch.long)  # (B, n) right-padded
-            for row, i in enumerate(built):
-                seq[row, : len(seeds[i])] = torch.as_tensor(seeds[i])
-            for i, state in zip(built, self.stack.split(self.model.state_from(seq.to(self.device), lengths),
-                                                         len(built))):
-                states[i] = state
-        for i in missing:
-            self.cache.put(wanted[i][0], states[i])
+        for i, state in zip(missing, self._built([self._seed(wanted[i][1], wanted[i][2]) for i in missing])):
+            states[i] = state
+            self.cache.put(wanted[i][0], state)
         return states
 
     def _step_batch(self, jobs: list[Job]) -> None:
         states = self._states([(j.args["user"], j.args["record"], j.args["before"]) for j in jobs])
-        current: dict[int, StepState] = {}
-        for n, (job, state) in enumerate(zip(jobs, states)):
-            record, ids = job.args["record"], job.args["ids"]
-            if self.bounded and int(state.length[0]) + len(ids) > self.max_length:
-                state = self._build(record, len(record.events))  # learned positions end at L: the last L afresh
-                self.cache.put(job.args["user"], state)
-            else:
-                current[n] = state
+        # learned positions end at L (RecMamba): a state that would step past them reads the last L afresh
+        rebuilt = {n for n, (job, state) in enumerate(zip(jobs, states))
+                   if self.bounded and int(state.length[0]) + len(job.args["ids"]) > self.max_length}
+        seeds = [self._seed(jobs[n].args["record"], len(jobs[n].args["record"].events)) for n in sorted(rebuilt)]
+        for n, state in zip(sorted(rebuilt), self._built(seeds)):
+            self.cache.put(jobs[n].args["user"], state)
+        current = {n: state for n, state in enumerate(states) if n not in rebuilt}
         rounds = max((len(jobs[n].args["ids"]) for n in current), default=0)
         for r in range(rounds):  # one item of every job that has an r-th, as one step
             active = [n for n in current if len(jobs[n].args["ids"]) > r]
@@ -346,37 +334,26 @@ class Service:
             job.result = True
 
     def _recommend_batch(self, jobs: list[Job]) -> None:
+        """Each job's top k, by the offline ``recommend``'s scoring (``recbole_ssm.scoring``): from the
+        users' states, or by re-encoding their last L events."""
+        from recbole_ssm.scoring import dense_topk, seen_pairs, topk_items
+
         records = [j.args["record"] for j in jobs]
         histories = [r.history() for r in records]
+        nothing = np.zeros(0, dtype=np.int64)
+        exclude = seen_pairs([h if j.args["exclude_seen"] else nothing for j, h in zip(jobs, histories)],
+                             self.device)
+        k = max(j.args["k"] for j in jobs)
         if self.cache is not None:
             states = self._states([(j.args["user"], r, len(r.events)) for j, r in zip(jobs, records)])
-            scores = self.model.score(self.stack.stack(states))  # (B, n_items + 1)
+            top = dense_topk(self.model.score(self.stack.stack(states)), k, exclude)  # scores (B, n_items + 1)
         else:
-            scores = self._encode_batch(histories)
-        scores = scores.clone()
-        scores[:, 0] = -torch.inf  # the padding item
-        for row, (job, history) in enumerate(zip(jobs, histories)):
-            if job.args["exclude_seen"]:
-                scores[row, torch.as_tensor(history, device=scores.device)] = -torch.inf
-        top = torch.topk(scores, max(j.args["k"] for j in jobs))
-        finite = torch.isfinite(scores).sum(1).tolist()
+            top = topk_items(self.model, *pad_right([h[-self.max_length:] for h in histories], self.device), k,
+                             exclude)
         values, indices = top.values.cpu(), top.indices.cpu().numpy()
-        for row, job in enumerate(jobs):
-            k = min(job.args["k"], finite[row])
-            job.result = (self._item_tokens[indices[row, :k]].tolist(), values[row, :k].tolist())
-
-    def _encode_batch(self, histories: list[np.ndarray]) -> torch.Tensor:
-        """(B, n_items + 1) scores after each history's last L events, re-encoded together."""
-        from recbole.data.interaction import Interaction
-
-        rows = [h[-self.max_length:] for h in histories]
-        lengths = torch.tensor([len(r) for r in rows])
-        seq = torch.zeros(len(rows), int(lengths.max()), dtype=torch.long)  # (B, n) right-padded
-        for i, r in enumerate(rows):
-            seq[i, : len(r)] = torch.as_tensor(r)
-        batch = Interaction({self.model.ITEM_SEQ: seq.to(self.device),
-                             self.model.ITEM_SEQ_LEN: lengths.to(self.device)})
-        return self.model.full_sort_predict(batch)
+        for row, job in enumerate(jobs):  # fewer than k where the user has seen nearly everything
+            n = min(job.args["k"], int(torch.isfinite(values[row]).sum()))
+            job.result = (self._item_tokens[indices[row, :n]].tolist(), values[row, :n].tolist())
 
     def events(self, user: str) -> int:
         """The number of events ``user`` has (0 for a user the service has never seen)."""

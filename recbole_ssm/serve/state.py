@@ -33,6 +33,15 @@ from recbole_ssm.histories import user_histories  # noqa: F401  (recbole_ssm.ser
 from recbole_ssm.models.base import StepState
 
 
+def pad_right(rows: Sequence[np.ndarray], device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Item-id rows as one right-padded batch: (seq (B, n), lengths (B,)) on ``device``."""
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+    seq = torch.zeros(len(rows), int(lengths.max()), dtype=torch.long)
+    for i, r in enumerate(rows):
+        seq[i, : len(r)] = torch.as_tensor(r)
+    return seq.to(device), lengths.to(device)
+
+
 def stepwise(model) -> bool:
     """Whether ``model`` updates a user's state one item at a time."""
     return callable(getattr(model, "init_state", None)) and not getattr(model, "bidirectional", False)
@@ -209,11 +218,7 @@ class Recommender:
         return history
 
     def _pad(self, rows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
-        seq = torch.zeros(len(rows), int(lengths.max()), dtype=torch.long)
-        for i, r in enumerate(rows):
-            seq[i, : len(r)] = torch.as_tensor(r)
-        return seq.to(self._device), lengths.to(self._device)
+        return pad_right(rows, self._device)
 
     # -- one user, step by step
     def observe(self, user: str, items: Sequence[str]) -> int:

@@ -38,7 +38,6 @@ Trains and tests one model through RecBole's pipeline and prints valid/test metr
 """
 
 
-
 def usage() -> str:
     """USAGE, with the models and their default ``train_targets`` read from the registry and the
     models' property files (``recbole_ssm.models.MODELS``)."""

@@ -36,18 +36,6 @@ _INTERNAL = {"model", "dataset", "config_files", "MODEL_TYPE", "MODEL_INPUT_TYPE
              "valid_neg_sample_args", "test_neg_sample_args", "verbose", "strict_config"}
 
 
-def _recbole_properties() -> str:
-    from recbole_ssm.config import recbole_properties_dir
-
-    return recbole_properties_dir()
-
-
-def _own_properties() -> str:
-    from recbole_ssm.config import PROPERTIES_DIR
-
-    return PROPERTIES_DIR
-
-
 @functools.cache
 def _declarations(path: str) -> dict[str, tuple[frozenset, Any]]:
     """``{key: (allowed type names, default)}`` of the top-level keys of one yaml file with a ``# (type)`` note."""
@@ -96,7 +84,9 @@ def declared_types(model_name: str) -> dict[str, frozenset]:
 def known_keys() -> frozenset:
     """Every key any property file of RecBole or recbole-ssm sets, and RecBole's internal ones."""
     keys = set(_INTERNAL)
-    for root in (_recbole_properties(), _own_properties()):
+    from recbole_ssm.config import PROPERTIES_DIR, recbole_properties_dir
+
+    for root in (recbole_properties_dir(), PROPERTIES_DIR):
         for path in glob.glob(os.path.join(root, "**", "*.yaml"), recursive=True):
             if os.path.basename(os.path.dirname(path)) in ("dataset",) and "url" in os.path.basename(path):
                 continue  # download addresses, not settings

@@ -20,8 +20,6 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import yaml
-
 from recbole_ssm.config import PROPERTIES_DIR, parse_value, property_files, read_yaml, recbole_properties_dir
 from recbole_ssm.errors import UsageError
 
@@ -89,8 +87,7 @@ def known_keys(model: str, dataset: str | None = None) -> set[str]:
 
     keys: set[str] = set()
     for path in property_files(canonical_name(model), dataset, recbole=True):
-        with open(path, encoding="utf-8") as f:
-            keys.update((yaml.safe_load(f) or {}).keys())
+        keys.update(read_yaml(path))
     return keys
 
 

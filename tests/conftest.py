@@ -89,8 +89,3 @@ def trains_causally(cls) -> bool:
     from recbole_ssm.targets import supported_targets
 
     return "all" in supported_targets(cls) and not getattr(cls, "bidirectional", False)
-
-
-def steps(cls) -> bool:
-    """A causal model with the step API (``init_state``, ``step``): serving without re-encoding."""
-    return hasattr(cls, "init_state") and hasattr(cls, "step") and not getattr(cls, "bidirectional", False)

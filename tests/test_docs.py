@@ -132,8 +132,9 @@ def accepted(name: str) -> frozenset | None:
         return frozenset(s.lstrip("-") for a in build_parser()._actions for s in a.option_strings)
     if name == "":
         return frozenset(settings)
-    modules = {"recommend": "recbole_ssm.recommend", "evaluate": "recbole_ssm.evaluate",
-               "serve": "recbole_ssm.serve.cli", "tune": "recbole_ssm.tune.cli"}
+    from recbole_ssm.cli import SUBCOMMANDS
+
+    modules = {sub: SUBCOMMANDS[sub] for sub in ("recommend", "evaluate", "serve", "tune")}  # with OPTIONS
     if name.startswith("bench "):
         from recbole_ssm.bench.cli import COMMANDS
 

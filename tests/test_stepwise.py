@@ -7,10 +7,11 @@ import pytest
 import torch
 from recbole.data.interaction import Interaction
 
-from tests.conftest import models_where, steps
+from recbole_ssm.serve.state import stepwise
+from tests.conftest import models_where
 from tests.test_models import dataset, make, random_batch  # noqa: F401  (dataset is a fixture)
 
-CAUSAL = models_where(steps)  # GRU4Rec, Mamba2Rec, Mamba4Rec, RecMamba
+CAUSAL = models_where(stepwise)  # the step API (what the service steps): GRU4Rec, Mamba2Rec, Mamba4Rec, RecMamba
 
 
 def full_scores(model, seq: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:

@@ -38,6 +38,7 @@ import numpy as np
 
 from recbole_ssm.errors import UsageError
 from recbole_ssm.options import Opt, parse, wants_help
+from recbole_ssm.utils import atomic_write_text
 
 USAGE = """\
 usage: run_recbole_ssm.py bench serve (--models=A,B --dataset=NAME | --checkpoints=CK1,CK2)
@@ -427,11 +428,8 @@ def main(argv: list[str]) -> int:
     for label, checkpoint in pairs:
         record = bench_model(label, checkpoint, opts, clients)
         records.append(record)
-        with open(os.path.join(out, "serve.json.tmp"), "w") as f:
-            json.dump(records, f, indent=1)
-        os.replace(os.path.join(out, "serve.json.tmp"), os.path.join(out, "serve.json"))
+        atomic_write_text(os.path.join(out, "serve.json"), json.dumps(records, indent=1))
     text = table(records)
-    with open(os.path.join(out, "serve.md"), "w") as f:
-        f.write(text + "\n")
+    atomic_write_text(os.path.join(out, "serve.md"), text + "\n")
     print(text)
     return 0

@@ -92,8 +92,32 @@ def split_run_args(argv: list[str]) -> tuple[str | None, str | None, list[str], 
     return model, dataset, (files.split() if files else []), overrides
 
 
+def format_result(out) -> str:
+    """What a training run prints: the run in one line, its valid and test metrics, and where its
+    checkpoint went (``out``: ``quick_start.RunOutput``)."""
+    from recbole_ssm.utils import best_epoch, format_metrics
+
+    lines = [f"model={out.config['model']} dataset={out.config['dataset']} "
+             f"params={out.params[0]} (without embeddings {out.params[1]}) "
+             f"fit={out.timings.get('fit_s', 0):.1f}s"]
+    # the regime trained and where early stopping found the kept checkpoint (0-based epochs)
+    trainer = out.trainer
+    scores = trainer.valid_scores if trainer is not None else out.timings.get("valid_scores")
+    epochs = trainer.epoch_times if trainer is not None else out.timings.get("epoch_times")
+    if scores and epochs:
+        best = best_epoch(scores, bool(out.config["valid_metric_bigger"]))
+        lines[0] += f" train_targets={out.config['train_targets'] or 'last'} epochs={len(epochs)} best_epoch={best}"
+    for name, res in (("valid", out.result["best_valid_result"]), ("test", out.result["test_result"])):
+        lines.append(format_metrics(name, res))
+    if out.saved_model_file:
+        lines.append(f"saved {out.saved_model_file}")
+        command = f"python run_recbole_ssm.py recommend --checkpoint={out.saved_model_file} --users=all"
+        lines.append(f"  every user's top 10: {command}")
+    return "\n".join(lines)
+
+
 def run_main(argv: list[str]) -> int:
-    from recbole_ssm.quick_start import format_result, run
+    from recbole_ssm.quick_start import run
 
     model, dataset, files, overrides = split_run_args(argv)
     resume = overrides.pop("resume", None)

@@ -52,8 +52,9 @@ def main(argv: list[str]) -> int:
     if opts["by_history"] is not None:
         cuts = sorted(Opt(None, "ints", minimum=1).read("by_history", opts["by_history"]))
 
-    from recbole_ssm.quick_start import evaluation_run, format_metrics, score_splits
+    from recbole_ssm.checkpoint import evaluation_run, score_splits
     from recbole_ssm.seen import SeenItems
+    from recbole_ssm.utils import format_metrics
 
     splits = ("valid", "test") if opts["split"] == "both" else (opts["split"],)
     config, trainer, dataset, loaders = evaluation_run(opts["checkpoint"], settings)

@@ -15,15 +15,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from recbole_ssm import compat, distributed, seen
+from recbole_ssm.checkpoint import (
+    load_data,
+    load_data_and_model,  # noqa: F401  (RecBole's quick_start offers it too)
+    read_resume_state,
+    runtime_of_this_process,
+)
 from recbole_ssm.config import DEFAULT_DATASET, property_files, read_yaml, resolve_dataset, user_settings
 from recbole_ssm.data.atomic import check_dataset_files
 from recbole_ssm.errors import Interrupted, UsageError
-from recbole_ssm.regime import check_train_targets, create_dataset, prepare_data
+from recbole_ssm.regime import check_train_targets
 from recbole_ssm.registry import canonical_name, get_model
 from recbole_ssm.settings_check import check_user_settings
 from recbole_ssm.targets import trains_every_prefix
-from recbole_ssm.trainer import get_trainer, load_weights
-from recbole_ssm.utils import best_epoch, count_parameters
+from recbole_ssm.trainer import get_trainer
+from recbole_ssm.utils import count_parameters
 
 
 def build_config(
@@ -116,7 +122,7 @@ def run(
     state = read_resume_state(resume) if resume else None
     if state is not None:
         config = state["config"]
-        _runtime_of_this_process(config)
+        runtime_of_this_process(config)
         model_class = get_model(config["model"])
     else:
         config, model_class = build_config(model, dataset, config_file_list, config_dict)
@@ -156,12 +162,9 @@ def run(
 def _load_data(config, world):
     """RecBole's data set and its (train, valid, test) loaders (``train_targets`` decides the
     training loader; sharded per rank)."""
-    with compat.quiet_recbole():
-        data = create_dataset(config)
-        logging.getLogger().info(data)
-        train_data, valid_data, test_data = prepare_data(config, data)
-        if world is not None:
-            train_data = distributed.shard_train_loader(train_data, config, world)
+    data, train_data, valid_data, test_data = load_data(config, log=True)
+    if world is not None:
+        train_data = distributed.shard_train_loader(train_data, config, world)
     return data, (train_data, valid_data, test_data)
 
 
@@ -234,21 +237,6 @@ def _run_rank(model, dataset, config_file_list, config_dict, saved, callbacks, f
                      saved_model_file=out.saved_model_file, params=out.params, timings=timings)
 
 
-def read_resume_state(path: str) -> dict:
-    """A resume state written by a training run (``<checkpoint>-resume.pth``), or a one-line error."""
-    if not os.path.isfile(path):
-        raise UsageError(f"resume state not found: {path} (a run writes <checkpoint_dir>/<run>-resume.pth)")
-    try:
-        state = compat.load_checkpoint(path)
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UsageError(f"{path} is not a resume state ({type(exc).__name__}: {first})") from None
-    if not isinstance(state, dict) or state.get("format") != "recbole-ssm resume 1":
-        raise UsageError(f"{path} is not a resume state of a recbole-ssm run (a best-model checkpoint? "
-                         "resume from the -resume.pth file beside it)")
-    return state
-
-
 @contextlib.contextmanager
 def _interrupts_become_errors(trainer):
     """SIGTERM is handled like Ctrl-C while training; either ends the run with the command that
@@ -289,122 +277,3 @@ def objective_function(config_dict=None, config_file_list=None, saved=True) -> d
     """RecBole's hyper-tuning objective, through recbole-ssm (model and dataset come from the config)."""
     out = run(None, None, config_file_list, config_dict, saved)
     return {"model": out.config["model"], **out.result}
-
-
-def load_data_and_model(model_file: str, settings: dict | None = None):
-    """Rebuild config, data and model from a checkpoint written by a run.
-
-    The checkpoint is read by an unpickler that builds only RecBole's config types, tensors
-    and model classes (``compat.load_checkpoint``), so a file from elsewhere cannot run code.
-    ``settings`` replace the checkpoint's own for the evaluation (only ``eval_filter_seen``, which
-    changes no weights). Returns ``(config, model, dataset, train, valid, test)``.
-    """
-    from recbole.utils import init_logger, init_seed
-
-    if not os.path.isfile(model_file):
-        raise UsageError(f"checkpoint not found: {model_file}")
-    try:
-        checkpoint = compat.load_checkpoint(model_file)
-    except Exception as exc:  # a truncated, foreign or non-checkpoint file: pickle's many errors
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UsageError(f"{model_file} is not a checkpoint of a training run ({type(exc).__name__}: {first}); "
-                         "give a .pth file that a run wrote into its checkpoint_dir") from None
-    if not isinstance(checkpoint, dict) or not {"config", "state_dict"} <= set(checkpoint):
-        raise UsageError(f"{model_file} is not a checkpoint of a training run (no config and state_dict in it)")
-    config = checkpoint["config"]
-    for key, value in (settings or {}).items():
-        if key not in EVALUATION_SETTINGS:
-            raise UsageError(f"{key} cannot change for a trained model; "
-                             f"settings that can: {', '.join(EVALUATION_SETTINGS)}")
-        config[key] = value
-    seen.check(config)
-    _runtime_of_this_process(config)
-    init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
-    with compat.quiet_recbole():
-        data = create_dataset(config)
-        train_data, valid_data, test_data = prepare_data(config, data)
-    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-    net = get_model(config["model"])(config, train_data._dataset).to(config["device"])
-    load_weights(net, checkpoint["state_dict"], model_file, config)
-    net.load_other_parameter(checkpoint.get("other_parameter"))
-    return config, net, data, train_data, valid_data, test_data
-
-
-def _runtime_of_this_process(config) -> None:
-    """What RecBole's Config sets up when it is built, for a Config read from a checkpoint.
-
-    The device is the one this process has: a checkpoint trained on a GPU is evaluated on the
-    CPU where there is none (RecBole would call ``.to("cuda")`` and fail). The data set must be
-    where the training run read it.
-    """
-    import torch
-
-    device = torch.device(config["device"])
-    if device.type == "cuda" and not torch.cuda.is_available():
-        config["device"] = torch.device("cpu")
-        config["use_gpu"] = False
-    folder = config["data_path"]
-    if not os.path.isdir(folder):
-        raise UsageError(f"the checkpoint's data set folder {folder} does not exist here: run from the folder the "
-                         "model was trained in, or put the data set there")
-    check_dataset_files(config)
-
-
-EVALUATION_SETTINGS = ("eval_filter_seen", "eval_score_chunks")
-
-
-def evaluation_run(model_file: str, settings: dict | None = None) -> tuple[Any, Any, Any, dict]:
-    """(config, trainer, dataset, {"valid": loader, "test": loader}) for scoring a saved model on its
-    own data set (``settings``: see :func:`load_data_and_model`)."""
-    config, net, data, _train, valid, test = load_data_and_model(model_file, settings)
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
-    return config, trainer, data, {"valid": valid, "test": test}
-
-
-def evaluate_splits(model_file: str, splits=("test",), settings: dict | None = None) -> tuple[Any, dict]:
-    """(config, {split: metrics}) of a saved model on its own data set's ``splits`` ("valid",
-    "test"), as RecBole's trainer computes them, the data loaded once (``settings``: see
-    :func:`load_data_and_model`)."""
-    config, trainer, _data, loaders = evaluation_run(model_file, settings)
-    return config, score_splits(trainer, loaders, splits)
-
-
-def score_splits(trainer, loaders: dict, splits) -> dict:
-    """{split: metrics} of ``trainer``'s model on ``loaders[split]`` for each of ``splits``, as RecBole's
-    trainer computes them."""
-    with compat.quiet_recbole():
-        return {name: trainer.evaluate(loaders[name], load_best_model=False) for name in splits}
-
-
-def evaluate_checkpoint(model_file: str, split: str = "test", settings: dict | None = None) -> dict:
-    """Metrics of a saved model on its own data split, as RecBole's trainer computes them
-    (``settings``: see :func:`load_data_and_model`)."""
-    name = "test" if split == "test" else "valid"
-    return evaluate_splits(model_file, (name,), settings)[1][name]
-
-
-def format_metrics(split: str, result: dict | None) -> str:
-    """One split's metrics as the CLI prints them: ``test  hit@10=0.1234  ndcg@10=...``."""
-    return f"{split:5s} " + "  ".join(f"{k}={float(v):.4f}" for k, v in (result or {}).items())
-
-
-def format_result(out: RunOutput) -> str:
-    """Human summary printed by the CLI."""
-    lines = [f"model={out.config['model']} dataset={out.config['dataset']} "
-             f"params={out.params[0]} (without embeddings {out.params[1]}) "
-             f"fit={out.timings.get('fit_s', 0):.1f}s"]
-    # the regime trained and where early stopping found the kept checkpoint (0-based epochs)
-    trainer = out.trainer
-    scores = trainer.valid_scores if trainer is not None else out.timings.get("valid_scores")
-    epochs = trainer.epoch_times if trainer is not None else out.timings.get("epoch_times")
-    if scores and epochs:
-        best = best_epoch(scores, bool(out.config["valid_metric_bigger"]))
-        lines[0] += f" train_targets={out.config['train_targets'] or 'last'} epochs={len(epochs)} best_epoch={best}"
-    for name, res in (("valid", out.result["best_valid_result"]), ("test", out.result["test_result"])):
-        lines.append(format_metrics(name, res))
-    if out.saved_model_file:
-        lines.append(f"saved {out.saved_model_file}")
-        command = f"python run_recbole_ssm.py recommend --checkpoint={out.saved_model_file} --users=all"
-        lines.append(f"  every user's top 10: {command}")
-    return "\n".join(lines)

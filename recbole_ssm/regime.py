@@ -383,13 +383,11 @@ class ClozeDataLoader(AllPositionsDataLoader):
 
 def prepare_data(config, dataset):
     """RecBole's ``data_preparation``; under ``train_targets: all`` or ``cloze`` the training loader
-    yields windows; with ``eval_filter_seen`` the evaluation loaders carry the users' histories."""
+    yields windows. The evaluation protocol (``eval_filter_seen``) is wired by the caller:
+    ``recbole_ssm.checkpoint.load_data``."""
     from recbole.data import data_preparation
 
-    from recbole_ssm.seen import attach
-
     train, valid, test = data_preparation(config, dataset)
-    attach(config, dataset, valid, test)  # eval_filter_seen: the users' histories, for the evaluation
     loader = {"all": AllPositionsDataLoader, "cloze": ClozeDataLoader}.get(config["train_targets"] or "last")
     if loader is not None:
         train = loader(config, train._dataset, shuffle=config["shuffle"])

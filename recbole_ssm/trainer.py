@@ -18,6 +18,9 @@ import torch
 
 from recbole_ssm.errors import UsageError
 
+# The "format" field of a resume state: what recbole_ssm.checkpoint.read_resume_state accepts.
+RESUME_FORMAT = "recbole-ssm resume 1"
+
 ValidCallback = Callable[[int, float, dict], None]  # (validation index from 0, score, result)
 
 
@@ -73,7 +76,7 @@ class TrainerHooks:
         generator = getattr(train_data, "generator", None)
         numpy_state = np.random.get_state()
         return {
-            "format": "recbole-ssm resume 1",
+            "format": RESUME_FORMAT,
             "config": self.config,
             "epoch": epoch,  # the next epoch to train
             "cur_step": self.cur_step,

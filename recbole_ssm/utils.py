@@ -50,3 +50,8 @@ def best_epoch(valid_scores: list, bigger: bool = True) -> int | None:
         if best is None or (score > best[1] if bigger else score < best[1]):
             best = (epoch, score)
     return None if best is None else int(best[0])
+
+
+def format_metrics(split: str, result: dict | None) -> str:
+    """One split's metrics as the CLI prints them: ``test  hit@10=0.1234  ndcg@10=...``."""
+    return f"{split:5s} " + "  ".join(f"{k}={float(v):.4f}" for k, v in (result or {}).items())

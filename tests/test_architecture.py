@@ -106,3 +106,14 @@ def test_leaf_modules_import_nothing_of_the_package():
     graph = import_graph(package_modules())
     for leaf in ("recbole_ssm.targets", "recbole_ssm.histories", "recbole_ssm.errors"):
         assert graph[leaf] == set(), (leaf, graph[leaf])
+
+
+def test_the_data_loaders_know_nothing_of_evaluation_or_runs():
+    """regime.py builds data sets and training loaders; the evaluation protocol (seen items), the
+    checkpoint module and the run sit above it and wire it, never the other way round."""
+    graph = import_graph(package_modules())
+    above = {"recbole_ssm.seen", "recbole_ssm.checkpoint", "recbole_ssm.quick_start", "recbole_ssm.trainer",
+             "recbole_ssm.cli", "recbole_ssm.serve", "recbole_ssm.bench", "recbole_ssm.tune"}
+    assert graph["recbole_ssm.regime"] & above == set()
+    assert "recbole_ssm.regime" in graph["recbole_ssm.checkpoint"]
+    assert "recbole_ssm.seen" in graph["recbole_ssm.checkpoint"]

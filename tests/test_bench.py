@@ -86,7 +86,7 @@ def test_table_end_to_end_and_resume(tiny_data, tmp_path, capsys):
     assert ["SASRec", "2020", f"{before['test']['hit@10']:.4f}"] in [c[:3] for c in cells]  # a per-run row
     assert before["epoch_s"] == bench_table.epoch_seconds(before["epoch_times"]) > 0
     # the kept checkpoint's test with the history left out: what `evaluate --eval_filter_seen=true` gives
-    from recbole_ssm.quick_start import evaluate_checkpoint
+    from recbole_ssm.checkpoint import evaluate_checkpoint
 
     saved = [f for f in os.listdir(os.path.join(out, "saved")) if f.startswith("SASRec-") and f.endswith(".pth")]
     assert len(saved) == 1, saved

@@ -158,7 +158,8 @@ def test_cloze_loss_is_cross_entropy_at_the_masked_positions_and_trains_the_back
 
 
 def test_a_cloze_run_trains_and_its_checkpoint_reproduces_the_test_metrics(tiny_config):
-    from recbole_ssm.quick_start import evaluate_checkpoint, run
+    from recbole_ssm.checkpoint import evaluate_checkpoint
+    from recbole_ssm.quick_start import run
 
     out = run("Hydra4Rec", "ml-tiny", None, {**tiny_config, **SMALL, "train_targets": "cloze", "epochs": 2})
     assert out.config["train_targets"] == "cloze" and out.model.cloze
@@ -250,7 +251,8 @@ def test_cloze_bert4rec_reads_a_mask_token_after_the_history(cloze_data, tiny_da
 
 
 def test_a_cloze_bert4rec_run_trains_and_reproduces_its_test_metrics(tiny_config):
-    from recbole_ssm.quick_start import evaluate_checkpoint, run
+    from recbole_ssm.checkpoint import evaluate_checkpoint
+    from recbole_ssm.quick_start import run
 
     out = run("BERT4Rec", "ml-tiny", None, {**tiny_config, **BERT_SMALL, "train_targets": "cloze", "epochs": 2})
     assert out.model.cloze and out.result["best_valid_result"]["hit@10"] > 0

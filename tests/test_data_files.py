@@ -8,10 +8,11 @@ import shutil
 
 import pytest
 
+from recbole_ssm.checkpoint import evaluate_checkpoint
 from recbole_ssm.cli import main
 from recbole_ssm.data.atomic import check_inter_file
 from recbole_ssm.data.common import DataFormatError
-from recbole_ssm.quick_start import evaluate_checkpoint, run
+from recbole_ssm.quick_start import run
 from tests.conftest import TINY, ml100k_inter_path, write_ml100k_slice
 from tests.test_cli import assert_one_line_error
 

@@ -12,9 +12,10 @@ import time
 import pytest
 
 from recbole_ssm.bench import ddp
+from recbole_ssm.checkpoint import evaluate_checkpoint
 from recbole_ssm.distributed import DistributedError, free_port
 from recbole_ssm.errors import UsageError
-from recbole_ssm.quick_start import evaluate_checkpoint, run
+from recbole_ssm.quick_start import run
 from recbole_ssm.registry import get_model
 from tests.conftest import TINY
 from tests.test_cli import SCRIPT, assert_one_line_error, cli_args

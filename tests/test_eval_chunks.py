@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from recbole_ssm.quick_start import evaluate_splits, run
+from recbole_ssm.checkpoint import evaluate_splits
+from recbole_ssm.quick_start import run
 from tests.conftest import TINY
 
 SHARED_BEAUTY = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets", "amazon2014-beauty-s3rec")

@@ -52,7 +52,7 @@ def test_checkpoint_evaluates_in_a_fresh_process_to_the_training_runs_metrics(mo
                                        "checkpoint_dir": str(tmp_path / "saved")})
     code = f"""
         import json, torch
-        from recbole_ssm.quick_start import evaluate_checkpoint, load_data_and_model
+        from recbole_ssm.checkpoint import evaluate_checkpoint, load_data_and_model
         res = dict(evaluate_checkpoint({out.saved_model_file!r}, "test"))
         config, model, dataset, train, valid, test = load_data_and_model({out.saved_model_file!r})
         model.eval()
@@ -79,7 +79,7 @@ def test_a_gpu_checkpoint_evaluates_on_a_machine_without_one(tiny_config, tmp_pa
     torch.save(state, gpu_file, pickle_protocol=4)  # as RecBole writes checkpoints
     code = f"""
         import json
-        from recbole_ssm.quick_start import evaluate_checkpoint
+        from recbole_ssm.checkpoint import evaluate_checkpoint
         print(json.dumps(dict(evaluate_checkpoint({gpu_file!r}, "test"))))
     """
     done = fresh_python(code, str(tmp_path))
@@ -89,8 +89,8 @@ def test_a_gpu_checkpoint_evaluates_on_a_machine_without_one(tiny_config, tmp_pa
 
 
 def test_a_checkpoint_whose_data_set_is_gone_is_a_one_line_error(tiny_config, tmp_path):
+    from recbole_ssm.checkpoint import evaluate_checkpoint
     from recbole_ssm.errors import UsageError
-    from recbole_ssm.quick_start import evaluate_checkpoint
 
     out = run("SASRec", "ml-tiny", None, {**tiny_config, **TINY, "data_path": tiny_config["data_path"],
                                           "checkpoint_dir": str(tmp_path)})

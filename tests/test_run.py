@@ -7,9 +7,10 @@ import os
 import pytest
 
 from recbole_ssm import get_model
+from recbole_ssm.checkpoint import evaluate_checkpoint
 from recbole_ssm.cli import main
 from recbole_ssm.errors import UsageError
-from recbole_ssm.quick_start import evaluate_checkpoint, objective_function, run, run_recbole_ssm
+from recbole_ssm.quick_start import objective_function, run, run_recbole_ssm
 
 
 def test_same_seed_gives_identical_metrics(tiny_config):

@@ -54,17 +54,14 @@ def test_a_row_that_is_not_in_the_users_sequence_is_an_error():
 
 
 def _config_and_loaders(tiny_data, regime: str, max_len: int, filter_seen: bool):
-    from recbole_ssm import compat
+    from recbole_ssm.checkpoint import load_data
     from recbole_ssm.quick_start import build_config
-    from recbole_ssm.regime import create_dataset, prepare_data
 
     config, model_class = build_config("Mamba2Rec", "ml-tiny", None, {
         **TINY, "data_path": tiny_data, "headdim": 16, "MAX_ITEM_LIST_LENGTH": max_len, "train_targets": regime,
         "eval_filter_seen": filter_seen})
-    with compat.quiet_recbole():
-        dataset = create_dataset(config)
-        loaders = prepare_data(config, dataset)
-    return config, model_class, loaders
+    _dataset, *loaders = load_data(config)
+    return config, model_class, tuple(loaders)
 
 
 @pytest.mark.parametrize("regime", ["last", "all"])
@@ -134,7 +131,7 @@ def test_evaluate_command_reproduces_the_run_and_filters_on_request(checkpoint, 
 
 
 def test_only_evaluation_settings_change_for_a_checkpoint(checkpoint):
-    from recbole_ssm.quick_start import load_data_and_model
+    from recbole_ssm.checkpoint import load_data_and_model
 
     with pytest.raises(UsageError, match="learning_rate cannot change for a trained model"):
         load_data_and_model(checkpoint[0], {"learning_rate": 0.1})

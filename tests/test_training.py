@@ -6,8 +6,9 @@ import re
 
 import pytest
 
+from recbole_ssm.checkpoint import evaluate_checkpoint
 from recbole_ssm.cli import main
-from recbole_ssm.quick_start import evaluate_checkpoint, run
+from recbole_ssm.quick_start import run
 from tests.conftest import TINY, write_ml100k_slice
 
 SETTINGS = ["--epochs=2", "--MAX_ITEM_LIST_LENGTH=20", "--hidden_size=32", "--learning_rate=0.005",

@@ -316,7 +316,7 @@ def warn_unknown(tokens: list[str]) -> None:
 def from_checkpoint(path: str, max_bytes: int = 256 << 20) -> Recommender:
     """A Recommender for a checkpoint written by a recbole-ssm run, with its data set's histories;
     :meth:`Recommender.recommend` reads the run's ``eval_batch_size`` users at a time."""
-    from recbole_ssm.quick_start import load_data_and_model
+    from recbole_ssm.checkpoint import load_data_and_model
 
     config, model, dataset, _, _, _ = load_data_and_model(path)
     return Recommender(model, dataset, user_histories(dataset), max_bytes=max_bytes,

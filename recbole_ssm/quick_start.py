@@ -110,7 +110,7 @@ def run(
     resume_file: str | None = None,
 ) -> RunOutput:
     """Train and test one model; ``callbacks`` are called as ``cb(epoch, valid_score, valid_result)``
-    after each validation; ``fit_memory`` (e.g. ``bench.common.CpuPeakMemory``) measures the peak
+    after each validation; ``fit_memory`` (e.g. ``bench.memory.CpuPeakMemory``) measures the peak
     memory of training (``trainer.fit_peak_mib``). ``nproc > 1``: see recbole_ssm/distributed.py.
 
     With ``saved`` and ``resume_state`` (the default), the training state is saved before every

@@ -27,7 +27,7 @@ ValidCallback = Callable[[int, float, dict], None]  # (validation index from 0, 
 class TrainerHooks:
     """Mixin for a RecBole trainer class: ``epoch_times``, ``valid_callbacks`` and ``fit_peak_mib``.
 
-    ``fit_memory`` may be set to a context-manager factory (e.g. ``bench.common.CpuPeakMemory``)
+    ``fit_memory`` may be set to a context-manager factory (e.g. ``bench.memory.CpuPeakMemory``)
     whose ``mib`` after ``fit`` becomes ``fit_peak_mib``; on CUDA the allocator's peak is used.
     """
 

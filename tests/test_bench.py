@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from recbole_ssm.bench import common
+from recbole_ssm.bench import memory, records, report, workers
 from recbole_ssm.bench import table as bench_table
 from recbole_ssm.bench.cli import main as bench_main
 from recbole_ssm.cli import main as cli_main
@@ -68,7 +68,7 @@ def test_table_end_to_end_and_resume(tiny_data, tmp_path, capsys):
     table = open(os.path.join(out, "table.md"), encoding="utf-8").read()
     assert "Command: `python run_recbole_ssm.py bench table --models=SASRec,Hydra4Rec" in table
     assert "Latency b=16 (ms/user)" in table and "CPU cores" in table
-    from recbole_ssm.bench.common import cpu_model
+    from recbole_ssm.bench.report import cpu_model
 
     assert f" torch threads; CPU of the runs: {cpu_model()} (2 runs)" in table
 
@@ -135,7 +135,7 @@ def test_best_epoch_is_the_first_best_validation():
 
 
 def test_per_run_rows_show_each_seed():
-    spec = common.ModelSpec(label="M", name="M")
+    spec = records.ModelSpec(label="M", name="M")
     rec = {"status": "ok", "test": {"hit@10": 0.2, "ndcg@10": 0.1, "mrr@10": 0.05}, "valid": {"ndcg@10": 0.12},
            "valid_metric": "ndcg@10", "epochs": 12, "best_epoch": 1, "epoch_s": 3.14159,
            "test_seen_out": {"hit@10": 0.3, "ndcg@10": 0.16789}}
@@ -211,12 +211,12 @@ def test_efficiency_timeout_is_recorded_not_raised(tmp_path, capsys):
 def test_worker_failures_become_records(tmp_path, monkeypatch, body, status):
     (tmp_path / "fake_bench_worker.py").write_text(
         "import sys\n"
-        "from recbole_ssm.bench.common import worker_entry\n"
+        "from recbole_ssm.bench.workers import worker_entry\n"
         f"def work(spec):\n    {body}\n"
         "sys.exit(worker_entry(sys.argv[1:], work))\n"
     )
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
-    rec = common.run_worker("fake_bench_worker", {}, timeout_s=3)
+    rec = workers.run_worker("fake_bench_worker", {}, timeout_s=3)
     assert rec["status"] == status
     if status == "failed":
         assert "broken setting" in rec["error"]
@@ -225,11 +225,11 @@ def test_worker_failures_become_records(tmp_path, monkeypatch, body, status):
 def test_worker_result_is_returned(tmp_path, monkeypatch):
     (tmp_path / "ok_bench_worker.py").write_text(
         "import sys\n"
-        "from recbole_ssm.bench.common import worker_entry\n"
+        "from recbole_ssm.bench.workers import worker_entry\n"
         "sys.exit(worker_entry(sys.argv[1:], lambda spec: {'status': 'ok', 'x': spec['x'] * 2}))\n"
     )
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
-    rec = common.run_worker("ok_bench_worker", {"x": 21}, timeout_s=30)
+    rec = workers.run_worker("ok_bench_worker", {"x": 21}, timeout_s=30)
     assert rec["status"] == "ok" and rec["x"] == 42 and rec["wall_s"] > 0
 
 
@@ -276,26 +276,26 @@ def test_python_dash_m_entry_point(tmp_path):
     import subprocess
 
     proc = subprocess.run([sys.executable, "-m", "recbole_ssm.bench", "efficiency", "--models=SASRec",
-                           "--lengths=1,x"], capture_output=True, text=True, env=common.package_env())
+                           "--lengths=1,x"], capture_output=True, text=True, env=workers.package_env())
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: bad value 'x' in --lengths=1,x: expected integers >= 1"
 
 
 def test_model_specs_and_stats():
-    specs = common.parse_model_specs("SASRec,SASRec:n_layers=1:n_heads=1,2Mamba4Rec")
+    specs = records.parse_model_specs("SASRec,SASRec:n_layers=1:n_heads=1,2Mamba4Rec")
     assert [s.label for s in specs] == ["SASRec", "SASRec:n_layers=1:n_heads=1", "2Mamba4Rec"]
     assert specs[1].overrides == {"n_layers": 1, "n_heads": 1}
     assert specs[2].canonical == "Mamba2Rec"
-    assert common.mean_std([1.0, 3.0]) == (2.0, pytest.approx(2 ** 0.5))
-    assert common.mean_std([5.0]) == (5.0, 0.0)
-    table = common.markdown_table(["a", "bb"], [["1", "2"]])
+    assert report.mean_std([1.0, 3.0]) == (2.0, pytest.approx(2 ** 0.5))
+    assert report.mean_std([5.0]) == (5.0, 0.0)
+    table = report.markdown_table(["a", "bb"], [["1", "2"]])
     assert table.splitlines()[0] == "| a | bb |" and table.splitlines()[2] == "| 1 | 2  |"
 
 
 def test_cpu_peak_memory_sees_a_large_allocation():
     import numpy as np
 
-    with common.CpuPeakMemory() as mem:
+    with memory.CpuPeakMemory() as mem:
         block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
         del block
     assert mem.mib >= 60
@@ -310,24 +310,24 @@ def test_table_epoch_time_is_the_median_of_the_runs_epochs():
 def test_fingerprint_follows_property_and_config_files(tmp_path):
     cfg = tmp_path / "extra.yaml"
     cfg.write_text("learning_rate: 0.001\n")
-    before = common.settings_files_digest("2Mamba4Rec", "ml-100k", [str(cfg)])
+    before = records.settings_files_digest("2Mamba4Rec", "ml-100k", [str(cfg)])
     assert {"overall.yaml", "Mamba2Rec.yaml", "ml-100k.yaml", str(cfg)} <= set(before)
     cfg.write_text("learning_rate: 0.01\n")
-    after = common.settings_files_digest("2Mamba4Rec", "ml-100k", [str(cfg)])
+    after = records.settings_files_digest("2Mamba4Rec", "ml-100k", [str(cfg)])
     assert after[str(cfg)] != before[str(cfg)] and after["Mamba2Rec.yaml"] == before["Mamba2Rec.yaml"]
-    assert common.fingerprint({"files": after}) != common.fingerprint({"files": before})
+    assert records.fingerprint({"files": after}) != records.fingerprint({"files": before})
     # the mapping counts, not the text: a comment, a blank line and the key order change nothing
     cfg.write_text("learning_rate: 0.01\nepochs: 3\n")
-    two = common.settings_files_digest("2Mamba4Rec", "ml-100k", [str(cfg)])
+    two = records.settings_files_digest("2Mamba4Rec", "ml-100k", [str(cfg)])
     cfg.write_text("# a comment\nepochs: 3   # (int)\n\nlearning_rate: 0.01\n")
-    assert common.settings_files_digest("2Mamba4Rec", "ml-100k", [str(cfg)]) == two
+    assert records.settings_files_digest("2Mamba4Rec", "ml-100k", [str(cfg)]) == two
     cfg.write_text("learning_rate: 0.01\nepochs: 4\n")
-    assert common.settings_files_digest("2Mamba4Rec", "ml-100k", [str(cfg)])[str(cfg)] != two[str(cfg)]
+    assert records.settings_files_digest("2Mamba4Rec", "ml-100k", [str(cfg)])[str(cfg)] != two[str(cfg)]
     # a setting added at its neutral value (the behaviour from before it existed) changes nothing
     cfg.write_text("learning_rate: 0.01\nepochs: 3\nce_negatives: 0\neval_score_chunks: true\n")
-    assert common.settings_files_digest("2Mamba4Rec", "ml-100k", [str(cfg)]) == two
+    assert records.settings_files_digest("2Mamba4Rec", "ml-100k", [str(cfg)]) == two
     cfg.write_text("learning_rate: 0.01\nepochs: 3\nce_negatives: 64\n")
-    assert common.settings_files_digest("2Mamba4Rec", "ml-100k", [str(cfg)])[str(cfg)] != two[str(cfg)]
+    assert records.settings_files_digest("2Mamba4Rec", "ml-100k", [str(cfg)])[str(cfg)] != two[str(cfg)]
 
 
 def test_the_shipped_defaults_of_the_neutral_settings_are_neutral():
@@ -341,7 +341,7 @@ def test_the_shipped_defaults_of_the_neutral_settings_are_neutral():
 
     with open(os.path.join(PROPERTIES_DIR, "overall.yaml"), encoding="utf-8") as f:
         shipped = yaml.safe_load(f)
-    assert {k: shipped[k] for k in common.NEUTRAL_SETTINGS} == common.NEUTRAL_SETTINGS
+    assert {k: shipped[k] for k in records.NEUTRAL_SETTINGS} == records.NEUTRAL_SETTINGS
 
 
 def test_ops_benchmark_prints_every_row_on_tiny_sizes(capsys):
@@ -499,22 +499,22 @@ def test_table_run_stopped_mid_training_continues_from_its_last_epoch(tiny_data,
 def test_machine_line_names_the_cpu_model(tmp_path, monkeypatch):
     import platform
 
-    from recbole_ssm.bench import common
+    from recbole_ssm.bench import report
 
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD  EPYC 7B13\n\n"
                     "processor\t: 1\nmodel name\t: AMD  EPYC 7B13\n")
-    assert common.cpu_model(str(info)) == "AMD EPYC 7B13"
+    assert report.cpu_model(str(info)) == "AMD EPYC 7B13"
     monkeypatch.setattr(platform, "processor", lambda: "x86_64-fallback")
-    assert common.cpu_model(str(tmp_path / "missing")) == "x86_64-fallback"
+    assert report.cpu_model(str(tmp_path / "missing")) == "x86_64-fallback"
     info.write_text("processor\t: 0\nmodel name\t:\n")  # an empty name: the fallback, not ""
-    assert common.cpu_model(str(info)) == "x86_64-fallback"
-    monkeypatch.setattr(common, "cpu_model", lambda: "Some CPU 9000")
-    assert ", Some CPU 9000, " in common.machine_line()
+    assert report.cpu_model(str(info)) == "x86_64-fallback"
+    monkeypatch.setattr(report, "cpu_model", lambda: "Some CPU 9000")
+    assert ", Some CPU 9000, " in report.machine_line()
 
 
 def test_runs_line_names_each_runs_cpu_and_threads():
-    from recbole_ssm.bench.common import runs_line
+    from recbole_ssm.bench.report import runs_line
 
     records = [{"torch_threads": 2, "cpu": "Intel Xeon"}, {"torch_threads": 2, "cpu": "AMD EPYC 7B13"},
                {"torch_threads": 2, "cpu": "Intel Xeon"}, {"torch_threads": 1}]
@@ -564,7 +564,7 @@ def test_lengths_plot_labels_only_the_lengths(monkeypatch, tmp_path):
     from recbole_ssm.bench import lengths as bench_lengths
 
     figures = []
-    monkeypatch.setattr(common, "save_png", lambda fig, path: figures.append(fig))
+    monkeypatch.setattr(report, "save_png", lambda fig, path: figures.append(fig))
     values = {("M", n, "ndcg@10"): (0.1 + n * 1e-6, 0.0) for n in (200, 2048)}
     bench_lengths._plot(str(tmp_path / "x.png"), ["M"], [200, 2048], values, "d")
     (fig,) = figures
@@ -618,3 +618,14 @@ def test_gitignore_keeps_records_and_tables_but_not_checkpoints_logs_or_data(pat
     done = subprocess.run(["git", "check-ignore", "-q", "--no-index", path], cwd=root)
     assert done.returncode in (0, 1), f"git check-ignore failed on {path}"
     assert (done.returncode == 0) == ignored
+
+
+def test_every_bench_report_formats_a_cell_one_way():
+    from recbole_ssm.bench.report import cell
+
+    assert cell(None) == cell(float("nan")) == cell(float("nan"), 0.1, 4) == "-"
+    assert cell(0.03981, 0.00104, 4) == "0.0398 ± 0.0010" and cell(0.03981, None, 4) == "0.0398"
+    # about three significant digits for times and memory
+    assert [cell(v) for v in (0.0891, 0.5, 1.294, 18.34, 310.5, 1023.4)] == ["0.0891", "0.500", "1.29", "18.3",
+                                                                          "310", "1023"]
+    assert cell(3.46, 0.06) == "3.46 ± 0.06" and cell(12, digits=0) == "12"

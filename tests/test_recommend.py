@@ -188,6 +188,8 @@ def test_bench_recommend_times_both_paths_and_exports_a_synthetic_catalogue(chec
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert record["users"] == 120 and record["sample"] == 5 and record["rows"] == 360
     assert record["one_at_a_time_ms_per_user"] > 0 and record["batched_ms_per_user"] > 0
+    assert record["command"].endswith("bench recommend --checkpoint=" + checkpoint + " --sample=5 --k=3")
+    assert " CPU cores, " in record["machine"] and "torch " in record["machine"]
     out = tmp_path / "syn.jsonl"
     assert main(["bench", "recommend", "--synthetic", "--users=50", "--items=300", "--k=4", f"--output={out}"]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]

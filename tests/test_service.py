@@ -639,7 +639,9 @@ def test_bench_serve_loads_a_service_and_checks_its_answers_against_the_offline_
         assert phase["throughput_rps"] > 0 and 0 < phase["p50_ms"] <= phase["p99_ms"]
     check = record["check"]
     assert check["users"] == 10 and check["same_top10"] == 10 and check["max_score_diff"] < 1e-4
-    assert re.search(r"^\| Mamba2Rec +\| 3 +\| ", (out / "serve.md").read_text(), re.M)
+    report = (out / "serve.md").read_text()
+    assert re.search(r"^\| Mamba2Rec +\| 3 +\| ", report, re.M)
+    assert report.startswith("Command: `python run_recbole_ssm.py bench serve ") and "\nMachine: " in report
 
 
 def test_bench_serve_refuses_bad_options_in_one_line(capsys):

@@ -12,7 +12,7 @@ import datetime
 import os
 import sys
 
-from recbole_ssm.bench import common
+from recbole_ssm.bench import report
 from recbole_ssm.options import Opt, parse, wants_help
 from recbole_ssm.utils import atomic_write_text
 
@@ -46,7 +46,7 @@ def main(argv: list[str]) -> int:
                     "stopping_step": epochs + 1, "show_progress": False, "state": "WARNING"}
         out = run(own["model"], own["dataset"], None, settings, saved=False)
         times = out.timings.get("epoch_times") or list(out.trainer.epoch_times)
-        epoch_s = common.median(times)
+        epoch_s = report.median(times)
         first = first or epoch_s
         test = out.result["test_result"] or {}
         rows.append([own["model"], nproc, f"{epoch_s:.1f}", f"{first / epoch_s:.2f}x", len(times),
@@ -57,12 +57,12 @@ def main(argv: list[str]) -> int:
     text = (
         f"# Data-parallel training: epoch time against process count ({own['dataset']}, "
         f"train_targets={own['train_targets']})\n\n"
-        f"Command: `{command}`\n\nMachine: {common.machine_line()}; {os.cpu_count()} cores shared by the processes.\n\n"
+        f"Command: `{command}`\n\nMachine: {report.machine_line()}; {os.cpu_count()} cores shared by the processes.\n\n"
         f"Written {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}.\n\n"
-        + common.markdown_table(header, rows) + "\n"
+        + report.markdown_table(header, rows) + "\n"
     )
     os.makedirs(output, exist_ok=True)
     atomic_write_text(os.path.join(output, "ddp.md"), text)
-    atomic_write_text(os.path.join(output, "ddp.csv"), common.csv_text(header, rows))
+    atomic_write_text(os.path.join(output, "ddp.csv"), report.csv_text(header, rows))
     print(text)
     return 0

@@ -18,32 +18,24 @@ Definitions (docs/benchmarks.md):
 from __future__ import annotations
 
 import datetime
-import math
 import os
 import sys
 import time
 from typing import Any
 
-from recbole_ssm.bench.common import (
-    CpuPeakMemory,
-    ModelSpec,
-    Point,
+from recbole_ssm.bench.memory import CpuPeakMemory
+from recbole_ssm.bench.records import ModelSpec, fingerprint, parse_model_specs, record_name, settings_files_digest
+from recbole_ssm.bench.report import (
+    cell,
     cpu_model,
     csv_text,
-    exit_on_sigterm,
-    fingerprint,
     machine_line,
     markdown_table,
-    measure_points,
     median,
-    parse_model_specs,
-    record_name,
-    reuse_or_schedule,
     runs_line,
     save_png,
-    settings_files_digest,
-    worker_main,
 )
+from recbole_ssm.bench.workers import Point, exit_on_sigterm, measure_points, reuse_or_schedule, worker_main
 from recbole_ssm.errors import UsageError
 from recbole_ssm.options import Opt, parse, wants_help
 from recbole_ssm.utils import atomic_write_text
@@ -258,16 +250,6 @@ class _PeakTimer:
 # output
 
 
-def _num(v: Any, digits: int = 1) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    if abs(v) >= 100:
-        return f"{v:.0f}"
-    if abs(v) >= 10:
-        return f"{v:.1f}"
-    return f"{v:.{max(digits, 2)}f}"
-
-
 def _ratio(a: Any, b: Any) -> float | None:
     if a is None or b is None or not b:
         return None
@@ -321,8 +303,8 @@ def summary_table(rows: list[dict], baseline: str | None) -> str:
         if r["status"] != "ok":
             cells = [r["model"], str(r["length"])] + [r["status"]] * (len(header) - 2)
         else:
-            cells = [r["model"], str(r["length"]), _num(r["train_ms"]), _num(r["infer_ms_per_user"], 3),
-                     _num(r["train_mem_mib"]), _num(r["infer_mem_mib"])]
+            cells = [r["model"], str(r["length"]), cell(r["train_ms"]), cell(r["infer_ms_per_user"]),
+                     cell(r["train_mem_mib"]), cell(r["infer_mem_mib"])]
             if baseline:
                 cells += [("-" if r[k] is None else (r[k] if isinstance(r[k], str) else f"{r[k]:.2f}x"))
                           for k in ("train_ms_vs_base", "infer_ms_vs_base", "train_mem_mib_vs_base")]

@@ -76,22 +76,17 @@ def collect(output: str, models: list[str], lengths: list[int]) -> dict[tuple[st
     return out
 
 
-def _cell(mean: float, std: float, seeds: int) -> str:
-    if math.isnan(mean):
-        return "-"
-    return f"{mean:.4f}" if seeds <= 1 else f"{mean:.4f} ± {std:.4f}"
-
-
 def write_report(output: str, models: list[str], lengths: list[int], values: dict, dataset: str,
                  argv: list[str]) -> str:
     """lengths.md, lengths.csv and lengths.png (each whole or not at all); returns the markdown table."""
-    from recbole_ssm.bench.common import machine_line, markdown_table
+    from recbole_ssm.bench.report import cell, machine_line, markdown_table
 
     header = ["Model", "Metric"] + [f"L={n}" for n in lengths]
     rows, csv_lines = [], ["model,metric,length,mean,std,seeds"]
     for model in models:
         for metric, head in METRICS:
-            rows.append([model, head] + [_cell(*values[(model, n, metric)]) for n in lengths])
+            cells = (values[(model, n, metric)] for n in lengths)  # (mean, std, seeds)
+            rows.append([model, head] + [cell(m, sd if k > 1 else None, 4) for m, sd, k in cells])
             for n in lengths:
                 m, s, k = values[(model, n, metric)]
                 csv_lines.append(f"{model},{metric},{n},{'' if math.isnan(m) else f'{m:.6g}'},"
@@ -116,7 +111,7 @@ def _plot(path: str, models: list[str], lengths: list[int], values: dict, datase
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullFormatter
 
-    from recbole_ssm.bench.common import save_png
+    from recbole_ssm.bench.report import save_png
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for model in models:
@@ -153,7 +148,7 @@ def main(argv: list[str]) -> int:
     dataset = own["dataset"]
     output = own["output"] or os.path.join("results", f"lengths-{dataset}")
     from recbole_ssm.bench import table
-    from recbole_ssm.bench.common import parse_model_specs
+    from recbole_ssm.bench.records import parse_model_specs
 
     labels = [spec.label for spec in parse_model_specs(own["models"])]
     rest = [a for a in argv if a.partition("=")[0].lstrip("-") not in OPTIONS]

@@ -29,6 +29,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from recbole_ssm.bench.report import cell, cpu_model
 from recbole_ssm.options import ArgParser
 
 OPS = ("scan", "ssd", "attention", "scan_ref", "ssd_ref")
@@ -90,7 +91,7 @@ def time_ops(ops: dict[str, Callable[[], None]], repeats: int) -> dict[str, floa
 
 
 def _measure_memory_child(name: str, batch: int, L: int, a: argparse.Namespace) -> None:
-    from recbole_ssm.bench.common import CpuPeakMemory
+    from recbole_ssm.bench.memory import CpuPeakMemory
 
     make_op(name, 2, 8, a)()  # warm-up (kernel load, allocator) on a tiny input
     run = make_op(name, batch, L, a)
@@ -156,12 +157,7 @@ def step_costs(
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (
         f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, "
@@ -232,12 +228,9 @@ def _length_row(L: int, a) -> list:
         }
     full = a.batch * a.dim * L * a.d_state * 4 / 2**20
 
-    def fmt_mem(v):
-        return "n/a" if v is None else f"{v:.0f}"
-
     cells = [L, f"{t['scan'] * 1e3:.0f}", f"{t['ssd'] * 1e3:.0f}", f"{t['attention'] * 1e3:.0f}"]
-    cells += [f"{t['attention'] / t['ssd']:.2f}x", fmt_mem(mem["scan"]), fmt_mem(mem["ssd"])]
-    cells += [fmt_mem(mem["attention"]), f"{full:.0f}", ref["scan_ref / scan"], ref["ssd_ref / ssd"]]
+    cells += [f"{t['attention'] / t['ssd']:.2f}x", cell(mem["scan"], digits=0), cell(mem["ssd"], digits=0)]
+    cells += [cell(mem["attention"], digits=0), f"{full:.0f}", ref["scan_ref / scan"], ref["ssd_ref / ssd"]]
     return cells
 
 

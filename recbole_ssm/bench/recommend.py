@@ -179,6 +179,9 @@ def main(argv: list[str]) -> int:
         record = compare(opts["checkpoint"], opts["sample"], opts["k"], opts["batch_size"], opts["seed"])
     else:
         record = export_synthetic(opts)
+    from recbole_ssm.bench.report import machine_line
+
+    record.update(command="python run_recbole_ssm.py bench recommend " + " ".join(argv), machine=machine_line())
     print(json.dumps(record), flush=True)
     sys.stdout.flush()
     return 0

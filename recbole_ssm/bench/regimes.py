@@ -18,23 +18,10 @@ import os
 import sys
 import time
 
-from recbole_ssm.bench.common import (
-    CpuPeakMemory,
-    Point,
-    cpu_model,
-    csv_text,
-    exit_on_sigterm,
-    fingerprint,
-    machine_line,
-    markdown_table,
-    measure_points,
-    parse_model_specs,
-    record_name,
-    reuse_or_schedule,
-    runs_line,
-    settings_files_digest,
-    worker_main,
-)
+from recbole_ssm.bench.memory import CpuPeakMemory
+from recbole_ssm.bench.records import fingerprint, parse_model_specs, record_name, settings_files_digest
+from recbole_ssm.bench.report import cpu_model, csv_text, machine_line, markdown_table, runs_line
+from recbole_ssm.bench.workers import Point, exit_on_sigterm, measure_points, reuse_or_schedule, worker_main
 from recbole_ssm.errors import UsageError
 from recbole_ssm.options import Opt, parse, wants_help
 from recbole_ssm.utils import atomic_write_text

@@ -171,7 +171,7 @@ class Service:
         return self._mib("VmRSS")
 
     def _mib(self, field_name: str) -> float:
-        from recbole_ssm.bench.common import status_kib
+        from recbole_ssm.bench.memory import status_kib
 
         kib = status_kib(field_name, self.proc.pid)
         return float("nan") if kib is None else kib / 1024
@@ -378,7 +378,7 @@ def bench_model(label: str, checkpoint: str, opts: dict, clients: list[int]) -> 
 
 
 def table(records: list[dict]) -> str:
-    from recbole_ssm.bench.common import markdown_table
+    from recbole_ssm.bench.report import markdown_table
 
     rows = []
     base = {}
@@ -429,7 +429,10 @@ def main(argv: list[str]) -> int:
         record = bench_model(label, checkpoint, opts, clients)
         records.append(record)
         atomic_write_text(os.path.join(out, "serve.json"), json.dumps(records, indent=1))
+    from recbole_ssm.bench.report import machine_line
+
     text = table(records)
-    atomic_write_text(os.path.join(out, "serve.md"), text + "\n")
+    head = f"Command: `python run_recbole_ssm.py bench serve {' '.join(argv)}`\n\nMachine: {machine_line()}.\n\n"
+    atomic_write_text(os.path.join(out, "serve.md"), head + text + "\n")
     print(text)
     return 0

@@ -15,15 +15,9 @@ import os
 import sys
 import time
 
-from recbole_ssm.bench.common import (
-    csv_text,
-    machine_line,
-    markdown_table,
-    median,
-    parse_model_specs,
-    save_png,
-)
 from recbole_ssm.bench.efficiency import SYNTH, synthetic_config, write_synthetic_dataset
+from recbole_ssm.bench.records import parse_model_specs
+from recbole_ssm.bench.report import csv_text, machine_line, markdown_table, median, save_png
 from recbole_ssm.errors import UsageError
 from recbole_ssm.options import Opt, parse, wants_help
 from recbole_ssm.utils import atomic_write_text

@@ -19,28 +19,26 @@ import statistics
 import sys
 import time
 
-from recbole_ssm.bench.common import (
-    CpuPeakMemory,
+from recbole_ssm.bench.memory import CpuPeakMemory, process_peak_rss_mib
+from recbole_ssm.bench.records import (
     ModelSpec,
-    Point,
+    fingerprint,
+    parse_model_specs,
+    read_record,
+    record_name,
+    settings_files_digest,
+)
+from recbole_ssm.bench.report import (
+    cell,
     cpu_model,
     csv_text,
-    exit_on_sigterm,
-    fingerprint,
     machine_line,
     markdown_table,
     mean_std,
-    measure_points,
     median,
-    parse_model_specs,
-    process_peak_rss_mib,
-    read_record,
-    record_name,
-    reuse_or_schedule,
     runs_line,
-    settings_files_digest,
-    worker_main,
 )
+from recbole_ssm.bench.workers import Point, exit_on_sigterm, measure_points, reuse_or_schedule, worker_main
 from recbole_ssm.errors import UsageError
 from recbole_ssm.options import Opt, parse, wants_help
 from recbole_ssm.utils import atomic_write_text, best_epoch
@@ -199,23 +197,6 @@ def _work(spec: dict) -> dict:
 # the table
 
 
-def _fmt(mean: float, std: float, digits: int) -> str:
-    if math.isnan(mean):
-        return "-"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
-def _sig(mean: float, std: float) -> str:
-    """Times and memory: 3 significant-ish digits."""
-    if math.isnan(mean):
-        return "-"
-    if 0 < abs(mean) < 1:
-        digits = max(3, 2 - math.floor(math.log10(abs(mean))))
-    else:
-        digits = 2 if abs(mean) < 10 else (1 if abs(mean) < 1000 else 0)
-    return _fmt(mean, std, digits)
-
-
 COLUMNS = [
     # (csv name, markdown header, record getter, formatter or None for ints)
     *[(key, head, (lambda r, k=key: r["test"].get(k)), "metric") for key, head in METRICS],
@@ -259,7 +240,7 @@ def build_rows(specs: list[ModelSpec], records: dict[tuple[str, int], dict], see
                 row.append(values[0] if values else "")
                 continue
             m, s = mean_std(values)
-            md.append(_fmt(m, s, 4) if kind == "metric" else _sig(m, s))
+            md.append(cell(m, s, 4 if kind == "metric" else None))
             if not values and failed:
                 md[-1] = failed[0]["status"]
             row += ["" if math.isnan(m) else f"{m:.6g}", "" if math.isnan(s) else f"{s:.6g}"]
@@ -282,18 +263,9 @@ def _name_valid_metric(header: list[str], records: dict) -> list[str]:
     return [f"Valid {metric}" if h == "Valid" else h for h in header]
 
 
-def _nan_if_none(value: float | None) -> float:
-    return math.nan if value is None else value
-
-
 def _seen_out(record: dict, metric: str) -> float | None:
     """A run's test ``metric`` with the history left out (None in records made before it was kept)."""
     return record.get("test_seen_out", {}).get(metric)
-
-
-def _seen_out_cell(record: dict) -> str:
-    value = _seen_out(record, "ndcg@10")
-    return "-" if value is None else f"{value:.4f}"
 
 
 RUN_HEADER = ["Model", "Seed", "Hit@10", "NDCG@10", "MRR@10", "Valid", "NDCG@10, history left out", "Epochs",
@@ -309,9 +281,9 @@ def run_rows(specs: list[ModelSpec], records: dict[tuple[str, int], dict], seeds
             if not r or r.get("status") != "ok":
                 continue
             best = r.get("best_epoch")
-            rows.append([spec.label, str(seed), *[f"{r['test'].get(k, math.nan):.4f}" for k, _ in METRICS],
-                         f"{_nan_if_none(_best_valid(r)):.4f}", _seen_out_cell(r), str(r["epochs"]),
-                         "-" if best is None else str(best), f"{r['epoch_s']:.3g}"])
+            rows.append([spec.label, str(seed), *[cell(r["test"].get(k), digits=4) for k, _ in METRICS],
+                         cell(_best_valid(r), digits=4), cell(_seen_out(r, "ndcg@10"), digits=4), str(r["epochs"]),
+                         cell(best, digits=0), cell(r["epoch_s"])])
     return rows
 
 

@@ -13,8 +13,8 @@ from collections import Counter, defaultdict
 import numpy as np
 import pytest
 
-from recbole_ssm.data.common import DataFormatError
 from recbole_ssm.data.pipeline import prepare
+from recbole_ssm.data.reading import DataFormatError
 from recbole_ssm.errors import UsageError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -12,8 +12,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from recbole_ssm.data.common import DataFormatError, format_timestamp
 from recbole_ssm.data.pipeline import default_name, prepare
+from recbole_ssm.data.reading import DataFormatError
+from recbole_ssm.data.writing import format_timestamp
 from recbole_ssm.errors import UsageError
 from tests.test_data import ROOT, load_recbole, read_inter, recbole_sequences, reference_kcore
 

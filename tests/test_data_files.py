@@ -11,7 +11,7 @@ import pytest
 from recbole_ssm.checkpoint import evaluate_checkpoint
 from recbole_ssm.cli import main
 from recbole_ssm.data.atomic import check_inter_file
-from recbole_ssm.data.common import DataFormatError
+from recbole_ssm.data.reading import DataFormatError
 from recbole_ssm.quick_start import run
 from tests.conftest import TINY, ml100k_inter_path, write_ml100k_slice
 from tests.test_cli import assert_one_line_error

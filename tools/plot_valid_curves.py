@@ -38,7 +38,7 @@ def main(argv: list[str]) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from recbole_ssm.bench.common import save_png
+    from recbole_ssm.bench.report import save_png
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for label, scores, _ in curves:

@@ -11,20 +11,19 @@ from __future__ import annotations
 import os
 import re
 
-from recbole_ssm.data.common import (
+from recbole_ssm.data.reading import (
     BadLine,
     Interactions,
     LineReader,
     SideResult,
     SourceData,
-    cell,
     iter_lines,
     parse_json,
     to_float,
     to_int_timestamp,
     valid_id,
-    write_table,
 )
+from recbole_ssm.data.writing import cell, write_table
 
 DEFAULT_MAX_LEN = 50
 REQUIRED = ("user_id", "parent_asin", "rating", "timestamp")
@@ -65,7 +64,7 @@ def find_meta(path: str) -> str | None:
 def read(path: str, table: Interactions, meta: str | None = None) -> SourceData:
     """Read one review file into ``table``; ``meta`` (or one found beside it) feeds ``.item``."""
     if os.path.basename(path).startswith("meta_"):
-        from recbole_ssm.data.common import DataFormatError
+        from recbole_ssm.data.reading import DataFormatError
 
         raise DataFormatError(f"{path} is a metadata file: pass the review file <Category>.jsonl(.gz) as "
                               "--input and this one as --meta")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import os
 
-from recbole_ssm.data.common import DataFormatError
+from recbole_ssm.data.reading import DataFormatError
 
 TYPES = ("token", "float", "token_seq", "float_seq")
 FIX = "fix the file, or write it again with `python run_recbole_ssm.py prepare` (docs/data.md)"

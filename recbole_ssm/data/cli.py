@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from recbole_ssm.data.common import SOURCES
+from recbole_ssm.data.reading import SOURCES
 from recbole_ssm.options import ArgParser
 
 DESCRIPTION = """\

@@ -8,7 +8,7 @@ milliseconds (a number of absolute value 1e11 or more is milliseconds, below it 
 ISO-8601 text (naive times are UTC). They are kept as int64 milliseconds and written as seconds:
 plain integers when every kept time is a whole second, else with three decimals. Text is read
 as a stream and Parquet in record batches; only the compact columns of
-:class:`~recbole_ssm.data.common.Interactions` are held.
+:class:`~recbole_ssm.data.reading.Interactions` are held.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import os
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterator
 
-from recbole_ssm.data.common import (
+from recbole_ssm.data.reading import (
     SOURCES,
     BadLine,
     DataFormatError,

@@ -15,18 +15,17 @@ import re
 import zipfile
 from typing import Callable, Iterator
 
-from recbole_ssm.data.common import (
+from recbole_ssm.data.reading import (
     BadLine,
     DataFormatError,
     Interactions,
     LineReader,
     SideResult,
     SourceData,
-    cell,
     iter_lines,
     open_binary,
-    write_table,
 )
+from recbole_ssm.data.writing import cell, write_table
 from recbole_ssm.errors import UsageError
 
 DEFAULT_MAX_LEN = 200

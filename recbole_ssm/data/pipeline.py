@@ -8,20 +8,10 @@ import time
 
 from recbole_ssm.data import amazon2023, movielens, seqtext
 from recbole_ssm.data import csv as events
-from recbole_ssm.data.common import (
-    SOURCES,
-    DataFormatError,
-    Interactions,
-    OutputFolder,
-    check_targets,
-    dataset_yaml,
-    filter_rows,
-    format_summary,
-    sequence_stats,
-    to_whole_seconds,
-    write_inter,
-    write_summary_files,
-)
+from recbole_ssm.data.filtering import filter_rows
+from recbole_ssm.data.output import OutputFolder, check_targets, write_summary_files
+from recbole_ssm.data.reading import SOURCES, DataFormatError, Interactions, to_whole_seconds
+from recbole_ssm.data.writing import dataset_yaml, format_summary, sequence_stats, write_inter
 from recbole_ssm.errors import UsageError
 from recbole_ssm.utils import atomic_write_text
 

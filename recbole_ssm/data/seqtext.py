@@ -8,7 +8,7 @@ ordering then keeps the given order. There is no rating column.
 
 from __future__ import annotations
 
-from recbole_ssm.data.common import BadLine, Interactions, LineReader, SourceData, iter_lines
+from recbole_ssm.data.reading import BadLine, Interactions, LineReader, SourceData, iter_lines
 
 DEFAULT_MAX_LEN = 50
 

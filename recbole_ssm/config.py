@@ -19,6 +19,7 @@ import shutil
 import tempfile
 import urllib.request
 import zipfile
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Iterable
 
@@ -74,6 +75,71 @@ def read_yaml(path: str) -> dict:
     if not isinstance(data, dict):
         raise UsageError(f"config file {path} must hold a mapping of KEY: VALUE, not {type(data).__name__}")
     return data
+
+
+_KEY_LINE = re.compile(r"^([A-Za-z_]\w*)\s*:\s*(.*?)\s*(?:#\s*(.*))?$")
+_UNSET_LINE = re.compile(r"^#\s*([A-Za-z_]\w*)\s*:\s*(\S*)\s*#\s*(\(.*)$")
+_TYPE_NOTE = re.compile(r"^\(([^)]*)\)\s*(.*)$")
+
+
+@dataclass(frozen=True)
+class Declaration:
+    """One key of a property file as its comments document it.
+
+    ``default``: the file's value (None for ``~`` or an unset key); ``types``: the text of the
+    ``# (int or None)`` note, None where the key has none; ``meaning``: the rest of its inline
+    comment, after the comment lines right above it; ``unset``: a key written as a comment
+    (``# key: N  # (int, unset by default) ...``), which the file documents but does not set.
+    """
+
+    key: str
+    default: Any
+    types: str | None
+    meaning: str
+    unset: bool = False
+
+
+def declarations(path: str) -> tuple[str, list[Declaration]]:
+    """(the file's leading comment, its keys in file order): the one reader of the property files'
+    comments, for the settings check (types) and the configuration reference (docs)."""
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    data = yaml.safe_load("\n".join(lines)) or {}
+    intro, i = [], 0
+    while i < len(lines) and lines[i].startswith("#"):
+        intro.append(lines[i].lstrip("#").strip())
+        i += 1
+    rows: list[dict] = []
+    above: list[str] = []
+    for line in lines[i:]:
+        unset = _UNSET_LINE.match(line)
+        if unset:
+            typed = _TYPE_NOTE.match(unset.group(3))
+            rows.append({"key": unset.group(1), "default": None, "types": typed.group(1) if typed else None,
+                         "meaning": typed.group(2) if typed else unset.group(3), "unset": True})
+            above = []
+            continue
+        if line.startswith("#"):
+            text = line.lstrip("#").strip()
+            if rows and rows[-1]["unset"] and not above and line.startswith("#  "):
+                rows[-1]["meaning"] += " " + text  # a continuation of an unset key's comment
+            else:
+                above.append(text)
+            continue
+        m = _KEY_LINE.match(line)
+        if not m:
+            if not line.strip():
+                above = []
+            continue
+        key, comment = m.group(1), m.group(3) or ""
+        typed = _TYPE_NOTE.match(comment)
+        meaning = typed.group(2) if typed else comment
+        if above:
+            meaning = " ".join(above) + (f" {meaning}" if meaning else "")
+        rows.append({"key": key, "default": data.get(key), "types": typed.group(1) if typed else None,
+                     "meaning": meaning, "unset": False})
+        above = []
+    return " ".join(intro), [Declaration(**r) for r in rows]
 
 
 def recbole_properties_dir() -> str:

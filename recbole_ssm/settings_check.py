@@ -25,7 +25,6 @@ import yaml
 from recbole_ssm.errors import ConfigError
 from recbole_ssm.validate import number, positive_int, positive_number, whole
 
-_DECLARED = re.compile(r"^([A-Za-z_][\w]*)\s*:(.*?)#\s*\(([^)]*)\)")
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool, "dict": dict, "list": list}
 _WORDS = {"int": "a whole number", "float": "a number", "str": "a string", "bool": "True or False",
           "dict": "a mapping {key: value}", "list": "a list [a, b]", "None": "empty (~)"}
@@ -38,25 +37,21 @@ _INTERNAL = {"model", "dataset", "config_files", "MODEL_TYPE", "MODEL_INPUT_TYPE
 
 @functools.cache
 def _declarations(path: str) -> dict[str, tuple[frozenset, Any]]:
-    """``{key: (allowed type names, default)}`` of the top-level keys of one yaml file with a ``# (type)`` note."""
-    out: dict[str, tuple[frozenset, Any]] = {}
+    """``{key: (allowed type names, default)}`` of the keys one yaml file sets with a ``# (type)`` note."""
+    from recbole_ssm.config import declarations
+
     if not os.path.isfile(path):
-        return out
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            m = _DECLARED.match(line)
-            if not m:
-                continue
-            names = frozenset(n.strip() for n in m.group(3).split(" or "))
-            if not names <= set(_TYPES) | {"None"}:
-                continue
-            try:
-                default = yaml.safe_load(m.group(2)) if m.group(2).strip() else None
-            except yaml.YAMLError:
-                default = None
-            if default is None:
-                names = names | {"None"}
-            out[m.group(1)] = (names, default)
+        return {}
+    out: dict[str, tuple[frozenset, Any]] = {}
+    for d in declarations(path)[1]:
+        if d.unset or d.types is None:
+            continue
+        names = frozenset(n.strip() for n in d.types.split(" or "))
+        if not names <= set(_TYPES) | {"None"}:
+            continue  # a note that is not a type list, e.g. "(int, unset by default)"
+        # ~ is allowed where the default is ~, and for mappings: RecBole reads ~ there as "none"
+        # (train_neg_sample_args: ~ turns negative sampling off)
+        out[d.key] = (names | {"None"} if d.default is None or isinstance(d.default, dict) else names, d.default)
     return out
 
 

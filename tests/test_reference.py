@@ -49,3 +49,32 @@ def test_reference_names_every_command_option_and_config_key(tmp_path):
     for name, text in pages.items():
         (tmp_path / name).write_text(text, encoding="utf-8")
     assert [bad for name in pages for bad in broken_links(str(tmp_path / name))] == []
+
+
+def test_one_reader_documents_a_property_file_for_the_check_and_the_reference(tmp_path):
+    """config.declarations reads set keys, their type notes and the comment lines above them, and
+    keys written as comments (unset), with their continuation lines; the settings check takes its
+    types from it."""
+    from recbole_ssm.config import declarations
+    from recbole_ssm.settings_check import _declarations
+
+    path = tmp_path / "x.yaml"
+    path.write_text("# A file for one model.\n# Second line.\n\n"
+                    "# Above the key.\nhidden: 64    # (int) the width\n"
+                    "drop: ~       # (float or None) dropout\n"
+                    "plain: abc    # no type note\n"
+                    "block:        # (dict) a mapping\n  a: 1\n\n"
+                    "# window: 8   # (int, unset by default) windows of\n#   similar length\n"
+                    "odd: 3        # (int, at least 1) not a type list\n")
+    intro, keys = declarations(str(path))
+    assert intro == "A file for one model. Second line."
+    got = [(d.key, d.default, d.types, d.meaning, d.unset) for d in keys]
+    assert got == [("hidden", 64, "int", "Above the key. the width", False),
+                   ("drop", None, "float or None", "dropout", False),
+                   ("plain", "abc", None, "no type note", False),
+                   ("block", {"a": 1}, "dict", "a mapping", False),
+                   ("window", None, "int, unset by default", "windows of similar length", True),
+                   ("odd", 3, "int, at least 1", "not a type list", False)]
+    assert _declarations(str(path)) == {"hidden": (frozenset({"int"}), 64),
+                                         "drop": (frozenset({"float", "None"}), None),
+                                         "block": (frozenset({"dict", "None"}), {"a": 1})}

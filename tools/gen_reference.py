@@ -184,11 +184,6 @@ def cli_md() -> str:
 # ---------------------------------------------------------------------------------------
 # config.md
 
-_KEY = re.compile(r"^([A-Za-z_]\w*)\s*:\s*(.*?)\s*(?:#\s*(.*))?$")
-_UNSET = re.compile(r"^#\s*([A-Za-z_]\w*)\s*:\s*(\S*)\s*#\s*(\(.*)$")
-_TYPED = re.compile(r"^\(([^)]*)\)\s*(.*)$")
-
-
 def _yaml_type(value) -> str:
     for kind, name in ((bool, "bool"), (int, "int"), (float, "float"), (str, "str"), (dict, "dict"),
                        (list, "list")):
@@ -208,45 +203,15 @@ def _default(value) -> str:
 
 
 def yaml_keys(path: str) -> tuple[str, list[tuple[str, str, str, str]]]:
-    """(the file's leading comment, [(key, default, type, meaning)]) of one property file."""
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
-    data = yaml.safe_load("\n".join(lines)) or {}
-    intro, i = [], 0
-    while i < len(lines) and lines[i].startswith("#"):
-        intro.append(lines[i].lstrip("#").strip())
-        i += 1
-    rows, above = [], []
-    for line in lines[i:]:
-        unset = _UNSET.match(line)
-        if unset:
-            typed = _TYPED.match(unset.group(3))
-            rows.append([unset.group(1), "unset", typed.group(1), typed.group(2)])
-            above = []
-            continue
-        if line.startswith("#"):
-            text = line.lstrip("#").strip()
-            if rows and rows[-1][1] == "unset" and not above and line.startswith("#  "):
-                rows[-1][3] += " " + text  # a continuation of an unset key's comment
-            else:
-                above.append(text)
-            continue
-        m = _KEY.match(line)
-        if not m:
-            if not line.strip():
-                above = []
-            continue
-        key, comment = m.group(1), m.group(3) or ""
-        typed = _TYPED.match(comment)
-        if typed:
-            kind, meaning = typed.group(1), typed.group(2)
-        else:
-            kind, meaning = _yaml_type(data.get(key)), comment
-        if above:
-            meaning = " ".join(above) + (f" {meaning}" if meaning else "")
-        rows.append([key, _default(data.get(key)), kind, meaning or "RecBole's setting, with this default"])
-        above = []
-    return " ".join(intro), [tuple(r) for r in rows]
+    """(the file's leading comment, [(key, default, type, meaning)]) of one property file, as
+    recbole_ssm.config.declarations reads its comments."""
+    from recbole_ssm.config import declarations
+
+    intro, keys = declarations(path)
+    rows = [(d.key, "unset" if d.unset else _default(d.default),
+             d.types if d.types is not None else _yaml_type(d.default),
+             d.meaning or "RecBole's setting, with this default") for d in keys]
+    return intro, rows
 
 
 def config_md() -> str:

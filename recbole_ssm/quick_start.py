@@ -25,7 +25,7 @@ from recbole_ssm.config import DEFAULT_DATASET, property_files, read_yaml, resol
 from recbole_ssm.data.atomic import check_dataset_files
 from recbole_ssm.errors import Interrupted, UsageError
 from recbole_ssm.regime import check_train_targets
-from recbole_ssm.registry import canonical_name, get_model
+from recbole_ssm.registry import canonical_name, get_model, plugin_models
 from recbole_ssm.settings_check import check_user_settings
 from recbole_ssm.targets import trains_every_prefix
 from recbole_ssm.trainer import get_trainer
@@ -76,11 +76,22 @@ def build_config(
               "needs num_layers=1 or causal=True); choose with --train_targets=last or cloze", file=sys.stderr,
               flush=True)
     check_train_targets(config, model_class)
+    _check_sampled_ce(config, model_class)
     seen.check(config)
     check_dataset_files(config)
     if "show_progress" not in user:  # progress bars for a person at a terminal, not in logs or CI
         config["show_progress"] = sys.stderr.isatty()
     return config, model_class
+
+
+def _check_sampled_ce(config, model_class) -> None:
+    """``ce_negatives`` only where the model's loss samples (the ``SAMPLED_CE`` trait): elsewhere it would
+    be ignored, and the run would be full CE under a sampled-softmax name."""
+    if not config["ce_negatives"] or getattr(model_class, "SAMPLED_CE", False):
+        return
+    takers = ", ".join(n for n, c in plugin_models().items() if getattr(c, "SAMPLED_CE", False))
+    raise UsageError(f"ce_negatives={config['ce_negatives']} (sampled softmax) is not implemented for "
+                     f"{model_class.__name__}; models that take it: {takers}; unset it (ce_negatives=0)")
 
 
 @dataclass

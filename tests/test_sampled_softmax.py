@@ -347,6 +347,16 @@ def test_bad_sampled_softmax_settings_are_one_line_errors(arg, key, capsys):
     assert_one_line_error(capsys.readouterr().err, f"invalid {key}=")
 
 
+@pytest.mark.parametrize("model", ["BERT4Rec", "SeqPop", "NARM"])
+def test_a_model_whose_loss_does_not_sample_refuses_ce_negatives(model, capsys):
+    """Ignored, ce_negatives would label a full-CE run as sampled: models without the SAMPLED_CE
+    trait (BERT4Rec, SeqPop, RecBole's other models) refuse it in one line, naming those that take it."""
+    assert main([f"--model={model}", "--epochs=1", "--ce_negatives=16"]) == 2
+    err = capsys.readouterr().err
+    assert_one_line_error(err, f"ce_negatives=16 (sampled softmax) is not implemented for {model}")
+    assert "Mamba2Rec" in err and "SASRec" in err and "unset it (ce_negatives=0)" in err
+
+
 def test_benchmark_tool_times_full_and_sampled_ce(capsys):
     from tests.test_tools import load_tool
 

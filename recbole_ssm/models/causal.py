@@ -59,6 +59,7 @@ class CausalLoss:
     """
 
     TRAIN_TARGETS = ("last", "all")
+    SAMPLED_CE = True  # takes ce_negatives (quick_start refuses it for a model without this trait)
     # under ``last``, the model class's own (RecBole's) loss, unless the CE is sampled (ce_negatives)
     recbole_last_loss = True
 

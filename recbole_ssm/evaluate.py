@@ -1,6 +1,8 @@
 """``run_recbole_ssm.py evaluate``: the metrics of a saved checkpoint, under its own protocol or
 with the user's history left out of the ranking (``--eval_filter_seen``, recbole_ssm/seen.py), for
-all evaluated users or by how long their history before the target is (``--by_history``)."""
+all evaluated users or by how long their history before the target is (``--by_history``), and
+where the target's rank falls under both protocols, with how peaked the model's scores are
+(``--ranks``)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from recbole_ssm.options import Opt, parse, wants_help
 USAGE = """\
 usage: run_recbole_ssm.py evaluate --checkpoint=PATH [--split=test|valid|both]
                                    [--eval_filter_seen=true|false] [--by_history=N,N,...]
-                                   [--format=text|json]
+                                   [--ranks=N] [--format=text|json]
 
 Scores a model a training run saved on its own data set's validation and/or test split, with
 RecBole's full-sort evaluation, as the run did (same metrics, same numbers).
@@ -28,6 +30,11 @@ RecBole's full-sort evaluation, as the run did (same metrics, same numbers).
                       come before the evaluated target, cut at these counts: 200 gives 1-200 and
                       201+ (the model may read fewer: MAX_ITEM_LIST_LENGTH). Each group's metrics
                       are RecBole's on that group's rows alone
+  --ranks             also profile each split's ranking, under RecBole's ranking and with the
+                      history left out: how many targets land at each rank 1..N (and past N),
+                      how much of the top 10 goes to items of the user's history, and how peaked
+                      the scores are (softmax probability of the top item and of the target,
+                      entropy in nats); json gives the whole histogram
   --format            text (one line a split, like a training run's) or json
 """
 
@@ -36,6 +43,7 @@ OPTIONS = {
     "split": Opt("both", "choice", choices=("test", "valid", "both")),
     "eval_filter_seen": Opt(None, "flag"),
     "by_history": Opt(None),
+    "ranks": Opt(None, "whole", minimum=10),
     "format": Opt("text", "choice", choices=("text", "json")),
 }
 
@@ -63,11 +71,16 @@ def main(argv: list[str]) -> int:
     if cuts:
         seen = SeenItems.from_dataset(dataset)  # once, for every split
         groups = {name: metrics_by_history(trainer, dataset, loaders[name], cuts, seen) for name in splits}
+    profiles = {}
+    if opts["ranks"]:
+        seen = SeenItems.from_dataset(dataset)
+        profiles = {name: rank_profile(trainer, loaders[name], seen, opts["ranks"]) for name in splits}
     filtered = bool(config["eval_filter_seen"])
     if opts["format"] == "json":
         print(json.dumps({"model": config["model"], "dataset": config["dataset"], "eval_filter_seen": filtered,
                           **{name: {k: float(v) for k, v in res.items()} for name, res in results.items()},
-                          **{f"{name}_by_history": rows for name, rows in groups.items()}}))
+                          **{f"{name}_by_history": rows for name, rows in groups.items()},
+                          **{f"{name}_ranks": profile for name, profile in profiles.items()}}))
     else:
         print(f"model={config['model']} dataset={config['dataset']} eval_filter_seen={filtered}")
         for name, res in results.items():
@@ -75,6 +88,8 @@ def main(argv: list[str]) -> int:
             for row in groups.get(name, []):
                 metrics = {k: v for k, v in row.items() if k not in ("history", "rows")}
                 print(f"{format_metrics(name, metrics or None)}  history={row['history']} rows={row['rows']}")
+            if name in profiles:
+                print(format_profile(name, profiles[name]))
     sys.stdout.flush()
     return 0
 
@@ -114,3 +129,78 @@ def metrics_by_history(trainer, dataset, loader, cuts: list[int], seen) -> list[
                 row.update({k: float(v) for k, v in trainer.evaluate(sub, load_best_model=False).items()})
         out.append(row)
     return out
+
+
+# buckets of the text output; json gives every rank
+RANK_BUCKETS = ((1, 1), (2, 2), (3, 5), (6, 10), (11, 20), (21, 50))
+
+
+def rank_profile(trainer, loader, seen, max_rank: int) -> dict:
+    """Where each evaluated target's rank falls and how peaked the scores are, on ``loader``.
+
+    Scores are RecBole's full-sort scores (the padding item at minus infinity). The target's rank
+    is 1 + the number of items scored above it, under RecBole's ranking (``all``) and with the
+    user's history before the target left out (``seen_out``: ``seen``, a ``SeenItems``; a target
+    in that history counts as past every rank). Returns, for each protocol: ``hist`` (targets at
+    ranks 1..max_rank), ``past`` (beyond max_rank), ``rows``, ``hit@10`` and ``ndcg@10`` from those
+    ranks; and ``top10_in_history`` (share of RecBole's top-10 slots on history items),
+    ``p_top`` and ``p_target`` (mean softmax probability of the top item and of the target, under
+    RecBole's ranking) and ``entropy`` (mean entropy of that softmax, nats)."""
+    import math
+
+    import torch
+    from recbole.trainer import Trainer
+
+    c = trainer.config
+    fields = (c["USER_ID_FIELD"], c["ITEM_ID_FIELD"], c["ITEM_ID_FIELD"] + c["LIST_SUFFIX"],
+              c["ITEM_LIST_LENGTH_FIELD"])
+    ranks = {"all": [], "seen_out": []}
+    in_history = p_top = p_target = entropy = 0.0
+    rows = 0
+    trainer.tot_item_num = loader._dataset.item_num  # what RecBole's evaluate sets for its scoring
+    trainer.model.eval()
+    with torch.no_grad():
+        for batch in loader:
+            interaction, scores, positive_u, positive_i = Trainer._full_sort_batch_eval(trainer, batch)
+            scores = scores.double().cpu()
+            target = scores[positive_u.cpu(), positive_i.cpu()].unsqueeze(1)  # (B, 1)
+            ranks["all"].append(1 + (scores > target).sum(1))
+            r, i = seen.mask(interaction, *fields)
+            history = torch.zeros_like(scores, dtype=torch.bool)
+            history[r, i] = True
+            left = scores.masked_fill(history, -math.inf)
+            hidden = history[positive_u.cpu(), positive_i.cpu()]  # the target is in the user's history
+            rank = 1 + (left > target).sum(1)
+            ranks["seen_out"].append(torch.where(hidden, torch.full_like(rank, max_rank + 1), rank))
+            in_history += history.gather(1, scores.topk(10, dim=1).indices).double().sum().item() / 10
+            logp = torch.log_softmax(scores, dim=1)
+            p = logp.exp()
+            p_top += p.max(1).values.sum().item()
+            p_target += p[positive_u.cpu(), positive_i.cpu()].sum().item()
+            entropy -= torch.where(p > 0, p * logp, torch.zeros_like(p)).sum().item()
+            rows += scores.size(0)
+    out = {"rows": rows, "top10_in_history": in_history / max(rows, 1), "p_top": p_top / max(rows, 1),
+           "p_target": p_target / max(rows, 1), "entropy": entropy / max(rows, 1)}
+    for name, parts in ranks.items():
+        rank = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+        hist = torch.bincount(rank.clamp(max=max_rank + 1), minlength=max_rank + 2)[1:]
+        gain = torch.where(rank <= 10, 1.0 / torch.log2(rank.double() + 1), torch.zeros(len(rank), dtype=torch.float64))
+        out[name] = {"hist": hist[:max_rank].tolist(), "past": int(hist[max_rank]),
+                     "hit@10": float((rank <= 10).double().mean()) if rows else math.nan,
+                     "ndcg@10": float(gain.mean()) if rows else math.nan}
+    return out
+
+
+def format_profile(split: str, profile: dict) -> str:
+    """The text lines of ``rank_profile``: per protocol, the share of targets in each rank bucket."""
+    lines = []
+    for name, label in (("all", "ranks, RecBole's ranking"), ("seen_out", "ranks, history left out")):
+        part, rows = profile[name], max(profile["rows"], 1)
+        cells = [f"{lo}{'' if lo == hi else f'-{hi}'}={sum(part['hist'][lo - 1:hi]) / rows:.4f}"
+                 for lo, hi in RANK_BUCKETS if hi <= len(part["hist"])]
+        lines.append(f"{split:5s} {label}: " + "  ".join(cells) + f"  past {len(part['hist'])}="
+                     f"{part['past'] / rows:.4f}  hit@10={part['hit@10']:.4f}  ndcg@10={part['ndcg@10']:.4f}")
+    lines.append(f"{split:5s} scores: top10_in_history={profile['top10_in_history']:.4f}  p_top={profile['p_top']:.4f}"
+                 f"  p_target={profile['p_target']:.4f}  entropy={profile['entropy']:.3f}")
+    return "\n".join(lines)
+

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -128,6 +129,36 @@ def test_evaluate_command_reproduces_the_run_and_filters_on_request(checkpoint, 
     filtered = {k: float(v) for k, v in (kv.split("=") for kv in lines[2].split()[1:])}
     assert all(filtered[k] >= test_result[k] - 5e-5 for k in test_result)
     assert sum(filtered.values()) > sum(test_result.values())
+
+
+def test_evaluate_ranks_profile_agrees_with_recboles_metrics_under_both_protocols(checkpoint, capsys):
+    """--ranks: Hit@10 and NDCG@10 computed from the targets' ranks equal RecBole's metrics under its
+    ranking and with the history left out; every target is counted once; the probabilities are
+    probabilities."""
+    path, _ = checkpoint
+    got = {}
+    for flag in ("false", "true"):
+        assert main(["evaluate", f"--checkpoint={path}", "--split=test", "--ranks=20", "--format=json",
+                     f"--eval_filter_seen={flag}"]) == 0
+        got[flag] = json.loads(capsys.readouterr().out)
+    profile = got["false"]["test_ranks"]
+    assert got["true"]["test_ranks"] == profile  # the profile does not depend on the run's protocol
+    for protocol, flag in (("all", "false"), ("seen_out", "true")):
+        part = profile[protocol]
+        assert len(part["hist"]) == 20 and sum(part["hist"]) + part["past"] == profile["rows"] > 0
+        assert part["hit@10"] == pytest.approx(sum(part["hist"][:10]) / profile["rows"])
+        assert part["hit@10"] == pytest.approx(got[flag]["test"]["hit@10"], abs=5e-5)
+        assert part["ndcg@10"] == pytest.approx(got[flag]["test"]["ndcg@10"], abs=5e-5)
+    # leaving items out only lifts a target's rank (ml-100k repeats no item in a user's history)
+    cumulative = {p: [sum(profile[p]["hist"][:k]) for k in range(1, 21)] for p in ("all", "seen_out")}
+    assert all(a <= b for a, b in zip(cumulative["all"], cumulative["seen_out"]))
+    assert cumulative["all"][-1] < cumulative["seen_out"][-1]
+    assert 0 < profile["top10_in_history"] < 1 and 0 < profile["p_target"] < profile["p_top"] < 1
+    assert 0 < profile["entropy"] < math.log(2000)
+    assert main(["evaluate", f"--checkpoint={path}", "--split=test", "--ranks=10"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].startswith("test  ranks, RecBole's ranking: 1=") and "6-10=" in lines[2]
+    assert lines[3].startswith("test  ranks, history left out: 1=") and lines[4].startswith("test  scores: ")
 
 
 def test_only_evaluation_settings_change_for_a_checkpoint(checkpoint):

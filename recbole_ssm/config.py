@@ -149,12 +149,20 @@ def recbole_properties_dir() -> str:
     return os.path.join(os.path.dirname(recbole.__file__), "properties")
 
 
+def tuned_file(model_name: str, dataset: str) -> str:
+    """Where the settings the package's sweeps chose for ``model_name`` on ``dataset`` live
+    (``properties/tuned/<dataset>/<Model>.yaml``; most pairs have none)."""
+    return os.path.join(PROPERTIES_DIR, "tuned", dataset, f"{model_name}.yaml")
+
+
 def property_files(model_name: str, dataset: str | None, data_path: str | None = None,
-                   recbole: bool = False) -> list[str]:
-    """The property files that apply to this model and data set, lowest first: the package's, then
-    the data set's own yaml beside its atomic files (``data_path`` None: RecBole's ``dataset/``);
-    ``dataset`` None: none of a data set's. The one list of them, for the run's Config (which
-    reads RecBole's own files itself), the settings check and the tune spaces.
+                   recbole: bool = False, tuned: bool = True) -> list[str]:
+    """The property files that apply to this model and data set, lowest first: the package's
+    (overall, the model's, the data set's, then the model's tuned settings for that data set unless
+    ``tuned`` is False: :func:`tuned_file`), then the data set's own yaml beside its atomic files
+    (``data_path`` None: RecBole's ``dataset/``); ``dataset`` None: none of a data set's. The one
+    list of them, for the run's Config (which reads RecBole's own files itself), the settings check,
+    the tune spaces and the benchmarks' settings fingerprints.
 
     ``recbole=True`` puts first the RecBole files that declare settings: its ``overall.yaml``,
     ``dataset/sample.yaml`` (the data keys) and the model's own file."""
@@ -167,6 +175,8 @@ def property_files(model_name: str, dataset: str | None, data_path: str | None =
     files.append(os.path.join(PROPERTIES_DIR, "model", f"{model_name}.yaml"))
     if dataset:
         files.append(os.path.join(PROPERTIES_DIR, "dataset", f"{dataset}.yaml"))
+        if tuned:
+            files.append(tuned_file(model_name, dataset))
         files.append(os.path.join(data_path or "dataset/", dataset, f"{dataset}.yaml"))
     return [f for f in files if os.path.isfile(f)]
 

@@ -49,12 +49,13 @@ def build_config(
     model_class = get_model(model)
     name = model_class.__name__ if not isinstance(model, str) else canonical_name(model)
     data_path = user.get("data_path")
+    tuned = user.get("tuned_defaults", True) is not False  # False: the model's plain defaults on this data set
     if data_path is None:
-        for path in property_files(name, dataset):
+        for path in property_files(name, dataset, tuned=tuned):
             data_path = read_yaml(path).get("data_path", data_path)
     for warning in check_user_settings(user, sources, name):
         print(f"warning: {warning}", file=sys.stderr, flush=True)
-    files = property_files(name, dataset, data_path)
+    files = property_files(name, dataset, data_path, tuned=tuned)
     resolve_dataset(dataset, data_path)
     with compat.isolated_argv():
         try:

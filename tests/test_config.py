@@ -35,6 +35,22 @@ def props(tmp_path, monkeypatch):
     return root
 
 
+def test_tuned_settings_sit_above_the_data_set_and_below_the_user(props, tiny_data, tmp_path):
+    """properties/tuned/<dataset>/<Model>.yaml (the sweeps' choice for that pair) overrides the data
+    set's file and is overridden by the user's files and command line; tuned_defaults=False skips it,
+    and another model on the same data set never reads it."""
+    write(str(props / "tuned" / "ml-tiny" / "SASRec.yaml"), {"key_c": "tuned", "key_d": "tuned", "key_e": "tuned"})
+    user_file = write(str(tmp_path / "user.yaml"), {"key_e": "file", "data_path": tiny_data})
+    config, _ = build_config("SASRec", "ml-tiny", [user_file], {})
+    assert (config["key_b"], config["key_c"], config["key_d"], config["key_e"]) == ("model", "tuned", "tuned", "file")
+    assert cfg.tuned_file("SASRec", "ml-tiny") in cfg.property_files("SASRec", "ml-tiny", tiny_data)
+    plain, _ = build_config("SASRec", "ml-tiny", [user_file], {"tuned_defaults": False})
+    assert plain["key_c"] == plain["key_d"] == "dataset"
+    write(str(props / "model" / "GRU4Rec.yaml"), {"key_b": "model"})
+    other, _ = build_config("GRU4Rec", "ml-tiny", [user_file], {})
+    assert other["key_c"] == other["key_d"] == "dataset"
+
+
 def test_each_level_wins_where_it_should(props, tiny_data, tmp_path):
     user_file = write(str(tmp_path / "user.yaml"), {"key_d": "file", "key_e": "file", "data_path": tiny_data})
     config, _ = build_config("SASRec", "ml-tiny", [user_file], {"key_e": "cmd"})

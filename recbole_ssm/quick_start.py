@@ -77,7 +77,7 @@ def build_config(
               "needs num_layers=1 or causal=True); choose with --train_targets=last or cloze", file=sys.stderr,
               flush=True)
     check_train_targets(config, model_class)
-    _check_sampled_ce(config, model_class)
+    _check_ce_settings(config, model_class)
     seen.check(config)
     check_dataset_files(config)
     if "show_progress" not in user:  # progress bars for a person at a terminal, not in logs or CI
@@ -85,14 +85,20 @@ def build_config(
     return config, model_class
 
 
-def _check_sampled_ce(config, model_class) -> None:
-    """``ce_negatives`` only where the model's loss samples (the ``SAMPLED_CE`` trait): elsewhere it would
-    be ignored, and the run would be full CE under a sampled-softmax name."""
-    if not config["ce_negatives"] or getattr(model_class, "SAMPLED_CE", False):
+def _check_ce_settings(config, model_class) -> None:
+    """The ce_* loss settings only where the model's loss reads them (the ``CE_SETTINGS`` trait):
+    elsewhere they would be ignored, and the run would be plain full CE under another name."""
+    changed = [f"{key}={config[key]}" for key, plain in CE_SETTINGS.items()
+               if config[key] is not None and config[key] != plain]
+    if not changed or getattr(model_class, "CE_SETTINGS", False):
         return
-    takers = ", ".join(n for n, c in plugin_models().items() if getattr(c, "SAMPLED_CE", False))
-    raise UsageError(f"ce_negatives={config['ce_negatives']} (sampled softmax) is not implemented for "
-                     f"{model_class.__name__}; models that take it: {takers}; unset it (ce_negatives=0)")
+    takers = ", ".join(n for n, c in plugin_models().items() if getattr(c, "CE_SETTINGS", False))
+    raise UsageError(f"{' '.join(changed)} is not implemented for {model_class.__name__}'s loss; models that "
+                     f"take the ce_* settings: {takers}; unset it")
+
+
+# the ce_* loss settings at the values that leave the loss plain full CE
+CE_SETTINGS = {"ce_negatives": 0, "ce_label_smoothing": 0.0, "ce_temperature": 1.0}
 
 
 @dataclass

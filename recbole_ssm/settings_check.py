@@ -153,6 +153,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "ce_chunk_mib": (positive_number, "a number of MiB > 0"),
     "ce_negatives": (lambda v: whole(v) and v >= 0, "a whole number >= 0 (0: full CE over all items)"),
     "ce_negative_sampler": (lambda v: v in ("uniform", "popularity"), "uniform or popularity"),
+    "ce_label_smoothing": (_probability, "a number in [0, 1) (0: the plain target)"),
+    "ce_temperature": (positive_number, "a number > 0 (1: the plain logits)"),
     "train_window_stride": (lambda v: v is None or positive_int(v), "a whole number >= 1, or ~ for no overlap"),
     "train_window_positions": (lambda v: v is None or positive_int(v),
                                "a whole number >= 1 (padded positions a batch), or ~ for windows a batch"),

@@ -34,15 +34,16 @@ SMALL = {"hidden_size": 16, "embedding_size": 16, "inner_size": 32, "headdim": 8
 @pytest.mark.parametrize("seed,P,n,d,budget", [(1, 37, 29, 5, 1e9), (2, 101, 53, 7, 3 * 53 * 8 / 2**20),
                                                 (3, 64, 17, 16, 1 * 17 * 8 / 2**20), (4, 1, 3, 2, 1e-9)])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_linear_cross_entropy_matches_reference_with_gradients(seed, P, n, d, budget, reduction):
-    g = torch.Generator().manual_seed(seed)
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.37])
+def test_linear_cross_entropy_matches_reference_with_gradients(seed, P, n, d, budget, reduction, smoothing):
+    g = torch.Generator().manual_seed(seed * 7 + int(smoothing * 100))
     h = torch.randn(P, d, generator=g, dtype=torch.float64, requires_grad=True)
     w = torch.randn(n, d, generator=g, dtype=torch.float64, requires_grad=True)
     t = torch.randint(0, n, (P,), generator=g)
     up = torch.rand((), generator=g, dtype=torch.float64) + 0.5  # a non-unit upstream gradient
-    ref = linear_cross_entropy_ref(h, w, t, reduction)
+    ref = linear_cross_entropy_ref(h, w, t, reduction, label_smoothing=smoothing)
     dh_ref, dw_ref = torch.autograd.grad(ref * up, (h, w))
-    out = linear_cross_entropy(h, w, t, reduction, budget_mib=budget)
+    out = linear_cross_entropy(h, w, t, reduction, budget_mib=budget, label_smoothing=smoothing)
     dh, dw = torch.autograd.grad(out * up, (h, w))
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(dh, dh_ref, rtol=1e-12, atol=1e-12)

@@ -21,6 +21,7 @@ from recbole_ssm.ops.cross_entropy import (
     sampled_softmax_cross_entropy_ref,
 )
 from recbole_ssm.regime import histories_of
+from recbole_ssm.targets import TARGETS
 from tests.test_cli import assert_one_line_error
 from tests.test_regime import make_model, prefix_batch, random_histories, tiny_dataset, tiny_splits, window_batch
 
@@ -332,6 +333,40 @@ def test_baselines_keep_recboles_last_loss_without_negatives(name, tiny_dataset,
     assert sampled.calculate_loss(batch).item() != -1.0  # with negatives: CausalLoss.target_loss
 
 
+@pytest.mark.parametrize("name", ["Mamba2Rec", "SASRec"])
+@pytest.mark.parametrize(("smoothing", "temperature"), [(0.1, 1.0), (0.0, 0.5), (0.2, 2.5)])
+def test_label_smoothing_and_temperature_are_torchs_ce_of_the_scaled_logits(name, smoothing, temperature,
+                                                                            tiny_dataset, tiny_data):
+    """Under 'all' and under 'last' (where SASRec then leaves RecBole's loss), the loss is torch's
+    cross_entropy(hidden @ W.T / temperature, targets, label_smoothing) over the positions, in float64."""
+    _config, train, _test = tiny_dataset
+    histories = random_histories(train.item_num, [9, 3, 12, 6], seed=61)
+    model = make_model(name, train, tiny_data, ce_label_smoothing=smoothing, ce_temperature=temperature)
+    weight = model.item_embedding.weight
+    windows = window_batch(histories, 12)
+    hidden = model.window_outputs(windows["item_id_list"], windows["item_length"])
+    targets = windows[TARGETS][:, : hidden.size(1)]  # (trim_padding: as wide as the longest window)
+    real = targets > 0
+    want = F.cross_entropy(hidden[real] @ weight.t() / temperature, targets[real], label_smoothing=smoothing)
+    torch.testing.assert_close(model.calculate_loss(windows), want, rtol=1e-12, atol=1e-12)
+    prefixes = prefix_batch(histories, 12)
+    last = model.forward(prefixes["item_id_list"], prefixes["item_length"])
+    want = F.cross_entropy(last @ weight.t() / temperature, prefixes["item_id"], label_smoothing=smoothing)
+    torch.testing.assert_close(model.calculate_loss(prefixes), want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(("over", "words"), [
+    ({"ce_label_smoothing": 0.1, "ce_negatives": 8}, "ce_label_smoothing applies to full CE"),
+    ({"ce_temperature": 0.5, "loss_type": "BPR", "train_neg_sample_args": {"distribution": "uniform", "sample_num": 1}},
+     "ce_label_smoothing and ce_temperature apply to loss_type=CE, not BPR"),
+])
+def test_ce_settings_that_cannot_apply_are_one_line_errors(over, words, tiny_dataset, tiny_data):
+    _config, train, _test = tiny_dataset
+    with pytest.raises(ConfigError, match=words) as err:
+        make_model("Mamba2Rec", train, tiny_data, **over)
+    assert "\n" not in str(err.value)
+
+
 def test_bpr_with_negatives_is_a_one_line_error(tiny_dataset, tiny_data):
     _config, train, _test = tiny_dataset
     with pytest.raises(ConfigError, match="ce_negatives applies to loss_type=CE, not BPR") as err:
@@ -349,12 +384,18 @@ def test_bad_sampled_softmax_settings_are_one_line_errors(arg, key, capsys):
 
 @pytest.mark.parametrize("model", ["BERT4Rec", "SeqPop", "NARM"])
 def test_a_model_whose_loss_does_not_sample_refuses_ce_negatives(model, capsys):
-    """Ignored, ce_negatives would label a full-CE run as sampled: models without the SAMPLED_CE
+    """Ignored, ce_negatives would label a full-CE run as sampled: models without the CE_SETTINGS
     trait (BERT4Rec, SeqPop, RecBole's other models) refuse it in one line, naming those that take it."""
     assert main([f"--model={model}", "--epochs=1", "--ce_negatives=16"]) == 2
     err = capsys.readouterr().err
-    assert_one_line_error(err, f"ce_negatives=16 (sampled softmax) is not implemented for {model}")
-    assert "Mamba2Rec" in err and "SASRec" in err and "unset it (ce_negatives=0)" in err
+    assert_one_line_error(err, f"ce_negatives=16 is not implemented for {model}'s loss")
+    assert "Mamba2Rec" in err and "SASRec" in err and "unset it" in err
+
+
+def test_bert4rec_refuses_label_smoothing_and_temperature(capsys):
+    assert main(["--model=BERT4Rec", "--epochs=1", "--ce_label_smoothing=0.1", "--ce_temperature=0.5"]) == 2
+    assert_one_line_error(capsys.readouterr().err,
+                          "ce_label_smoothing=0.1 ce_temperature=0.5 is not implemented for BERT4Rec's loss")
 
 
 def test_benchmark_tool_times_full_and_sampled_ce(capsys):

@@ -31,7 +31,8 @@ def loss_owner(n_items: int, hidden: int, negatives: int, weights: torch.Tensor 
     with torch.no_grad():
         embedding.weight.copy_(0.02 * torch.randn(n_items, hidden, generator=g))
     return SimpleNamespace(loss_type="CE", item_embedding=embedding, n_items=n_items, ce_chunk_mib=128.0,
-                           ce_negatives=negatives, ce_sampling_weights=weights)
+                           ce_negatives=negatives, ce_sampling_weights=weights, ce_label_smoothing=0.0,
+                           ce_temperature=1.0)
 
 
 def time_step(owner: SimpleNamespace, hidden: torch.Tensor, targets: torch.Tensor) -> float:

@@ -71,7 +71,7 @@ def fingerprint(settings: dict) -> str:
 # Settings that, at these values, behave as the package did before they existed: a property file
 # that adds one at its neutral value keeps its digest, so the records measured before still count.
 NEUTRAL_SETTINGS = {"ce_negatives": 0, "ce_negative_sampler": "uniform", "eval_score_chunks": True,
-                    "tuned_defaults": True}
+                    "tuned_defaults": True, "ce_label_smoothing": 0.0, "ce_temperature": 1.0}
 
 
 def without_neutral(mapping):

@@ -59,8 +59,10 @@ class CausalLoss:
     """
 
     TRAIN_TARGETS = ("last", "all")
-    SAMPLED_CE = True  # takes ce_negatives (quick_start refuses it for a model without this trait)
-    # under ``last``, the model class's own (RecBole's) loss, unless the CE is sampled (ce_negatives)
+    # takes the ce_* loss settings (ce_negatives, ce_label_smoothing, ce_temperature); quick_start
+    # refuses them for a model without this trait
+    CE_SETTINGS = True
+    # under ``last``, the model class's own (RecBole's) loss, unless a ce_* setting changes the loss
     recbole_last_loss = True
 
     def __init__(self, config, dataset):
@@ -79,6 +81,17 @@ class CausalLoss:
         if weights is not None:
             log_probabilities(weights)  # checked once here: not all 0, none at padding
         self.register_buffer("ce_sampling_weights", weights, persistent=False)
+        self.ce_label_smoothing = float(require(config, "ce_label_smoothing", *RULES["ce_label_smoothing"],
+                                                default=0.0))
+        self.ce_temperature = float(require(config, "ce_temperature", *RULES["ce_temperature"], default=1.0))
+        if self.ce_label_smoothing and self.ce_negatives:
+            raise ConfigError("ce_label_smoothing applies to full CE (ce_negatives=0), not to a sampled softmax; "
+                              "set one of them to 0")
+        if (self.ce_label_smoothing or self.ce_temperature != 1.0) and config["loss_type"] != "CE":
+            raise ConfigError(f"ce_label_smoothing and ce_temperature apply to loss_type=CE, not "
+                              f"{config['loss_type']}; unset them or train with loss_type=CE")
+        # under 'last', RecBole's own loss only where no ce_* setting changes it
+        self.plain_ce = not self.ce_negatives and not self.ce_label_smoothing and self.ce_temperature == 1.0
 
     def target_loss(self, hidden: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor | None = None) -> torch.Tensor:
         """Mean loss of hidden states (P, d) against their next items (P,): CE over all items, sampled
@@ -88,8 +101,11 @@ class CausalLoss:
             neg_score = (hidden * self.item_embedding(neg)).sum(-1)
             return self.loss_fct(pos_score, neg_score)
         weight = self.item_embedding.weight  # (n, d)
+        if self.ce_temperature != 1.0:
+            hidden = hidden / self.ce_temperature  # every logit h . w_j divided by the temperature
         if not self.ce_negatives:
-            return linear_cross_entropy(hidden, weight, pos, budget_mib=self.ce_chunk_mib)
+            return linear_cross_entropy(hidden, weight, pos, budget_mib=self.ce_chunk_mib,
+                                        label_smoothing=self.ce_label_smoothing)
         # fresh negatives for every batch, from torch's default generator (RecBole seeds it)
         negatives, log_q = sample_negatives(self.n_items, self.ce_negatives, probs=self.ce_sampling_weights,
                                             device=hidden.device)  # (N,), (N,)
@@ -122,7 +138,7 @@ class CausalLoss:
     def calculate_loss(self, interaction) -> torch.Tensor:
         if TARGETS in interaction:
             return self.all_positions_loss(interaction)
-        if self.recbole_last_loss and not self.ce_negatives:
+        if self.recbole_last_loss and self.plain_ce:
             return super().calculate_loss(interaction)  # RecBole's model's own loss, untouched
         return self.last_position_loss(interaction)
 

@@ -22,10 +22,12 @@ import torch.nn.functional as F
 
 
 def linear_cross_entropy_ref(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, reduction: str = "mean",
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
-    """``cross_entropy(hidden @ weight.T, targets)``: hidden (P, d), weight (n, d), targets (P,)."""
-    return F.cross_entropy(hidden @ weight.t(), targets, reduction=reduction)
+    """``cross_entropy(hidden @ weight.T, targets)``: hidden (P, d), weight (n, d), targets (P,);
+    ``label_smoothing`` as torch's (that share of the target spread evenly over all n rows)."""
+    return F.cross_entropy(hidden @ weight.t(), targets, reduction=reduction, label_smoothing=label_smoothing)
 
 
 def chunk_rows(n_items: int, budget_mib: float, itemsize: int = 4) -> int:
@@ -37,7 +39,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """Summed CE; forward walks the positions in chunks and keeps d(loss)/d(inputs), not logits."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, rows: int, grad_enabled: bool):
+    def forward(ctx, hidden, weight, targets, rows: int, grad_enabled: bool, smoothing: float):
         # forward runs with grad mode off: whether a backward can follow is passed in
         dhidden = torch.empty_like(hidden) if grad_enabled and ctx.needs_input_grad[0] else None
         dweight = torch.zeros_like(weight) if grad_enabled and ctx.needs_input_grad[1] else None
@@ -48,15 +50,19 @@ class _LinearCrossEntropy(torch.autograd.Function):
             t = targets[start : start + rows]  # (p,)
             logits = h @ weight.t()  # (p, n)
             target_logit = logits.gather(1, t.unsqueeze(1))  # (p, 1), before the logits are overwritten
+            if smoothing:  # the smoothed target: (1 - e) on the target, e / n on every item
+                target_logit = (1.0 - smoothing) * target_logit + smoothing * logits.mean(dim=1, keepdim=True)
             # log-sum-exp with one exp pass, in place: the exponentials are reused for the softmax
             top = logits.amax(dim=1, keepdim=True)  # (p, 1); finite for finite inputs
             expd = logits.sub_(top).exp_()  # exp(logits - top), in (0, 1]
             norm = expd.sum(dim=1, keepdim=True)  # (p, 1), >= 1
             total += (top + norm.log() - target_logit).sum()
             if want_grad:
-                # d(sum of CE)/d(logits) = softmax - onehot, formed in place over the logits
+                # d(sum of CE)/d(logits) = softmax - the (smoothed) target, in place over the logits
                 dlogits = expd.div_(norm)
-                dlogits[torch.arange(t.numel(), device=t.device), t] -= 1.0
+                if smoothing:
+                    dlogits.sub_(smoothing / logits.size(1))
+                dlogits[torch.arange(t.numel(), device=t.device), t] -= 1.0 - smoothing
                 if dhidden is not None:
                     dhidden[start : start + rows] = dlogits @ weight  # (p, d)
                 if dweight is not None:
@@ -73,6 +79,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             None,
             None,
             None,
+            None,
         )
 
 
@@ -82,17 +89,21 @@ def linear_cross_entropy(
     targets: torch.Tensor,
     reduction: str = "mean",
     budget_mib: float = 128.0,
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     """``cross_entropy(hidden @ weight.T, targets)`` with at most ``budget_mib`` of logits alive.
 
     hidden (P, d) and weight (n, d) share a dtype; targets (P,) are indices into weight's rows.
     ``reduction`` is ``"mean"`` (over the P positions) or ``"sum"``. The gradients are exact
     (no sampling); they are formed during the forward pass, so a forward without a later
-    backward costs the gradient work too (not under ``torch.no_grad()``).
+    backward costs the gradient work too (not under ``torch.no_grad()``). ``label_smoothing`` in
+    [0, 1) is torch's: the target keeps 1 - e of its weight and every one of the n items gets e / n.
     """
     _check_inputs(hidden, targets, reduction)
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), not {label_smoothing}")
     rows = chunk_rows(weight.size(0), budget_mib, hidden.element_size())
-    total = _LinearCrossEntropy.apply(hidden, weight, targets, rows, torch.is_grad_enabled())
+    total = _LinearCrossEntropy.apply(hidden, weight, targets, rows, torch.is_grad_enabled(), float(label_smoothing))
     return _reduce(total, hidden.size(0), reduction)
 
 

@@ -291,7 +291,8 @@ def test_asha_sweep_table_best_yaml_reproduces_and_resume(tmp_path, tiny_data):
     env = script_env(tmp_path)
     args = ["tune", "--model=GRU4Rec", "--dataset=ml-tiny", f"--space={space}", "--num_samples=1",
             "--scheduler=asha", "--cpus_per_trial=1", "--max_concurrent=1", f"--storage={storage}",
-            "--name=sweep", f"--data_path={tiny_data}", *SMALL]
+            "--name=sweep", f"--data_path={tiny_data}", *SMALL,
+            "--train_batch_size=256"]  # about 50 steps an epoch: enough for 1e-2 to beat an untrained model at epoch 1
     proc = run_script(args, env, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = storage / "sweep"

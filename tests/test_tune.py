@@ -281,16 +281,27 @@ def _valid_metric(stdout: str, metric: str) -> float:
     return float(re.search(rf"{re.escape(metric)}=([0-9.]+)", line).group(1))
 
 
+def _ray_cpus() -> int:
+    """The CPUs a local Ray cluster started here has (Ray reads cgroup quotas and CPU affinity)."""
+    try:
+        from ray._private.utils import get_num_cpus
+
+        return int(get_num_cpus())
+    except (ImportError, AttributeError):
+        return len(os.sched_getaffinity(0))
+
+
 @pytest.mark.slow
 def test_asha_sweep_table_best_yaml_reproduces_and_resume(tmp_path, tiny_data):
-    """3 trials under ASHA, one at a time in the grid's order: one that learns, one that learns nothing
-    (ASHA must stop it at the first rung), one that fails (its learning rate overflows the weights)."""
+    """3 trials under ASHA, one at a time in the grid's order (each asks for every CPU of the local Ray
+    cluster): one that learns, one that learns nothing (ASHA must stop it at the first rung), one
+    that fails (its learning rate overflows the weights)."""
     space = write(tmp_path / "space.yaml", "learning_rate: {grid: [1.0e-2, 1.0e-9, 1.0e+38]}\n"
                                            "dropout_prob: {uniform: [0.1, 0.3]}\n")
     storage = tmp_path / "runs"
     env = script_env(tmp_path)
     args = ["tune", "--model=GRU4Rec", "--dataset=ml-tiny", f"--space={space}", "--num_samples=1",
-            "--scheduler=asha", "--cpus_per_trial=1", "--max_concurrent=1", f"--storage={storage}",
+            "--scheduler=asha", f"--cpus_per_trial={_ray_cpus()}", f"--storage={storage}",
             "--name=sweep", f"--data_path={tiny_data}", *SMALL,
             "--train_batch_size=256"]  # about 50 steps an epoch: enough for 1e-2 to beat an untrained model at epoch 1
     proc = run_script(args, env, tmp_path)

@@ -67,14 +67,10 @@ def main(argv: list[str]) -> int:
     splits = ("valid", "test") if opts["split"] == "both" else (opts["split"],)
     config, trainer, dataset, loaders = evaluation_run(opts["checkpoint"], settings)
     results = score_splits(trainer, loaders, splits)
-    groups = {}
-    if cuts:
-        seen = SeenItems.from_dataset(dataset)  # once, for every split
-        groups = {name: metrics_by_history(trainer, dataset, loaders[name], cuts, seen) for name in splits}
-    profiles = {}
-    if opts["ranks"]:
-        seen = SeenItems.from_dataset(dataset)
-        profiles = {name: rank_profile(trainer, loaders[name], seen, opts["ranks"]) for name in splits}
+    seen = SeenItems.from_dataset(dataset) if cuts or opts["ranks"] else None  # once, for every split
+    groups = {name: metrics_by_history(trainer, dataset, loaders[name], cuts, seen) for name in splits} if cuts else {}
+    profiles = {name: rank_profile(trainer, loaders[name], seen, opts["ranks"]) for name in splits} \
+        if opts["ranks"] else {}
     filtered = bool(config["eval_filter_seen"])
     if opts["format"] == "json":
         print(json.dumps({"model": config["model"], "dataset": config["dataset"], "eval_filter_seen": filtered,
@@ -163,20 +159,21 @@ def rank_profile(trainer, loader, seen, max_rank: int) -> dict:
         for batch in loader:
             interaction, scores, positive_u, positive_i = Trainer._full_sort_batch_eval(trainer, batch)
             scores = scores.double().cpu()
-            target = scores[positive_u.cpu(), positive_i.cpu()].unsqueeze(1)  # (B, 1)
+            at_target = (positive_u.cpu(), positive_i.cpu())  # (row, target item) of each row
+            target = scores[at_target].unsqueeze(1)  # (B, 1)
             ranks["all"].append(1 + (scores > target).sum(1))
             r, i = seen.mask(interaction, *fields)
             history = torch.zeros_like(scores, dtype=torch.bool)
             history[r, i] = True
             left = scores.masked_fill(history, -math.inf)
-            hidden = history[positive_u.cpu(), positive_i.cpu()]  # the target is in the user's history
+            hidden = history[at_target]  # the target is in the user's history
             rank = 1 + (left > target).sum(1)
             ranks["seen_out"].append(torch.where(hidden, torch.full_like(rank, max_rank + 1), rank))
             in_history += history.gather(1, scores.topk(10, dim=1).indices).double().sum().item() / 10
             logp = torch.log_softmax(scores, dim=1)
             p = logp.exp()
             p_top += p.max(1).values.sum().item()
-            p_target += p[positive_u.cpu(), positive_i.cpu()].sum().item()
+            p_target += p[at_target].sum().item()
             entropy -= torch.where(p > 0, p * logp, torch.zeros_like(p)).sum().item()
             rows += scores.size(0)
     out = {"rows": rows, "top10_in_history": in_history / max(rows, 1), "p_top": p_top / max(rows, 1),

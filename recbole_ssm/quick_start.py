@@ -26,7 +26,7 @@ from recbole_ssm.data.atomic import check_dataset_files
 from recbole_ssm.errors import Interrupted, UsageError
 from recbole_ssm.regime import check_train_targets
 from recbole_ssm.registry import canonical_name, get_model, plugin_models
-from recbole_ssm.settings_check import check_user_settings
+from recbole_ssm.settings_check import PLAIN_CE, check_user_settings
 from recbole_ssm.targets import trains_every_prefix
 from recbole_ssm.trainer import get_trainer
 from recbole_ssm.utils import count_parameters
@@ -88,17 +88,13 @@ def build_config(
 def _check_ce_settings(config, model_class) -> None:
     """The ce_* loss settings only where the model's loss reads them (the ``CE_SETTINGS`` trait):
     elsewhere they would be ignored, and the run would be plain full CE under another name."""
-    changed = [f"{key}={config[key]}" for key, plain in CE_SETTINGS.items()
+    changed = [f"{key}={config[key]}" for key, plain in PLAIN_CE.items()
                if config[key] is not None and config[key] != plain]
     if not changed or getattr(model_class, "CE_SETTINGS", False):
         return
     takers = ", ".join(n for n, c in plugin_models().items() if getattr(c, "CE_SETTINGS", False))
     raise UsageError(f"{' '.join(changed)} is not implemented for {model_class.__name__}'s loss; models that "
                      f"take the ce_* settings: {takers}; unset it")
-
-
-# the ce_* loss settings at the values that leave the loss plain full CE
-CE_SETTINGS = {"ce_negatives": 0, "ce_label_smoothing": 0.0, "ce_temperature": 1.0}
 
 
 @dataclass

@@ -141,6 +141,10 @@ def _eval_args(v) -> str | None:
 
 
 _POSITIVE = "a whole number >= 1"
+# The ce_* loss settings at the values that leave the loss plain full CE over all items (the models'
+# CausalLoss, the run's check that a model takes them, the benchmarks' neutral settings).
+PLAIN_CE = {"ce_negatives": 0, "ce_label_smoothing": 0.0, "ce_temperature": 1.0}
+
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     **{k: (positive_int, _POSITIVE) for k in (
         "epochs", "train_batch_size", "eval_batch_size", "eval_step", "stopping_step", "MAX_ITEM_LIST_LENGTH",

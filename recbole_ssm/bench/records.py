@@ -13,6 +13,7 @@ from typing import Any, Iterable
 import yaml
 
 from recbole_ssm.errors import UsageError
+from recbole_ssm.settings_check import PLAIN_CE
 from recbole_ssm.utils import atomic_write_text
 
 _SPEC_KEY = re.compile(r"[A-Za-z_]\w*")
@@ -70,8 +71,7 @@ def fingerprint(settings: dict) -> str:
 
 # Settings that, at these values, behave as the package did before they existed: a property file
 # that adds one at its neutral value keeps its digest, so the records measured before still count.
-NEUTRAL_SETTINGS = {"ce_negatives": 0, "ce_negative_sampler": "uniform", "eval_score_chunks": True,
-                    "tuned_defaults": True, "ce_label_smoothing": 0.0, "ce_temperature": 1.0}
+NEUTRAL_SETTINGS = {**PLAIN_CE, "ce_negative_sampler": "uniform", "eval_score_chunks": True, "tuned_defaults": True}
 
 
 def without_neutral(mapping):

@@ -24,7 +24,7 @@ from recbole_ssm.ops.cross_entropy import (
     sample_negatives,
     sampled_softmax_cross_entropy,
 )
-from recbole_ssm.settings_check import RULES
+from recbole_ssm.settings_check import PLAIN_CE, RULES
 from recbole_ssm.targets import NEG_TARGETS, TARGETS
 from recbole_ssm.validate import positive_number, require
 
@@ -91,7 +91,7 @@ class CausalLoss:
             raise ConfigError(f"ce_label_smoothing and ce_temperature apply to loss_type=CE, not "
                               f"{config['loss_type']}; unset them or train with loss_type=CE")
         # under 'last', RecBole's own loss only where no ce_* setting changes it
-        self.plain_ce = not self.ce_negatives and not self.ce_label_smoothing and self.ce_temperature == 1.0
+        self.plain_ce = all(getattr(self, key) == plain for key, plain in PLAIN_CE.items())
 
     def target_loss(self, hidden: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor | None = None) -> torch.Tensor:
         """Mean loss of hidden states (P, d) against their next items (P,): CE over all items, sampled

@@ -109,6 +109,7 @@ class RunOutput:
     params: tuple
     timings: dict = field(default_factory=dict)
     test_data: Any = None  # the test split's dataloader
+    valid_data: Any = None  # the validation split's dataloader
     dataset: Any = None  # the whole data set the loaders were cut from
 
 
@@ -169,6 +170,7 @@ def run(
         params=params,
         timings={"data_s": t_data, "fit_s": trainer.fit_s},
         test_data=test_data,
+        valid_data=valid_data,
         dataset=data,
     )
 

@@ -251,6 +251,30 @@ def test_table_sorts_by_validation_with_failed_trials_last(tmp_path):
     assert "ValueError" in report.format_table(frame)
 
 
+def test_choice_with_the_history_left_out_is_among_finished_trials(tmp_path):
+    """Finished trials report their best checkpoint's validation and test with the history left
+    out; that choice can name another trial than RecBole's ranking, and never a stopped one."""
+    seen = "valid_seen_out/ndcg@10"
+    results = [
+        _result("a", 0.001, {"best_valid_score": 0.06, "epochs_trained": 1}),  # stopped: no such score
+        _result("b", 0.01, {"best_valid_score": 0.05, "epochs_trained": 3, "finished": True,
+                            "test/ndcg@10": 0.04, seen: 0.061, "test_seen_out/ndcg@10": 0.05}),
+        _result("d", 0.003, {"best_valid_score": 0.03, "epochs_trained": 3, "finished": True,
+                             "test/ndcg@10": 0.02, seen: 0.072, "test_seen_out/ndcg@10": 0.06}),
+    ]
+    rows = report.sort_rows(report.rows_from_results(results, ["learning_rate"]), bigger=True)
+    assert report.best_row(rows, bigger=True).trial == "a"
+    assert report.best_row_seen_out(rows, "ndcg@10", bigger=True).trial == "d"
+    assert report.best_row_seen_out(rows, "ndcg@10", bigger=False).trial == "b"
+    assert report.best_row_seen_out(rows[:1], "ndcg@10", bigger=True) is None
+    report.write_csv(report.to_frame(rows, "ndcg@10"), str(tmp_path / "t.csv"))
+    with open(tmp_path / "t.csv", encoding="utf-8") as f:
+        table = {r["trial"]: r for r in csv.DictReader(f)}
+    assert table["d"]["valid ndcg@10 (history left out)"] == "0.072"
+    assert table["d"]["test ndcg@10 (history left out)"] == "0.06"
+    assert table["a"]["valid ndcg@10 (history left out)"] == ""
+
+
 def test_best_yaml_is_a_config_file_with_exact_values(tmp_path):
     lr = 0.0012345678901234567
     config = report.best_config({"eval_batch_size": 512}, {"epochs": 3}, {"learning_rate": lr},
@@ -342,6 +366,15 @@ def test_asha_sweep_table_best_yaml_reproduces_and_resume(tmp_path, tiny_data):
     assert idle["status"] == "stopped" and epochs[idle["trial"]] == [1], (idle, epochs)
     assert float(idle["valid ndcg@10"]) < float(learns["valid ndcg@10"])
     assert float(learns["test ndcg@10"]) > 0
+    # the finished trial's checkpoint with the history left out, as `evaluate` scores it
+    from recbole_ssm.checkpoint import evaluate_splits
+
+    (checkpoint,) = glob.glob(os.path.join(trial_dirs[next(n for n in trial_dirs if learns["trial"] in n)],
+                                           "saved", "*.pth"))
+    _, seen_out = evaluate_splits(checkpoint, ("valid", "test"), {"eval_filter_seen": True})
+    assert float(learns["valid ndcg@10 (history left out)"]) == pytest.approx(seen_out["valid"]["ndcg@10"], abs=1e-9)
+    assert float(learns["test hit@10 (history left out)"]) == pytest.approx(seen_out["test"]["hit@10"], abs=1e-9)
+    assert idle["valid ndcg@10 (history left out)"] == ""  # stopped: never scored that way
 
     # best.yaml reruns the best trial through the normal CLI with the same validation metric
     best = table[0]
@@ -363,3 +396,57 @@ def test_asha_sweep_table_best_yaml_reproduces_and_resume(tmp_path, tiny_data):
     assert (run_dir / "trials.csv").read_text() == first
     json.dumps(best_yaml)  # plain values only (no numpy scalars)
     assert yaml.safe_dump(best_yaml)
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_resumes_its_trial_from_the_last_epoch(tmp_path, tiny_data):
+    """Ctrl-C during a trial's epochs, then --resume: the trial goes on from the training state it
+    saved before its current epoch (not from epoch 1) and ends with the numbers of an uninterrupted
+    run of the same settings."""
+    import signal
+
+    env = script_env(tmp_path)
+    storage = tmp_path / "runs"
+    space = write(tmp_path / "space.yaml", "learning_rate: {grid: [3.0e-3]}\n")
+    settings = [*SMALL[1:], "--epochs=6", "--stopping_step=100", "--train_batch_size=64"]
+    args = ["tune", "--model=GRU4Rec", "--dataset=ml-tiny", f"--space={space}", "--scheduler=fifo", "--num_samples=1",
+            f"--cpus_per_trial={_ray_cpus()}", f"--storage={storage}", "--name=sweep",
+            f"--data_path={tiny_data}", *settings]
+    proc = subprocess.Popen([sys.executable, SCRIPT, *args], env=env, cwd=tmp_path, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    progress = []
+    while time.time() < deadline and proc.poll() is None:
+        progress = glob.glob(str(storage / "sweep" / "run_trial_*" / "progress.csv"))
+        if progress and len(_trial_epochs(os.path.dirname(progress[0]))) >= 2:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the trial ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-3000:]
+    assert "trials unfinished; continue with" in err
+    (trial_dir,) = [d for d in glob.glob(str(storage / "sweep" / "run_trial_*")) if os.path.isdir(d)]
+    assert os.path.isfile(os.path.join(trial_dir, "saved", "trial-resume.pth"))
+
+    resumed = run_script(["tune", "--resume", f"--storage={storage}", "--name=sweep"], env, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # Tune's progress.csv: the epochs of the first worker process, then those of the resumed one,
+    # which starts where the first stopped (the state saved before the epoch that was cut off)
+    with open(os.path.join(trial_dir, "progress.csv"), encoding="utf-8") as f:
+        reports = [(r["pid"], int(float(r["epoch"]))) for r in csv.DictReader(f) if r.get("epoch")]
+    pids = list(dict.fromkeys(pid for pid, _ in reports))
+    assert len(pids) == 2, reports
+    first = [e for pid, e in reports if pid == pids[0]]
+    second = [e for pid, e in reports if pid == pids[1]]
+    assert len(first) >= 2 and second[0] > 1 and second[0] <= first[-1] + 1, reports
+    assert second == list(range(second[0], 7)), reports
+    assert not os.path.exists(os.path.join(trial_dir, "saved", "trial-resume.pth"))  # the trial completed
+    with open(storage / "sweep" / "trials.csv", encoding="utf-8") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["status"] == "finished" and int(row["epochs"]) == 6
+
+    straight = run_script(["--model=GRU4Rec", "--dataset=ml-tiny", f"--data_path={tiny_data}",
+                           "--learning_rate=3.0e-3", *settings], env, tmp_path)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    assert _valid_metric(straight.stdout, "ndcg@10") == pytest.approx(float(row["valid ndcg@10"]), abs=1e-9)

@@ -28,7 +28,7 @@ best first, and writes <storage>/<name>/trials.csv and best.yaml (use it with --
   --address         an existing Ray cluster (auto after 'ray start --head'); default: start Ray here
   --storage         folder of all runs (default ray_results); the run folder is <storage>/<name>
   --name            run folder name (default <model>_<dataset>)
-  --resume          continue the sweep in <storage>/<name> (unfinished trials run again)
+  --resume          continue the sweep in <storage>/<name> (unfinished trials go on from their last epoch)
   --grace_period, --reduction_factor   ASHA: epochs before a trial may be stopped; 1/fraction kept
   --KEY=VALUE       any other RecBole or model setting, fixed for every trial (e.g. --epochs=10)
 """
@@ -220,6 +220,8 @@ def run(settings, storage: str, name: str, resume: bool, address: str | None, da
               file=sys.stderr)
         return 1
     _write_best(best, settings, info, run_dir, name, dataset_embedded)
+    _write_best_seen_out(report.best_row_seen_out(rows, info.valid_metric, info.bigger), best, settings, info,
+                         run_dir, name, dataset_embedded)
     return _interrupted(counts, storage, name)
 
 
@@ -237,26 +239,53 @@ def _write_trials(rows, info, run_dir: str, elapsed: float) -> dict:
     return counts
 
 
-def _write_best(best, settings, info, run_dir: str, name: str, dataset_embedded: bool) -> None:
-    """best.yaml (the best trial's settings, ready for --config_files) and its summary lines."""
+def _best_yaml(row, settings, info, path: str, dataset_embedded: bool, header: str) -> str:
+    """Write ``row``'s settings to ``path`` (ready for --config_files); returns the command that reruns it."""
     from recbole_ssm.config import merged_user_config
     from recbole_ssm.tune import report
 
     base = merged_user_config(settings.config_files, None)
     fixed = _trial_fixed(settings, dataset_embedded)
-    config = report.best_config(base, fixed, best.params, settings.model, settings.dataset,
+    config = report.best_config(base, fixed, row.params, settings.model, settings.dataset,
                                 info.seed, info.reproducibility)
-    best_path = os.path.join(run_dir, "best.yaml")
     rerun = (f"python run_recbole_ssm.py --model={settings.model} --dataset={settings.dataset} "
-             f"--config_files={best_path}")
+             f"--config_files={path}")
+    report.write_best_yaml(path, config, f"{header}\n{rerun}")
+    return rerun
+
+
+def _write_best(best, settings, info, run_dir: str, name: str, dataset_embedded: bool) -> None:
+    """best.yaml (the best trial's settings, ready for --config_files) and its summary lines."""
+    best_path = os.path.join(run_dir, "best.yaml")
     header = (f"Best trial {best.trial} of sweep {name}: valid {info.valid_metric}={best.best_valid:.6g} "
-              f"(best of its {best.epochs} epochs).\n{rerun}")
-    report.write_best_yaml(best_path, config, header)
+              f"(best of its {best.epochs} epochs).")
+    rerun = _best_yaml(best, settings, info, best_path, dataset_embedded, header)
     print(f"best: trial {best.trial}, valid {info.valid_metric}={best.best_valid:.6g}; config: {best_path}")
     if best.test:
         print("best test: " + "  ".join(f"{k}={v:.4f}" for k, v in best.test.items()))
+        if best.test_seen_out:
+            print("best test, history left out: "
+                  + "  ".join(f"{k}={v:.4f}" for k, v in best.test_seen_out.items()))
     else:
         print(f"best test: not evaluated (the trial was {best.status}); run {rerun}")
+
+
+def _write_best_seen_out(chosen, best, settings, info, run_dir: str, name: str, dataset_embedded: bool) -> None:
+    """The choice by the validation metric with each user's history left out of the ranking: the
+    same trial as best.yaml, or best_history_left_out.yaml."""
+    if chosen is None:
+        return
+    score = chosen.valid_seen_out[info.valid_metric]
+    if chosen.trial == best.trial:
+        print(f"with the history left out the same trial is best: valid {info.valid_metric}={score:.6g}")
+        return
+    path = os.path.join(run_dir, "best_history_left_out.yaml")
+    header = (f"Best trial {chosen.trial} of sweep {name} by valid {info.valid_metric} with each user's history "
+              f"left out of the ranking: {score:.6g} (at its best epoch by RecBole's ranking).")
+    _best_yaml(chosen, settings, info, path, dataset_embedded, header)
+    print(f"best with the history left out: trial {chosen.trial}, valid {info.valid_metric}={score:.6g}; "
+          f"config: {path}")
+    print("its test, history left out: " + "  ".join(f"{k}={v:.4f}" for k, v in chosen.test_seen_out.items()))
 
 
 def _interrupted(counts: dict, storage: str, name: str) -> int:

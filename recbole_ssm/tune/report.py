@@ -10,11 +10,12 @@ from typing import Any, Iterable
 
 import yaml
 
-from recbole_ssm.tune.trainable import BEST_VALID, EPOCHS_TRAINED, FINISHED, native
+from recbole_ssm.tune.trainable import BEST_VALID, EPOCHS_TRAINED, FINISHED, SEEN_OUT, native
 from recbole_ssm.utils import atomic_write_text
 
 FINISHED_S, STOPPED_S, FAILED_S, UNFINISHED_S = "finished", "stopped", "failed", "unfinished"
 STATUSES = (FINISHED_S, STOPPED_S, FAILED_S, UNFINISHED_S)
+HISTORY_OUT = "(history left out)"  # column suffix of the metrics with each user's history left out
 
 
 @dataclass
@@ -28,6 +29,9 @@ class TrialRow:
     params: dict
     valid: dict = field(default_factory=dict)  # metric -> value (best epoch, when finished)
     test: dict = field(default_factory=dict)  # metric -> value (finished trials)
+    # the same checkpoint with each user's history left out of the ranking (finished trials)
+    valid_seen_out: dict = field(default_factory=dict)
+    test_seen_out: dict = field(default_factory=dict)
     error: str = ""
     path: str = ""
 
@@ -71,10 +75,16 @@ def rows_from_results(results: Iterable[Any], space_keys: list[str], configs: li
             params={k: config.get(k) for k in space_keys},
             valid={k[6:]: v for k, v in metrics.items() if k.startswith("valid/")},
             test={k[5:]: v for k, v in metrics.items() if k.startswith("test/")},
+            valid_seen_out=_prefixed(metrics, f"valid{SEEN_OUT}/"),
+            test_seen_out=_prefixed(metrics, f"test{SEEN_OUT}/"),
             error=_error_line(r.error) if r.error is not None else ("see error.txt" if state == "ERROR" else ""),
             path=str(getattr(r, "path", "") or ""),
         ))
     return rows
+
+
+def _prefixed(metrics: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
 
 
 def sort_rows(rows: list[TrialRow], bigger: bool) -> list[TrialRow]:
@@ -92,18 +102,35 @@ def best_row(rows: list[TrialRow], bigger: bool) -> TrialRow | None:
     return scored[0] if scored else None
 
 
+def best_row_seen_out(rows: list[TrialRow], valid_metric: str, bigger: bool) -> TrialRow | None:
+    """The finished trial whose best-epoch checkpoint scores best on the validation split with the
+    history left out (trials stopped early have no such score; ``None`` when no trial has one)."""
+    scored = [r for r in rows if r.status == FINISHED_S and r.valid_seen_out.get(valid_metric) is not None]
+    if not scored:
+        return None
+    sign = -1.0 if bigger else 1.0
+    return min(scored, key=lambda r: sign * float(r.valid_seen_out[valid_metric]))
+
+
 def to_frame(rows: list[TrialRow], valid_metric: str):
-    """A pandas DataFrame of the sorted rows (one column per parameter and test metric)."""
+    """A pandas DataFrame of the sorted rows (one column per parameter and test metric; the
+    validation metric and the test metrics with the history left out where trials have them)."""
     import pandas as pd
 
     test_keys: list[str] = []
+    seen_out_keys: list[str] = []
     for r in rows:
         test_keys += [k for k in r.test if k not in test_keys]
+        seen_out_keys += [k for k in r.test_seen_out if k not in seen_out_keys]
+    seen_out = any(valid_metric in r.valid_seen_out for r in rows)
     records = []
     for rank, r in enumerate(rows, 1):
         rec: dict[str, Any] = {"rank": rank, "trial": r.trial, "status": r.status, "epochs": r.epochs,
                                f"valid {valid_metric}": math.nan if r.best_valid is None else r.best_valid}
         rec.update({f"test {k}": r.test.get(k) for k in test_keys})
+        if seen_out:
+            rec[f"valid {valid_metric} {HISTORY_OUT}"] = r.valid_seen_out.get(valid_metric)
+        rec.update({f"test {k} {HISTORY_OUT}": r.test_seen_out.get(k) for k in seen_out_keys})
         rec.update(r.params)
         rec["error"] = r.error
         records.append(rec)

@@ -6,7 +6,14 @@ is loaded once when the trial starts; every epoch reuses it. After each validati
 reports ``valid_score`` (RecBole's ``valid_metric``) with ``epoch``, so a scheduler such as ASHA
 can stop it; a stopped trial ends inside the report call (Ray raises ``SystemExit`` in the
 trial's thread), which is not an error. A trial that finishes reports once more, without
-``epoch``, with its best validation and its test metrics.
+``epoch``, with its best validation and its test metrics, under RecBole's ranking and with each
+user's history left out of the ranking (``valid_seen_out/``, ``test_seen_out/``; the same
+best-epoch checkpoint scored both ways).
+
+Before every epoch the trial saves its training state in its folder (:data:`RESUME_FILE`). A
+sweep that was interrupted and resumed starts its unfinished trials again in the same folders,
+and a trial that finds that state continues from the epoch it had reached, with the same
+numbers an uninterrupted trial gives.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ BEST_VALID = "best_valid_score"  # best validation score so far
 EPOCH = "epoch"  # epochs trained so far, for the scheduler; absent from the final report
 EPOCHS_TRAINED = "epochs_trained"  # epochs trained so far, in every report
 FINISHED = "finished"  # True on the final report, after the test evaluation
+SEEN_OUT = "_seen_out"  # suffix of the prefixes of the metrics with the history left out: valid_seen_out/...
+RESUME_FILE = os.path.join("saved", "trial-resume.pth")  # the training state, in the trial's folder
 
 
 def native(value: Any) -> Any:
@@ -64,12 +73,22 @@ def run_trial(
     import torch
 
     from recbole_ssm.quick_start import run
+    from recbole_ssm.seen import evaluate_history_left_out
     from recbole_ssm.tune import rayapi
 
     torch.set_num_threads(max(1, int(cpus_per_trial)))
-    config = trial_config(sampled, fixed, gpus_per_trial, rayapi.trial_dir())
+    trial_dir = rayapi.trial_dir()
+    config = trial_config(sampled, fixed, gpus_per_trial, trial_dir)
     eval_step = int(config.get("eval_step", 1) or 1)
     best: dict[str, Any] = {"score": None, "epochs": 0}
+    resume_file = os.path.join(trial_dir, RESUME_FILE)
+    resuming = os.path.isfile(resume_file)
+    if resuming:  # this trial was cut off by an interrupted sweep: go on from its last epoch
+        from recbole_ssm.checkpoint import read_resume_state
+
+        done = [v for _, v in read_resume_state(resume_file).get("valid_scores", []) if not math.isnan(v)]
+        if done:
+            best["score"] = max(done) if bigger else min(done)
 
     def better(a: float, b: float | None) -> bool:
         return b is None or (a > b if bigger else a < b)
@@ -88,8 +107,14 @@ def run_trial(
             **metrics,
         })
 
-    out = run(model, dataset, config_files, config, saved=True, callbacks=[report])
+    if resuming:
+        out = run(resume=resume_file, callbacks=[report])
+    else:
+        out = run(model, dataset, config_files, config, saved=True, callbacks=[report], resume_file=resume_file)
     result = out.result
+    # the best-epoch checkpoint (the trainer's model after the test) with the history left out
+    seen_out = {split: evaluate_history_left_out(out.trainer, out.dataset, loader)
+                for split, loader in (("valid", out.valid_data), ("test", out.test_data))}
     final = {
         VALID_SCORE: best["score"] if best["score"] is not None else float(result["best_valid_score"]),
         BEST_VALID: float(result["best_valid_score"]),
@@ -97,5 +122,6 @@ def run_trial(
         EPOCHS_TRAINED: best["epochs"],
         **{f"valid/{k}": float(v) for k, v in (result["best_valid_result"] or {}).items()},
         **{f"test/{k}": float(v) for k, v in (result["test_result"] or {}).items()},
+        **{f"{split}{SEEN_OUT}/{k}": float(v) for split, res in seen_out.items() for k, v in res.items()},
     }
     rayapi.report(final)

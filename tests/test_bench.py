@@ -307,6 +307,31 @@ def test_table_epoch_time_is_the_median_of_the_runs_epochs():
     assert math.isnan(bench_table.epoch_seconds([]))
 
 
+def test_fingerprint_holds_the_tuned_settings_only_where_the_run_reads_them(tmp_path, monkeypatch):
+    """A tuned file (properties/tuned/<dataset>/<Model>.yaml) has the model file's name: both count,
+    apart; a run given tuned_defaults=False does not read it, so its fingerprint leaves it out."""
+    import shutil
+
+    from recbole_ssm import config as cfg
+
+    props = tmp_path / "props"
+    shutil.copytree(cfg.PROPERTIES_DIR, props)
+    monkeypatch.setattr(cfg, "PROPERTIES_DIR", str(props))
+    plain = records.settings_files_digest("2Mamba4Rec", "ml-100k")
+    tuned = props / "tuned" / "ml-100k" / "Mamba2Rec.yaml"
+    tuned.parent.mkdir(parents=True)
+    tuned.write_text("num_layers: 2\n")
+    with_tuned = records.settings_files_digest("2Mamba4Rec", "ml-100k")
+    assert with_tuned["Mamba2Rec.yaml"] == plain["Mamba2Rec.yaml"]  # the model's own file, still its own
+    assert set(with_tuned) - set(plain) == {os.path.join("tuned", "ml-100k", "Mamba2Rec.yaml")}
+    assert records.settings_files_digest("2Mamba4Rec", "ml-100k", tuned=False) == plain
+    tuned.write_text("num_layers: 3\n")
+    assert records.settings_files_digest("2Mamba4Rec", "ml-100k") != with_tuned
+    model_file = props / "model" / "Mamba2Rec.yaml"
+    model_file.write_text(model_file.read_text().replace("num_layers: 1 ", "num_layers: 4 "))
+    assert records.settings_files_digest("2Mamba4Rec", "ml-100k")["Mamba2Rec.yaml"] != plain["Mamba2Rec.yaml"]
+
+
 def test_fingerprint_follows_property_and_config_files(tmp_path):
     cfg = tmp_path / "extra.yaml"
     cfg.write_text("learning_rate: 0.001\n")

@@ -81,19 +81,27 @@ def without_neutral(mapping):
     return {k: v for k, v in mapping.items() if not (k in NEUTRAL_SETTINGS and v == NEUTRAL_SETTINGS[k])}
 
 
-def settings_files_digest(model_name: str, dataset: str, files: Iterable[str] = ()) -> dict:
-    """``{file: sha256 prefix}`` of the property and config files a run reads.
+def settings_files_digest(model_name: str, dataset: str, files: Iterable[str] = (), tuned: bool = True) -> dict:
+    """``{file: sha256 prefix}`` of the property and config files a run reads (the tuned settings'
+    file only where the run reads it: ``tuned`` is the run's ``tuned_defaults``).
 
     Part of every record's fingerprint: after a change of a model's defaults (e.g. in
     properties/model/NAME.yaml) old records are no longer reused. What is hashed is the mapping
     a file holds, not its bytes, so comments, blank lines and key order do not count.
     """
-    from recbole_ssm.config import property_files
+    from recbole_ssm.config import property_files, tuned_file
     from recbole_ssm.registry import canonical_name
 
+    name = canonical_name(model_name)
+    tuned_path = tuned_file(name, dataset)
     out = {}
-    for path in [*property_files(canonical_name(model_name), dataset), *files]:
-        key = os.path.basename(path) if path not in files else os.path.abspath(path)
+    for path in [*property_files(name, dataset, tuned=tuned), *files]:
+        if path in files:
+            key = os.path.abspath(path)
+        elif path == tuned_path:  # beside the model's own file, which has the same name
+            key = os.path.join("tuned", dataset, os.path.basename(path))
+        else:
+            key = os.path.basename(path)
         try:
             with open(path, "rb") as f:
                 raw = f.read()

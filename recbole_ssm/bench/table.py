@@ -322,11 +322,13 @@ def main(argv: list[str]) -> int:
     from recbole_ssm.quick_start import build_config
 
     resolve_dataset(dataset, _data_path(dataset, files, overrides))  # one-line error before any work
+    tuned = {}  # whether each model's runs read its tuned settings (tuned_defaults)
     for spec in specs:  # invalid settings fail here, before hours of training
-        build_config(spec.name, dataset, files, {**overrides, **spec.overrides})
+        config, _cls = build_config(spec.name, dataset, files, {**overrides, **spec.overrides})
+        tuned[spec.label] = config["tuned_defaults"] is not False
 
     runs_dir = os.path.join(output, "runs")
-    points = _points(specs, seeds, dataset, files, overrides, threads, lat_repeats, lat_batch, output)
+    points = _points(specs, seeds, dataset, files, overrides, threads, lat_repeats, lat_batch, output, tuned)
     for p in points:  # each record keeps the command that made it (the table of a later call names it)
         p.labels["command"] = _command(argv)
     records, todo = reuse_or_schedule(points, own["overwrite"], schedule=not own["report_only"])
@@ -338,14 +340,15 @@ def main(argv: list[str]) -> int:
     return 1 if bad else 0
 
 
-def _points(specs, seeds, dataset, files, overrides, threads, lat_repeats, lat_batch, output) -> list:
+def _points(specs, seeds, dataset, files, overrides, threads, lat_repeats, lat_batch, output, tuned) -> list:
     """One run per (seed, model): every model's first seed before any model's second, so partial
     tables stay even. A run stopped midway continues from its resume state (same settings only)."""
     points = []
     for seed in seeds:
         for spec in specs:
             settings = {"threads": threads, "dataset": dataset, "model": spec.name, "spec": spec.overrides,
-                        "overrides": overrides, "files": settings_files_digest(spec.name, dataset, files)}
+                        "overrides": overrides,
+                        "files": settings_files_digest(spec.name, dataset, files, tuned[spec.label])}
             work = {
                 "model": spec.name, "dataset": dataset, "config_files": files,
                 "overrides": {**overrides, **spec.overrides}, "seed": seed,

@@ -450,3 +450,29 @@ def test_interrupted_sweep_resumes_its_trial_from_the_last_epoch(tmp_path, tiny_
                            "--learning_rate=3.0e-3", *settings], env, tmp_path)
     assert straight.returncode == 0, straight.stderr[-3000:]
     assert _valid_metric(straight.stdout, "ndcg@10") == pytest.approx(float(row["valid ndcg@10"]), abs=1e-9)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_ray_cpus() < 2, reason="needs 2 CPUs for two one-CPU trials to fit side by side")
+def test_max_concurrent_runs_trials_one_after_another(tmp_path, tiny_data):
+    """--max_concurrent=1 with one-CPU trials on a machine where two would fit: the second trial
+    starts after the first has ended."""
+    env = script_env(tmp_path)
+    storage = tmp_path / "runs"
+    space = write(tmp_path / "space.yaml", "learning_rate: {grid: [1.0e-3, 3.0e-3]}\n")
+    args = ["tune", "--model=GRU4Rec", "--dataset=ml-tiny", f"--space={space}", "--search=grid",
+            "--scheduler=fifo", "--cpus_per_trial=1", "--max_concurrent=1", f"--storage={storage}",
+            "--name=sweep", f"--data_path={tiny_data}", *SMALL[1:], "--epochs=2"]
+    proc = run_script(args, env, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    spans = []
+    for d in glob.glob(str(storage / "sweep" / "run_trial_*")):
+        if not os.path.isdir(d):
+            continue
+        with open(os.path.join(d, "progress.csv"), encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        # Tune's timestamp is the report's wall clock in whole seconds; time_total_s counts from the trial's start
+        spans.append((float(rows[0]["timestamp"]) - float(rows[0]["time_total_s"]), float(rows[-1]["timestamp"])))
+    assert len(spans) == 2
+    (start_a, end_a), (start_b, end_b) = sorted(spans)
+    assert start_b >= end_a - 1.0, spans  # 1 s: the timestamps' resolution

@@ -277,8 +277,9 @@ def run_tuner(settings: SweepSettings, info: RunInfo, trial_fixed: dict, storage
             tune_config=tune.TuneConfig(
                 num_samples=settings.num_samples,
                 scheduler=make_scheduler(settings, info),
-                search_alg=BasicVariantGenerator(random_state=info.seed),
-                max_concurrent_trials=settings.max_concurrent,
+                # the limit is the generator's own: Ray ignores max_concurrent_trials for a search
+                # generator such as this one (only a Searcher gets wrapped in a ConcurrencyLimiter)
+                search_alg=BasicVariantGenerator(random_state=info.seed, max_concurrent=settings.max_concurrent or 0),
                 reuse_actors=False,  # a fresh worker per trial: no state leaks between trials
                 **rayapi.tune_config_chdir(),
             ),

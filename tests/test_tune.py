@@ -445,6 +445,10 @@ def test_interrupted_sweep_resumes_its_trial_from_the_last_epoch(tmp_path, tiny_
     with open(storage / "sweep" / "trials.csv", encoding="utf-8") as f:
         (row,) = list(csv.DictReader(f))
     assert row["status"] == "finished" and int(row["epochs"]) == 6
+    # the sweep's wall clock: one entry per call, the total over both
+    clock = json.loads((storage / "sweep" / "wall_clock.json").read_text())
+    assert len(clock["calls"]) == 2 and all(c["seconds"] > 0 for c in clock["calls"])
+    assert clock["total_seconds"] == pytest.approx(sum(c["seconds"] for c in clock["calls"]), abs=0.2)
 
     straight = run_script(["--model=GRU4Rec", "--dataset=ml-tiny", f"--data_path={tiny_data}",
                            "--learning_rate=3.0e-3", *settings], env, tmp_path)

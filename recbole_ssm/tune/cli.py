@@ -207,7 +207,7 @@ def run(settings, storage: str, name: str, resume: bool, address: str | None, da
             grid = run_tuner(settings, info, _trial_fixed(settings, dataset_embedded), storage, name, resume)
         finally:
             ray.shutdown()
-    elapsed = time.perf_counter() - t0
+    elapsed = _add_wall_clock(run_dir, time.perf_counter() - t0)
 
     results = report.rows_from_results(grid, list(settings.space), *trial_states(grid, run_dir))
     rows = report.sort_rows(results, info.bigger)
@@ -225,6 +225,28 @@ def run(settings, storage: str, name: str, resume: bool, address: str | None, da
     return _interrupted(counts, storage, name)
 
 
+WALL_CLOCK_FILE = "wall_clock.json"
+
+
+def _add_wall_clock(run_dir: str, seconds: float) -> float:
+    """Add this call's wall clock to the sweep's (``wall_clock.json``: one entry per call, so a
+    sweep resumed over several calls has its whole time); returns the total."""
+    import json
+    from datetime import datetime, timezone
+
+    from recbole_ssm.utils import atomic_write_text
+
+    path = os.path.join(run_dir, WALL_CLOCK_FILE)
+    calls = []
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            calls = json.load(f).get("calls", [])
+    calls.append({"ended": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seconds": round(seconds, 1)})
+    total = sum(float(c["seconds"]) for c in calls)
+    atomic_write_text(path, json.dumps({"total_seconds": round(total, 1), "calls": calls}, indent=1) + "\n")
+    return total
+
+
 def _write_trials(rows, info, run_dir: str, elapsed: float) -> dict:
     """trials.csv and the printed table; returns the number of trials in each status."""
     from recbole_ssm.tune import report
@@ -234,7 +256,8 @@ def _write_trials(rows, info, run_dir: str, elapsed: float) -> dict:
     report.write_csv(frame, csv_path)
     counts = {s: sum(r.status == s for r in rows) for s in report.STATUSES}
     print(report.format_table(frame))
-    print(f"{len(rows)} trials in {elapsed:.0f}s: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+    print(f"{len(rows)} trials in {elapsed:.0f}s ({elapsed / 3600:.2f} h, every call of this sweep together): "
+          + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
     print(f"table: {csv_path}")
     return counts
 

@@ -6,7 +6,7 @@
 # Each sweep runs in ray_results/<dataset>-<model>/ and resumes there when it was stopped before:
 # stop the script with kill -INT (or Ctrl-C) on its `tune` process; finished trials keep their
 # results and cut-off trials go on from their last epoch next time. After each sweep (finished
-# or stopped) its trials.csv, sweep.yaml and best*.yaml are copied to results/sweeps/<name>/.
+# or stopped) its trials.csv, sweep.yaml, wall_clock.json and best*.yaml are copied to results/sweeps/<name>/.
 # Two trials run side by side, one torch thread each (on 2 cores that trains about 1.3x more
 # epochs an hour than one trial on two threads, measured 2026-12-07 on 2Mamba4Rec / Beauty).
 # Needs the data sets prepared as docs/results.md shows (dataset/amazon-beauty, dataset/ml-1m).
@@ -39,7 +39,7 @@ for sweep in ${@:-$ALL}; do
         --storage="$STORAGE" --name="$name" $COMMON $extra $resume
     rc=$?
     mkdir -p "results/sweeps/$name"
-    for f in trials.csv sweep.yaml best.yaml best_history_left_out.yaml; do
+    for f in trials.csv sweep.yaml wall_clock.json best.yaml best_history_left_out.yaml; do
         [ -f "$STORAGE/$name/$f" ] && cp "$STORAGE/$name/$f" "results/sweeps/$name/"
     done
     [ $rc -eq 0 ] || { echo "=== $(date -u +%FT%T) $name stopped (exit $rc)"; exit $rc; }

@@ -285,10 +285,9 @@ def _write_best(best, settings, info, run_dir: str, name: str, dataset_embedded:
     rerun = _best_yaml(best, settings, info, best_path, dataset_embedded, header)
     print(f"best: trial {best.trial}, valid {info.valid_metric}={best.best_valid:.6g}; config: {best_path}")
     if best.test:
-        print("best test: " + "  ".join(f"{k}={v:.4f}" for k, v in best.test.items()))
+        print(f"best test: {_metrics_line(best.test)}")
         if best.test_seen_out:
-            print("best test, history left out: "
-                  + "  ".join(f"{k}={v:.4f}" for k, v in best.test_seen_out.items()))
+            print(f"best test, history left out: {_metrics_line(best.test_seen_out)}")
     else:
         print(f"best test: not evaluated (the trial was {best.status}); run {rerun}")
 
@@ -308,7 +307,11 @@ def _write_best_seen_out(chosen, best, settings, info, run_dir: str, name: str, 
     _best_yaml(chosen, settings, info, path, dataset_embedded, header)
     print(f"best with the history left out: trial {chosen.trial}, valid {info.valid_metric}={score:.6g}; "
           f"config: {path}")
-    print("its test, history left out: " + "  ".join(f"{k}={v:.4f}" for k, v in chosen.test_seen_out.items()))
+    print(f"its test, history left out: {_metrics_line(chosen.test_seen_out)}")
+
+
+def _metrics_line(metrics: dict) -> str:
+    return "  ".join(f"{k}={v:.4f}" for k, v in metrics.items())
 
 
 def _interrupted(counts: dict, storage: str, name: str) -> int:

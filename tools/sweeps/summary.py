@@ -17,7 +17,8 @@ import sys
 
 import yaml
 
-OUT = "(history left out)"
+from recbole_ssm.tune.report import HISTORY_OUT as OUT
+from recbole_ssm.tune.report import STATUSES
 
 
 def _num(text: str) -> float | None:
@@ -51,7 +52,7 @@ def sweep_row(folder: str) -> str | None:
     keys = list(sweep["space"])
     metric = next(k for k in rows[0] if k.startswith("valid ") and OUT not in k)  # "valid ndcg@10"
     name = metric[len("valid "):]
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "stopped", "failed", "unfinished")}
+    counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
     scored = [r for r in rows if _num(r[metric]) is not None and r["status"] != "failed"]
     best = scored[0] if scored else None  # trials.csv is sorted, best first
     seen_col = f"{metric} {OUT}"

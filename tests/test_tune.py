@@ -73,6 +73,60 @@ def test_shipped_spaces_are_valid_and_sample_within_bounds(model):
                 assert p.args[0] <= value <= p.args[1]
 
 
+SWEEPS_DIR = os.path.join(ROOT, "tools", "sweeps")
+
+
+def package_sweeps() -> list[tuple[str, str]]:
+    """(dataset, model) of every sweep tools/sweeps/run.sh runs, read from its ALL list."""
+    text = open(os.path.join(SWEEPS_DIR, "run.sh"), encoding="utf-8").read()
+    listed = re.search(r'^ALL="([^"]*)"', text, re.M).group(1).split()
+    return [tuple(s.split("/")) for s in listed]
+
+
+# settings a search space may vary that shape the network (and so can fail to build together)
+SHAPE_KEYS = ("num_layers", "n_layers", "n_heads", "hidden_size", "inner_size", "expand", "d_state", "headdim")
+
+
+@pytest.mark.parametrize("dataset,model", package_sweeps())
+def test_package_sweep_spaces_build_and_train_at_every_shape(dataset, model, tiny_data):
+    """Every combination of a package sweep's network sizes builds its model and takes a training
+    step under ``all``: a sweep never spends hours to find that a sampled shape cannot run (e.g. a
+    hidden size Mamba2Rec's heads do not divide, or one n_heads does not divide)."""
+    import itertools
+
+    import torch
+    from recbole.data import create_dataset
+    from recbole.data.interaction import Interaction
+
+    from recbole_ssm import compat
+    from recbole_ssm.quick_start import build_config
+    from recbole_ssm.targets import TARGETS
+    from tests.conftest import TINY
+
+    space = os.path.join(SWEEPS_DIR, dataset, "SASRec.yaml" if model == "SASRec" else "ssm.yaml")
+    params = load_space(space, model, dataset)
+    shapes = [p for p in params if p.key in SHAPE_KEYS]
+    assert shapes and all(p.dist == "choice" for p in shapes), "network sizes are searched as choices"
+    base = {**TINY, "data_path": tiny_data, "MAX_ITEM_LIST_LENGTH": 6, "train_targets": "all"}
+    config, cls = build_config(model, "ml-tiny", None, base)
+    with compat.quiet_recbole():
+        data = create_dataset(config)
+    g = torch.Generator().manual_seed(0)
+    seq = torch.randint(1, data.item_num, (3, 6), generator=g)
+    batch = Interaction({"item_id_list": seq, "item_length": torch.tensor([6, 4, 1]),
+                         TARGETS: torch.where(torch.arange(6) < torch.tensor([[6], [4], [1]]),
+                                              torch.randint(1, data.item_num, (3, 6), generator=g), 0)})
+    combos = list(itertools.product(*(p.args for p in shapes)))
+    for combo in combos:
+        sizes = dict(zip((p.key for p in shapes), combo))
+        config, cls = build_config(model, "ml-tiny", None, {**base, **sizes})
+        net = cls(config, data).train()
+        loss = net.calculate_loss(batch)
+        loss.backward()
+        assert torch.isfinite(loss), sizes
+        assert all(config[k] == v for k, v in sizes.items()), sizes
+
+
 def test_space_reads_yaml_floats_without_a_dot_as_numbers(tmp_path):
     path = write(tmp_path / "s.yaml", "learning_rate: {loguniform: [1e-4, 1e-2]}\n"
                                       "dropout_prob: {choice: [1e-1, 0.2]}\n")

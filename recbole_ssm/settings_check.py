@@ -143,7 +143,7 @@ def _eval_args(v) -> str | None:
 _POSITIVE = "a whole number >= 1"
 # The ce_* loss settings at the values that leave the loss plain full CE over all items (the models'
 # CausalLoss, the run's check that a model takes them, the benchmarks' neutral settings).
-PLAIN_CE = {"ce_negatives": 0, "ce_label_smoothing": 0.0, "ce_temperature": 1.0}
+PLAIN_CE = {"ce_negatives": 0, "ce_label_smoothing": 0.0, "ce_temperature": 1.0, "ce_filter_seen": False}
 
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     **{k: (positive_int, _POSITIVE) for k in (
@@ -159,6 +159,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "ce_negative_sampler": (lambda v: v in ("uniform", "popularity"), "uniform or popularity"),
     "ce_label_smoothing": (_probability, "a number in [0, 1) (0: the plain target)"),
     "ce_temperature": (positive_number, "a number > 0 (1: the plain logits)"),
+    "ce_filter_seen": (lambda v: isinstance(v, bool), "True or False"),
     "train_window_stride": (lambda v: v is None or positive_int(v), "a whole number >= 1, or ~ for no overlap"),
     "train_window_positions": (lambda v: v is None or positive_int(v),
                                "a whole number >= 1 (padded positions a batch), or ~ for windows a batch"),

@@ -50,6 +50,31 @@ def training_item_counts(dataset, n_items: int) -> torch.Tensor:
     return torch.bincount(items.long(), minlength=n_items).to(torch.float64)
 
 
+def window_seen_pairs(item_seq: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``ce_filter_seen`` under ``all``: ``(rows, cols)`` pairs, each an item (cols) the window's input
+    holds up to a position, for the row of that position's target in ``targets[targets > 0]``
+    (row-major order), the target itself excepted. item_seq and targets (B, W), 0 on padding."""
+    width = targets.size(1)
+    real = targets > 0  # (B, W)
+    pos = torch.arange(width, device=targets.device)
+    upto = pos.unsqueeze(1) >= pos.unsqueeze(0)  # (W, W): input position s is read at position t >= s
+    pairs = (upto.unsqueeze(0) & real.unsqueeze(2) & (item_seq > 0).unsqueeze(1)
+             & (item_seq.unsqueeze(1) != targets.unsqueeze(2)))  # (B, t, s)
+    b, t, src = pairs.nonzero(as_tuple=True)  # in (b, t, s) order, so rows come out ascending
+    row_of = (real.flatten().cumsum(0) - 1).view_as(real)  # (B, W): the row of each real position
+    return row_of[b, t], item_seq[b, src]
+
+
+def prefix_seen_pairs(item_seq: torch.Tensor, item_seq_len: torch.Tensor,
+                      targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``ce_filter_seen`` under ``last``: ``(rows, cols)``, the items of each row's prefix (B, L) up to
+    its length (B,), the row's target (B,) excepted."""
+    pos = torch.arange(item_seq.size(1), device=item_seq.device)
+    pairs = (pos.unsqueeze(0) < item_seq_len.unsqueeze(1)) & (item_seq > 0) & (item_seq != targets.unsqueeze(1))
+    b, src = pairs.nonzero(as_tuple=True)
+    return b, item_seq[b, src]
+
+
 class CausalLoss:
     """Mixin for causal RecBole sequential models with ``encode``, ``item_embedding`` and ``loss_type``.
 
@@ -90,12 +115,18 @@ class CausalLoss:
         if (self.ce_label_smoothing or self.ce_temperature != 1.0) and config["loss_type"] != "CE":
             raise ConfigError(f"ce_label_smoothing and ce_temperature apply to loss_type=CE, not "
                               f"{config['loss_type']}; unset them or train with loss_type=CE")
+        self.ce_filter_seen = bool(require(config, "ce_filter_seen", *RULES["ce_filter_seen"], default=False))
+        if self.ce_filter_seen and (config["loss_type"] != "CE" or self.ce_negatives or self.ce_label_smoothing):
+            raise ConfigError("ce_filter_seen applies to full CE (loss_type=CE, ce_negatives=0) without "
+                              "ce_label_smoothing; unset it or those settings")
         # under 'last', RecBole's own loss only where no ce_* setting changes it
         self.plain_ce = all(getattr(self, key) == plain for key, plain in PLAIN_CE.items())
 
-    def target_loss(self, hidden: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor | None = None) -> torch.Tensor:
+    def target_loss(self, hidden: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor | None = None,
+                    seen: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Mean loss of hidden states (P, d) against their next items (P,): CE over all items, sampled
-        softmax over ``ce_negatives`` negatives, or BPR against ``neg`` (P,)."""
+        softmax over ``ce_negatives`` negatives, or BPR against ``neg`` (P,). ``seen = (rows, cols)``
+        (``ce_filter_seen``): item ``cols[e]`` is left out of position ``rows[e]``'s softmax."""
         if self.loss_type == "BPR":
             pos_score = (hidden * self.item_embedding(pos)).sum(-1)  # (P,)
             neg_score = (hidden * self.item_embedding(neg)).sum(-1)
@@ -105,7 +136,7 @@ class CausalLoss:
             hidden = hidden / self.ce_temperature  # every logit h . w_j divided by the temperature
         if not self.ce_negatives:
             return linear_cross_entropy(hidden, weight, pos, budget_mib=self.ce_chunk_mib,
-                                        label_smoothing=self.ce_label_smoothing)
+                                        label_smoothing=self.ce_label_smoothing, exclude=seen)
         # fresh negatives for every batch, from torch's default generator (RecBole seeds it)
         negatives, log_q = sample_negatives(self.n_items, self.ce_negatives, probs=self.ce_sampling_weights,
                                             device=hidden.device)  # (N,), (N,)
@@ -127,13 +158,17 @@ class CausalLoss:
         targets = interaction[TARGETS][:, : hidden.size(1)]  # (B, W), 0 on padding
         real = targets > 0
         neg = interaction[NEG_TARGETS][:, : hidden.size(1)][real] if self.loss_type == "BPR" else None
-        return self.target_loss(hidden[real], targets[real], neg)  # (P, d) against (P,)
+        seen = window_seen_pairs(interaction[self.ITEM_SEQ][:, : hidden.size(1)], targets) if self.ce_filter_seen else None
+        return self.target_loss(hidden[real], targets[real], neg, seen)  # (P, d) against (P,)
 
     def last_position_loss(self, interaction) -> torch.Tensor:
         """Mean loss of a batch of RecBole's prefix samples, each read at its last position."""
-        seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])  # (B, d)
+        item_seq, item_seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
+        seq_output = self.forward(item_seq, item_seq_len)  # (B, d)
         neg = interaction[self.NEG_ITEM_ID] if self.loss_type == "BPR" else None
-        return self.target_loss(seq_output, interaction[self.POS_ITEM_ID], neg)
+        pos = interaction[self.POS_ITEM_ID]
+        seen = prefix_seen_pairs(item_seq, item_seq_len, pos) if self.ce_filter_seen else None
+        return self.target_loss(seq_output, pos, neg, seen)
 
     def calculate_loss(self, interaction) -> torch.Tensor:
         if TARGETS in interaction:

@@ -23,11 +23,15 @@ import torch.nn.functional as F
 
 def linear_cross_entropy_ref(
     hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, reduction: str = "mean",
-    label_smoothing: float = 0.0,
+    label_smoothing: float = 0.0, exclude: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """``cross_entropy(hidden @ weight.T, targets)``: hidden (P, d), weight (n, d), targets (P,);
-    ``label_smoothing`` as torch's (that share of the target spread evenly over all n rows)."""
-    return F.cross_entropy(hidden @ weight.t(), targets, reduction=reduction, label_smoothing=label_smoothing)
+    ``label_smoothing`` as torch's (that share of the target spread evenly over all n rows);
+    ``exclude = (rows, cols)``: the logit of item ``cols[e]`` is ``-inf`` in row ``rows[e]``."""
+    logits = hidden @ weight.t()
+    if exclude is not None:
+        logits = logits.index_put(tuple(exclude), logits.new_tensor(float("-inf")))
+    return F.cross_entropy(logits, targets, reduction=reduction, label_smoothing=label_smoothing)
 
 
 def chunk_rows(n_items: int, budget_mib: float, itemsize: int = 4) -> int:
@@ -39,16 +43,22 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """Summed CE; forward walks the positions in chunks and keeps d(loss)/d(inputs), not logits."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, rows: int, grad_enabled: bool, smoothing: float):
+    def forward(ctx, hidden, weight, targets, rows: int, grad_enabled: bool, smoothing: float, ex_rows, ex_cols):
         # forward runs with grad mode off: whether a backward can follow is passed in
         dhidden = torch.empty_like(hidden) if grad_enabled and ctx.needs_input_grad[0] else None
         dweight = torch.zeros_like(weight) if grad_enabled and ctx.needs_input_grad[1] else None
         want_grad = dhidden is not None or dweight is not None
         total = hidden.new_zeros(())
-        for start in range(0, hidden.size(0), rows):
+        if ex_rows is not None:  # where each chunk's excluded pairs start (ex_rows is sorted)
+            cuts = torch.searchsorted(ex_rows, torch.arange(0, hidden.size(0) + rows, rows, device=ex_rows.device))
+            cuts = cuts.tolist()
+        for k, start in enumerate(range(0, hidden.size(0), rows)):
             h = hidden[start : start + rows]  # (p, d)
             t = targets[start : start + rows]  # (p,)
             logits = h @ weight.t()  # (p, n)
+            if ex_rows is not None and cuts[k + 1] > cuts[k]:  # left out of the softmax: exp(-inf) = 0
+                a, b = cuts[k], cuts[k + 1]
+                logits[ex_rows[a:b] - start, ex_cols[a:b]] = float("-inf")
             target_logit = logits.gather(1, t.unsqueeze(1))  # (p, 1), before the logits are overwritten
             if smoothing:  # the smoothed target: (1 - e) on the target, e / n on every item
                 target_logit = (1.0 - smoothing) * target_logit + smoothing * logits.mean(dim=1, keepdim=True)
@@ -80,6 +90,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             None,
             None,
             None,
+            None,
+            None,
         )
 
 
@@ -90,6 +102,7 @@ def linear_cross_entropy(
     reduction: str = "mean",
     budget_mib: float = 128.0,
     label_smoothing: float = 0.0,
+    exclude: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """``cross_entropy(hidden @ weight.T, targets)`` with at most ``budget_mib`` of logits alive.
 
@@ -98,13 +111,39 @@ def linear_cross_entropy(
     (no sampling); they are formed during the forward pass, so a forward without a later
     backward costs the gradient work too (not under ``torch.no_grad()``). ``label_smoothing`` in
     [0, 1) is torch's: the target keeps 1 - e of its weight and every one of the n items gets e / n.
+
+    ``exclude = (rows, cols)``, two (E,) long tensors with ``rows`` ascending: item ``cols[e]`` is
+    left out of row ``rows[e]``'s softmax (its logit is ``-inf``: no share of the normaliser, no
+    gradient). A pair may repeat; a row's own target may not be left out. Not with label smoothing.
     """
     _check_inputs(hidden, targets, reduction)
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1), not {label_smoothing}")
+    ex_rows, ex_cols = _check_exclude(exclude, targets, label_smoothing)
     rows = chunk_rows(weight.size(0), budget_mib, hidden.element_size())
-    total = _LinearCrossEntropy.apply(hidden, weight, targets, rows, torch.is_grad_enabled(), float(label_smoothing))
+    total = _LinearCrossEntropy.apply(hidden, weight, targets, rows, torch.is_grad_enabled(), float(label_smoothing),
+                                      ex_rows, ex_cols)
     return _reduce(total, hidden.size(0), reduction)
+
+
+def _check_exclude(exclude, targets: torch.Tensor, label_smoothing: float):
+    """``(rows, cols)`` of :func:`linear_cross_entropy`'s ``exclude``, checked; ``(None, None)`` if none."""
+    if exclude is None:
+        return None, None
+    ex_rows, ex_cols = exclude
+    if ex_rows.dim() != 1 or ex_rows.shape != ex_cols.shape:
+        raise ValueError(f"exclude takes rows (E,) and cols (E,), got {tuple(ex_rows.shape)} and {tuple(ex_cols.shape)}")
+    if not ex_rows.numel():
+        return None, None
+    if label_smoothing:
+        raise ValueError("exclude and label_smoothing do not go together: smoothing spreads weight over every item")
+    if bool((ex_rows[1:] < ex_rows[:-1]).any()):
+        raise ValueError("exclude's rows must be in ascending order")
+    if int(ex_rows[0]) < 0 or int(ex_rows[-1]) >= targets.numel():
+        raise ValueError(f"exclude's rows must be in [0, {targets.numel()})")
+    if bool((targets[ex_rows] == ex_cols).any()):
+        raise ValueError("exclude leaves out a row's own target")
+    return ex_rows, ex_cols
 
 
 def _check_inputs(hidden: torch.Tensor, targets: torch.Tensor, reduction: str) -> None:

@@ -1,0 +1,159 @@
+"""``ce_filter_seen``: each target's CE leaves out the items its input holds. The chunked loss with
+``exclude`` against its reference, the models' seen pairs against a loop over sets of items, the
+two training regimes against each other, and the settings it refuses."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from recbole_ssm.cli import main
+from recbole_ssm.errors import ConfigError
+from recbole_ssm.ops.cross_entropy import linear_cross_entropy, linear_cross_entropy_ref
+from recbole_ssm.targets import TARGETS
+from tests.test_cli import assert_one_line_error
+from tests.test_regime import SMALL, make_model, prefix_batch, random_histories, tiny_dataset, window_batch
+
+__all__ = ["tiny_dataset"]  # the fixture, shared with test_regime
+
+F64 = torch.float64
+
+
+def random_pairs(targets: torch.Tensor, n: int, count: int, g: torch.Generator):
+    """``count`` random (row, item) pairs, rows ascending, repeats allowed, never a row's target."""
+    rows = torch.randint(0, targets.numel(), (count,), generator=g).sort().values
+    cols = torch.randint(0, n, (count,), generator=g)
+    keep = cols != targets[rows]
+    return rows[keep], cols[keep]
+
+
+@pytest.mark.parametrize("seed,P,n,d,budget", [(21, 37, 29, 5, 1e9), (22, 101, 53, 7, 3 * 53 * 8 / 2**20),
+                                                (23, 64, 17, 16, 1 * 17 * 8 / 2**20), (24, 1, 3, 2, 1e-9)])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_excluded_items_match_the_reference_with_gradients(seed, P, n, d, budget, reduction):
+    """In one chunk, in chunks of 3 rows, of 1 row: loss and gradients equal torch's CE over the logits
+    with the excluded ones set to -inf (float64)."""
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(P, d, generator=g, dtype=F64, requires_grad=True)
+    w = torch.randn(n, d, generator=g, dtype=F64, requires_grad=True)
+    t = torch.randint(0, n, (P,), generator=g)
+    exclude = random_pairs(t, n, P * n // 3 + 1, g)
+    assert exclude[0].numel() > 0
+    up = torch.rand((), generator=g, dtype=F64) + 0.5
+    ref = linear_cross_entropy_ref(h, w, t, reduction, exclude=exclude)
+    dh_ref, dw_ref = torch.autograd.grad(ref * up, (h, w))
+    out = linear_cross_entropy(h, w, t, reduction, budget_mib=budget, exclude=exclude)
+    dh, dw = torch.autograd.grad(out * up, (h, w))
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(dh, dh_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(dw, dw_ref, rtol=1e-12, atol=1e-12)
+    plain = linear_cross_entropy(h, w, t, reduction, budget_mib=budget)
+    assert float(out.detach()) < float(plain.detach())  # fewer items in each normaliser: a smaller loss
+
+
+def test_reference_is_the_softmax_over_the_items_left_in():
+    """The reference itself, row by row: -log of the target's share among the items not excluded."""
+    g = torch.Generator().manual_seed(25)
+    h, w = torch.randn(5, 4, generator=g, dtype=F64), torch.randn(9, 4, generator=g, dtype=F64)
+    t = torch.tensor([1, 1, 8, 0, 4])
+    rows, cols = torch.tensor([0, 0, 0, 2, 2, 4]), torch.tensor([3, 3, 7, 0, 1, 2])
+    left_in = {0: [0, 1, 2, 4, 5, 6, 8], 1: list(range(9)), 2: [2, 3, 4, 5, 6, 7, 8], 3: list(range(9)),
+               4: [0, 1, 3, 4, 5, 6, 7, 8]}
+    want = torch.stack([torch.logsumexp(h[p] @ w[left_in[p]].t(), 0) - h[p] @ w[t[p]] for p in range(5)]).mean()
+    torch.testing.assert_close(linear_cross_entropy_ref(h, w, t, exclude=(rows, cols)), want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(("exclude", "kwargs", "words"), [
+    ((torch.tensor([0, 1]), torch.tensor([2, 1])), {}, "leaves out a row's own target"),
+    ((torch.tensor([1, 0]), torch.tensor([2, 2])), {}, "ascending order"),
+    ((torch.tensor([0, 3]), torch.tensor([2, 2])), {}, r"rows must be in \[0, 3\)"),
+    ((torch.tensor([0]), torch.tensor([2])), {"label_smoothing": 0.1}, "label_smoothing"),
+    ((torch.tensor([0, 1]), torch.tensor([2])), {}, "rows \\(E,\\) and cols \\(E,\\)"),
+])
+def test_bad_exclusions_are_errors(exclude, kwargs, words):
+    h, w = torch.randn(3, 4), torch.randn(5, 4)
+    with pytest.raises(ValueError, match=words):
+        linear_cross_entropy(h, w, torch.tensor([0, 1, 4]), exclude=exclude, **kwargs)
+
+
+def loop_loss(hidden, weight, inputs, targets):
+    """Mean over the targets of CE with the items in ``inputs[k]`` (a list of ids) but the target
+    left out: a set per target, obviously right."""
+    losses = []
+    for h, items, t in zip(hidden, inputs, targets):
+        logits = h @ weight.t()
+        out = sorted(set(items) - {int(t)} - {0})
+        if out:
+            logits = logits.index_fill(0, torch.tensor(out), float("-inf"))
+        losses.append(F.cross_entropy(logits.unsqueeze(0), t.view(1)))
+    return torch.stack(losses).mean()
+
+
+@pytest.mark.parametrize("name", ["Mamba2Rec", "SASRec", "GRU4Rec"])
+@pytest.mark.parametrize("seed", [31, 32])
+def test_model_loss_leaves_out_what_each_target_read_under_both_regimes(name, seed, tiny_dataset, tiny_data):
+    """Under 'all' each position's target leaves out the items of its window up to that position;
+    under 'last' each prefix's target the items of its prefix. Histories with repeated items (a
+    target equal to an item read earlier stays in its own softmax) and odd lengths; both regimes
+    against the loop, in float64."""
+    _config, train, _test = tiny_dataset
+    g = torch.Generator().manual_seed(seed)
+    histories = [torch.randint(1, 8, (n,), generator=g) for n in (9, 3, 12, 6, 2)]  # 7 items: many repeats
+    histories[0][5] = histories[0][2]  # a target that was read before
+    model = make_model(name, train, tiny_data, ce_filter_seen=True)
+    weight = model.item_embedding.weight
+    windows = window_batch(histories, 12)
+    hidden = model.window_outputs(windows["item_id_list"], windows["item_length"])
+    inputs, targets, rows = [], [], []
+    for b, hist in enumerate(histories):
+        for t in range(len(hist) - 1):
+            inputs.append(hist[: t + 1].tolist())
+            targets.append(hist[t + 1])
+            rows.append(hidden[b, t])
+    want = loop_loss(torch.stack(rows), weight, inputs, torch.stack(targets))
+    got = model.calculate_loss(windows)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    plain = make_model(name, train, tiny_data)
+    assert float(got.detach()) < float(plain.calculate_loss(windows).detach()) - 1e-6  # the option changed the loss
+    prefixes = prefix_batch(histories, 12)
+    last = model.forward(prefixes["item_id_list"], prefixes["item_length"])
+    want_last = loop_loss(last, weight, [p[:n].tolist() for p, n in zip(prefixes["item_id_list"], prefixes["item_length"])],
+                          prefixes["item_id"])
+    torch.testing.assert_close(model.calculate_loss(prefixes), want_last, rtol=1e-12, atol=1e-12)
+    # the same targets with the same inputs: a causal model's two regimes give one loss
+    torch.testing.assert_close(want_last, want, rtol=1e-10, atol=1e-10)
+
+
+def test_a_training_run_takes_it(tiny_data):
+    """One epoch under 'all' through the package's run: the model's loss has the option on, and the
+    run ends with a finite validation score."""
+    import math
+
+    from recbole_ssm.quick_start import run
+    from tests.conftest import TINY
+
+    out = run("Mamba2Rec", "ml-tiny", None, {**TINY, **SMALL, "data_path": tiny_data, "train_targets": "all",
+                                             "ce_filter_seen": True})
+    assert out.trainer.model.ce_filter_seen is True
+    assert math.isfinite(float(out.result["best_valid_score"]))
+
+
+@pytest.mark.parametrize(("over", "words"), [
+    ({"ce_negatives": 8}, "ce_filter_seen applies to full CE"),
+    ({"ce_label_smoothing": 0.1}, "ce_filter_seen applies to full CE"),
+    ({"loss_type": "BPR", "train_neg_sample_args": {"distribution": "uniform", "sample_num": 1}},
+     "ce_filter_seen applies to full CE"),
+])
+def test_settings_it_cannot_go_with_are_one_line_errors(over, words, tiny_dataset, tiny_data):
+    _config, train, _test = tiny_dataset
+    with pytest.raises(ConfigError, match=words) as err:
+        make_model("Mamba2Rec", train, tiny_data, ce_filter_seen=True, **over)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_value_and_a_model_without_it_are_one_line_errors(capsys):
+    assert main(["--model=Mamba2Rec", "--epochs=1", "--ce_filter_seen=maybe"]) == 2
+    assert_one_line_error(capsys.readouterr().err, "invalid ce_filter_seen=")
+    assert main(["--model=BERT4Rec", "--epochs=1", "--ce_filter_seen=True"]) == 2
+    assert_one_line_error(capsys.readouterr().err, "ce_filter_seen=True is not implemented for BERT4Rec's loss")

@@ -11,9 +11,8 @@ import torch.nn.functional as F
 from recbole_ssm.cli import main
 from recbole_ssm.errors import ConfigError
 from recbole_ssm.ops.cross_entropy import linear_cross_entropy, linear_cross_entropy_ref
-from recbole_ssm.targets import TARGETS
 from tests.test_cli import assert_one_line_error
-from tests.test_regime import SMALL, make_model, prefix_batch, random_histories, tiny_dataset, window_batch
+from tests.test_regime import SMALL, make_model, prefix_batch, tiny_dataset, window_batch
 
 __all__ = ["tiny_dataset"]  # the fixture, shared with test_regime
 
@@ -118,8 +117,8 @@ def test_model_loss_leaves_out_what_each_target_read_under_both_regimes(name, se
     assert float(got.detach()) < float(plain.calculate_loss(windows).detach()) - 1e-6  # the option changed the loss
     prefixes = prefix_batch(histories, 12)
     last = model.forward(prefixes["item_id_list"], prefixes["item_length"])
-    want_last = loop_loss(last, weight, [p[:n].tolist() for p, n in zip(prefixes["item_id_list"], prefixes["item_length"])],
-                          prefixes["item_id"])
+    read = [p[:n].tolist() for p, n in zip(prefixes["item_id_list"], prefixes["item_length"])]
+    want_last = loop_loss(last, weight, read, prefixes["item_id"])
     torch.testing.assert_close(model.calculate_loss(prefixes), want_last, rtol=1e-12, atol=1e-12)
     # the same targets with the same inputs: a causal model's two regimes give one loss
     torch.testing.assert_close(want_last, want, rtol=1e-10, atol=1e-10)

@@ -158,7 +158,9 @@ class CausalLoss:
         targets = interaction[TARGETS][:, : hidden.size(1)]  # (B, W), 0 on padding
         real = targets > 0
         neg = interaction[NEG_TARGETS][:, : hidden.size(1)][real] if self.loss_type == "BPR" else None
-        seen = window_seen_pairs(interaction[self.ITEM_SEQ][:, : hidden.size(1)], targets) if self.ce_filter_seen else None
+        seen = None
+        if self.ce_filter_seen:
+            seen = window_seen_pairs(interaction[self.ITEM_SEQ][:, : hidden.size(1)], targets)
         return self.target_loss(hidden[real], targets[real], neg, seen)  # (P, d) against (P,)
 
     def last_position_loss(self, interaction) -> torch.Tensor:

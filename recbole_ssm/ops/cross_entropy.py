@@ -132,7 +132,8 @@ def _check_exclude(exclude, targets: torch.Tensor, label_smoothing: float):
         return None, None
     ex_rows, ex_cols = exclude
     if ex_rows.dim() != 1 or ex_rows.shape != ex_cols.shape:
-        raise ValueError(f"exclude takes rows (E,) and cols (E,), got {tuple(ex_rows.shape)} and {tuple(ex_cols.shape)}")
+        shapes = f"{tuple(ex_rows.shape)} and {tuple(ex_cols.shape)}"
+        raise ValueError(f"exclude takes rows (E,) and cols (E,), got {shapes}")
     if not ex_rows.numel():
         return None, None
     if label_smoothing:

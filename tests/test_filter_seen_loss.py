@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from recbole_ssm.cli import main
 from recbole_ssm.errors import ConfigError
 from recbole_ssm.ops.cross_entropy import linear_cross_entropy, linear_cross_entropy_ref
+from tests.conftest import models_where
 from tests.test_cli import assert_one_line_error
 from tests.test_regime import SMALL, make_model, prefix_batch, tiny_dataset, window_batch
 
@@ -89,7 +90,7 @@ def loop_loss(hidden, weight, inputs, targets):
     return torch.stack(losses).mean()
 
 
-@pytest.mark.parametrize("name", ["Mamba2Rec", "SASRec", "GRU4Rec"])
+@pytest.mark.parametrize("name", models_where(lambda cls: getattr(cls, "CE_SETTINGS", False)))
 @pytest.mark.parametrize("seed", [31, 32])
 def test_model_loss_leaves_out_what_each_target_read_under_both_regimes(name, seed, tiny_dataset, tiny_data):
     """Under 'all' each position's target leaves out the items of its window up to that position;

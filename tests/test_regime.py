@@ -40,14 +40,21 @@ def test_linear_cross_entropy_matches_reference_with_gradients(seed, P, n, d, bu
     h = torch.randn(P, d, generator=g, dtype=torch.float64, requires_grad=True)
     w = torch.randn(n, d, generator=g, dtype=torch.float64, requires_grad=True)
     t = torch.randint(0, n, (P,), generator=g)
-    up = torch.rand((), generator=g, dtype=torch.float64) + 0.5  # a non-unit upstream gradient
-    ref = linear_cross_entropy_ref(h, w, t, reduction, label_smoothing=smoothing)
+    assert_chunked_ce_is_the_reference(h, w, t, reduction, budget, g, label_smoothing=smoothing)
+
+
+def assert_chunked_ce_is_the_reference(h, w, t, reduction, budget, g, **options):
+    """linear_cross_entropy's loss and gradients (under a non-unit upstream gradient) equal its
+    reference's, in float64; returns the chunked loss."""
+    up = torch.rand((), generator=g, dtype=torch.float64) + 0.5
+    ref = linear_cross_entropy_ref(h, w, t, reduction, **options)
     dh_ref, dw_ref = torch.autograd.grad(ref * up, (h, w))
-    out = linear_cross_entropy(h, w, t, reduction, budget_mib=budget, label_smoothing=smoothing)
+    out = linear_cross_entropy(h, w, t, reduction, budget_mib=budget, **options)
     dh, dw = torch.autograd.grad(out * up, (h, w))
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(dh, dh_ref, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(dw, dw_ref, rtol=1e-12, atol=1e-12)
+    return out.detach()
 
 
 @pytest.mark.parametrize("seed", [8, 9])

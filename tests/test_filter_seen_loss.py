@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from recbole_ssm.cli import main
 from recbole_ssm.errors import ConfigError
 from recbole_ssm.ops.cross_entropy import linear_cross_entropy, linear_cross_entropy_ref
-from tests.conftest import models_where
+from tests.conftest import TINY, models_where
 from tests.test_cli import assert_one_line_error
 from tests.test_regime import (
     SMALL,
@@ -131,7 +131,6 @@ def test_a_training_run_takes_it(tiny_data):
     import math
 
     from recbole_ssm.quick_start import run
-    from tests.conftest import TINY
 
     out = run("Mamba2Rec", "ml-tiny", None, {**TINY, **SMALL, "data_path": tiny_data, "train_targets": "all",
                                              "ce_filter_seen": True})

@@ -2,8 +2,9 @@
 
 :func:`get_trainer` returns the trainer class RecBole would use for a model (``Trainer``, or a
 model's own such as ``NCLTrainer``) with :class:`TrainerHooks` in front of it: per-epoch
-training times, a callback after each validation, the peak memory of ``fit``, and a resume
-state saved before every epoch. Nothing is patched on RecBole's classes or on an instance.
+training times, a callback after each validation (which may end the training there, as early
+stopping would), the peak memory of ``fit``, and a resume state saved before every epoch.
+Nothing is patched on RecBole's classes or on an instance.
 """
 
 from __future__ import annotations
@@ -21,7 +22,12 @@ from recbole_ssm.errors import UsageError
 # The "format" field of a resume state: what recbole_ssm.checkpoint.read_resume_state accepts.
 RESUME_FORMAT = "recbole-ssm resume 1"
 
-ValidCallback = Callable[[int, float, dict], None]  # (validation index from 0, score, result)
+# (validation index from 0, score, result) -> True to end the training after this validation
+ValidCallback = Callable[[int, float, dict], "bool | None"]
+
+
+class _EndFit(Exception):
+    """Raised before an epoch once a validation callback has asked to end the training."""
 
 
 class TrainerHooks:
@@ -48,6 +54,7 @@ class TrainerHooks:
         self.fit_s: float | None = None  # wall time of fit, set by quick_start.run
         self.fit_peak_kind: str | None = None
         self._validations = 0
+        self.ended_by_callback: int | None = None  # the validation after which a callback ended the training
         self.valid_scores: list[tuple[int, float]] = []  # (epoch, validation score) of each validation
         self.world = None  # a distributed.World once distribute() is called
         self._ddp = None
@@ -131,6 +138,8 @@ class TrainerHooks:
             generator.set_state(rng["loader"])
 
     def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
+        if self.ended_by_callback is not None:
+            raise _EndFit  # caught in fit, after the validation that asked for it was handled in full
         if self._ddp is not None:
             train_data.sampler.set_epoch(epoch_idx)  # a new shuffle, the same on every rank
             if not args:
@@ -152,8 +161,15 @@ class TrainerHooks:
             score, result = broadcast(pair, self.world)
         # _valid_epoch runs right after the epoch it scores was trained (RecBole's fit)
         self.valid_scores.append((len(self.epoch_times) - 1, float(score)))
+        end = False
         for callback in self.valid_callbacks:
-            callback(self._validations, score, result)
+            end = (callback(self._validations, score, result) is True) or end
+        if self.world is not None and self.valid_callbacks:  # every rank ends where the main one does
+            from recbole_ssm.distributed import broadcast
+
+            end = broadcast(end if self.world.main else None, self.world)
+        if end:
+            self.ended_by_callback = self._validations
         self._validations += 1
         return score, result
 
@@ -212,7 +228,7 @@ class TrainerHooks:
 
     def fit(self, *args, **kwargs):
         if self.fit_memory is None:
-            return super().fit(*args, **kwargs)
+            return self._fit(*args, **kwargs)
         import torch
 
         cuda = torch.device(self.device).type == "cuda"
@@ -220,13 +236,25 @@ class TrainerHooks:
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
         with self.fit_memory() as mem:
-            out = super().fit(*args, **kwargs)
+            out = self._fit(*args, **kwargs)
         if cuda:
             self.fit_peak_mib = (torch.cuda.max_memory_allocated() - base) / 2**20
             self.fit_peak_kind = "cuda max_memory_allocated"
         else:
             self.fit_peak_mib, self.fit_peak_kind = mem.mib, f"RSS ({mem.method})"
         return out
+
+
+    def _fit(self, *args, **kwargs):
+        """RecBole's ``fit``, ended before the next epoch when a validation callback returned True:
+        that validation's early-stopping step and best-model checkpoint are done by then, so the
+        run goes on to its test as after early stopping."""
+        try:
+            return super().fit(*args, **kwargs)
+        except _EndFit:
+            self.logger.info(f"Finished training: ended by a callback after validation {self.ended_by_callback}; "
+                             f"best valid score {self.best_valid_score:.6g}")
+            return self.best_valid_score, self.best_valid_result
 
 
 def load_weights(net, state_dict: dict, path: str, config) -> None:

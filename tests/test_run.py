@@ -77,3 +77,27 @@ def test_trainer_hooks_time_epochs_and_report_each_validation(tiny_config):
     assert len(out.trainer.epoch_times) == 2 and min(out.trainer.epoch_times) > 0
     assert isinstance(out.trainer, recbole.trainer.Trainer)  # RecBole's trainer, subclassed, not patched
     assert recbole.trainer.Trainer._train_epoch.__module__.startswith("recbole.")
+
+
+def test_a_validation_callback_returning_true_ends_the_training_as_early_stopping_would(tiny_config):
+    """Ended after the second validation of a 5-epoch run, the run is the 2-epoch run: the same
+    validations, the same best checkpoint, the same test metrics. A callback returning anything
+    but True (here the score) ends nothing."""
+    config = {**tiny_config, "epochs": 5, "stopping_step": 100, "learning_rate": 3e-3, "headdim": 16}
+    calls = []
+
+    def end_after_second(i, score, result):
+        calls.append(i)
+        return i == 1
+
+    ended = run("Mamba2Rec", "ml-tiny", None, config, saved=True,
+                callbacks=[lambda i, score, result: score, end_after_second])
+    assert calls == [0, 1] and ended.trainer.ended_by_callback == 1
+    assert len(ended.trainer.epoch_times) == 2
+    short = run("Mamba2Rec", "ml-tiny", None, {**config, "epochs": 2}, saved=True,
+                callbacks=[lambda i, score, result: score])
+    assert short.trainer.ended_by_callback is None and len(short.trainer.epoch_times) == 2
+    assert ended.trainer.valid_scores == short.trainer.valid_scores
+    assert ended.result["best_valid_score"] == short.result["best_valid_score"]
+    assert ended.result["test_result"] == short.result["test_result"]
+    assert ended.result["test_result"]["ndcg@10"] > 0

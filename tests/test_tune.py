@@ -534,3 +534,41 @@ def test_max_concurrent_runs_trials_one_after_another(tmp_path, tiny_data):
     assert len(spans) == 2
     (start_a, end_a), (start_b, end_b) = sorted(spans)
     assert start_b >= end_a - 1.0, spans  # 1 s: the timestamps' resolution
+
+
+@pytest.mark.slow
+def test_time_budget_cuts_the_running_trial_after_its_epoch_and_runs_no_more(tmp_path, tiny_data):
+    """--time_budget_h: three trials one after another, each with far more epochs than the budget
+    allows; at the budget's end the first ends after its epoch and is tested at its best one (cut),
+    and the other two never start (not run). The budget is fixed on --resume."""
+    env = script_env(tmp_path)
+    storage = tmp_path / "runs"
+    budget_h = 40 / 3600
+    space = write(tmp_path / "space.yaml", "learning_rate: {grid: [1.0e-3, 2.0e-3, 3.0e-3]}\n")
+    args = ["tune", "--model=GRU4Rec", "--dataset=ml-tiny", f"--space={space}", "--search=grid",
+            "--scheduler=fifo", f"--cpus_per_trial={_ray_cpus()}", f"--storage={storage}", "--name=sweep",
+            f"--time_budget_h={budget_h}", f"--data_path={tiny_data}", *SMALL[1:], "--epochs=1000",
+            "--stopping_step=1000", "--train_batch_size=64"]
+    proc = run_script(args, env, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = storage / "sweep"
+    with open(run_dir / "trials.csv", encoding="utf-8") as f:
+        table = list(csv.DictReader(f))
+    assert sorted(r["status"] for r in table) == ["cut", "not run", "not run"], table
+    (cut,) = [r for r in table if r["status"] == "cut"]
+    assert float(cut["learning_rate"]) == 1e-3  # the grid's first, the only one started
+    (trial_dir,) = [d for d in glob.glob(str(run_dir / "run_trial_*")) if cut["trial"] in d]
+    epochs = _trial_epochs(trial_dir)
+    assert 1 <= len(epochs) < 1000 and int(cut["epochs"]) == len(epochs)
+    assert float(cut["test ndcg@10"]) > 0 and cut["valid ndcg@10 (history left out)"] != ""
+    assert all(int(r["epochs"]) == 0 and r["valid ndcg@10"] == "" for r in table if r["status"] == "not run")
+    assert "2 not run" in proc.stdout and "1 cut" in proc.stdout
+    clock = json.loads((run_dir / "wall_clock.json").read_text())
+    # the budget, then the epoch in progress, the test and the two trials that do not run
+    assert budget_h * 3600 < clock["total_seconds"] < budget_h * 3600 + 120, clock
+    best = read_yaml(str(run_dir / "best.yaml"))
+    assert best["learning_rate"] == pytest.approx(1e-3)
+
+    longer = [("--time_budget_h=2" if a.startswith("--time_budget_h=") else a) for a in args]
+    other = run_script([*longer, "--resume"], env, tmp_path)
+    assert other.returncode == 2 and "--time_budget_h not as in the sweep stored" in other.stderr, other.stderr

@@ -13,7 +13,7 @@ USAGE = """\
 usage: run_recbole_ssm.py tune --model=NAME [--dataset=NAME] [--space=FILE] [--num_samples=N]
            [--scheduler=asha|fifo] [--search=random|grid] [--cpus_per_trial=1] [--gpus_per_trial=0]
            [--max_concurrent=N] [--address=auto|HOST:PORT|ray://HOST:PORT] [--storage=PATH]
-           [--name=NAME] [--resume] [--grace_period=1] [--reduction_factor=2]
+           [--name=NAME] [--resume] [--grace_period=1] [--reduction_factor=2] [--time_budget_h=H]
            [--config_files="a.yaml b.yaml"] [--KEY=VALUE ...]
 
 Ray Tune sweep: every trial runs the normal RecBole pipeline and reports the validation
@@ -30,6 +30,9 @@ best first, and writes <storage>/<name>/trials.csv and best.yaml (use it with --
   --name            run folder name (default <model>_<dataset>)
   --resume          continue the sweep in <storage>/<name> (unfinished trials go on from their last epoch)
   --grace_period, --reduction_factor   ASHA: epochs before a trial may be stopped; 1/fraction kept
+  --time_budget_h   wall-clock hours for the whole sweep (every call together; default: none): then a
+                    trial still training ends after its epoch and is tested at its best epoch (status
+                    cut), and a trial not yet started does not run (not run)
   --KEY=VALUE       any other RecBole or model setting, fixed for every trial (e.g. --epochs=10)
 """
 
@@ -45,6 +48,7 @@ OPTIONS = {
     "max_concurrent": Opt(None, "whole", minimum=1),
     "grace_period": Opt(None, "whole", minimum=1),
     "reduction_factor": Opt(None, "number", minimum=1, strict=True),
+    "time_budget_h": Opt(None, "number", strict=True),
     "resume": Opt(None, "flag"),
 }
 DEFAULT_STORAGE = "ray_results"
@@ -107,6 +111,7 @@ def build_settings(opts: dict, fixed: dict):
         max_concurrent=opts.get("max_concurrent"),
         grace_period=opts.get("grace_period", 1),
         reduction_factor=float(opts.get("reduction_factor", 2.0)),
+        time_budget_h=opts.get("time_budget_h"),
         config_files=files,
         fixed=fixed,
     )
@@ -200,11 +205,17 @@ def run(settings, storage: str, name: str, resume: bool, address: str | None, da
     if not resume:
         atomic_write_text(os.path.join(run_dir, SETTINGS_FILE), settings.to_yaml())
     t0 = time.perf_counter()
+    deadline = None
+    if settings.time_budget_h is not None:
+        left = settings.time_budget_h * 3600 - _wall_clock_so_far(run_dir)
+        deadline = time.time() + left
+        print(f"time budget: {settings.time_budget_h:g} h, {max(left, 0) / 3600:.2f} h left", file=sys.stderr)
     temp = RayTempDir(run_dir)
     with temp as temp_dir:
         try:
             init_ray(address, None if address else temp_dir, run_dir)
-            grid = run_tuner(settings, info, _trial_fixed(settings, dataset_embedded), storage, name, resume)
+            grid = run_tuner(settings, info, _trial_fixed(settings, dataset_embedded), storage, name, resume,
+                             deadline)
         finally:
             ray.shutdown()
     elapsed = _add_wall_clock(run_dir, time.perf_counter() - t0)
@@ -226,6 +237,17 @@ def run(settings, storage: str, name: str, resume: bool, address: str | None, da
 
 
 WALL_CLOCK_FILE = "wall_clock.json"
+
+
+def _wall_clock_so_far(run_dir: str) -> float:
+    """Seconds the sweep in ``run_dir`` has run in its earlier calls (0 for a new one)."""
+    import json
+
+    path = os.path.join(run_dir, WALL_CLOCK_FILE)
+    if not os.path.isfile(path):
+        return 0.0
+    with open(path, encoding="utf-8") as f:
+        return float(json.load(f).get("total_seconds", 0.0))
 
 
 def _add_wall_clock(run_dir: str, seconds: float) -> float:

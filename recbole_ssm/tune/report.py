@@ -10,11 +10,13 @@ from typing import Any, Iterable
 
 import yaml
 
-from recbole_ssm.tune.trainable import BEST_VALID, EPOCHS_TRAINED, FINISHED, SEEN_OUT, native
+from recbole_ssm.tune.trainable import BEST_VALID, CUT, EPOCHS_TRAINED, FINISHED, NOT_RUN, SEEN_OUT, native
 from recbole_ssm.utils import atomic_write_text
 
 FINISHED_S, STOPPED_S, FAILED_S, UNFINISHED_S = "finished", "stopped", "failed", "unfinished"
-STATUSES = (FINISHED_S, STOPPED_S, FAILED_S, UNFINISHED_S)
+CUT_S, NOT_RUN_S = "cut", "not run"  # the sweep's time budget: ended after an epoch (and tested), never started
+STATUSES = (FINISHED_S, CUT_S, STOPPED_S, FAILED_S, UNFINISHED_S, NOT_RUN_S)
+TESTED = (FINISHED_S, CUT_S)  # statuses of trials tested at their best epoch
 HISTORY_OUT = "(history left out)"  # column suffix of the metrics with each user's history left out
 
 
@@ -23,7 +25,9 @@ class TrialRow:
     """One trial as the table shows it."""
 
     trial: str
-    status: str  # finished | stopped (by the scheduler) | failed | unfinished (sweep interrupted)
+    # finished | cut (by the time budget, then tested) | stopped (by the scheduler) | failed
+    # | unfinished (sweep interrupted) | not run (the time budget ended first)
+    status: str
     epochs: int
     best_valid: float | None
     params: dict
@@ -62,7 +66,9 @@ def rows_from_results(results: Iterable[Any], space_keys: list[str], configs: li
         if r.error is not None or state == "ERROR":
             status = FAILED_S
         elif metrics.get(FINISHED):
-            status = FINISHED_S
+            status = CUT_S if metrics.get(CUT) else FINISHED_S
+        elif metrics.get(NOT_RUN):
+            status = NOT_RUN_S
         elif state in (None, "TERMINATED"):
             status = STOPPED_S
         else:
@@ -103,9 +109,10 @@ def best_row(rows: list[TrialRow], bigger: bool) -> TrialRow | None:
 
 
 def best_row_seen_out(rows: list[TrialRow], valid_metric: str, bigger: bool) -> TrialRow | None:
-    """The finished trial whose best-epoch checkpoint scores best on the validation split with the
-    history left out (trials stopped early have no such score; ``None`` when no trial has one)."""
-    scored = [r for r in rows if r.status == FINISHED_S and r.valid_seen_out.get(valid_metric) is not None]
+    """The tested trial (finished, or cut by the time budget) whose best-epoch checkpoint scores best
+    on the validation split with the history left out (trials stopped early have no such score;
+    ``None`` when no trial has one)."""
+    scored = [r for r in rows if r.status in TESTED and r.valid_seen_out.get(valid_metric) is not None]
     if not scored:
         return None
     sign = -1.0 if bigger else 1.0

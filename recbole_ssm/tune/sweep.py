@@ -44,13 +44,14 @@ class SweepSettings:
     max_concurrent: int | None = None
     grace_period: int = 1
     reduction_factor: float = 2.0
+    time_budget_h: float | None = None  # wall-clock hours of the whole sweep (every call together)
     config_files: list = field(default_factory=list)  # absolute paths
     fixed: dict = field(default_factory=dict)  # --KEY=VALUE overrides applied to every trial
 
     # settings a resumed sweep keeps (Tune restores them with the sweep); only --address may change
     FIXED_ON_RESUME = ("model", "dataset", "space", "num_samples", "scheduler", "search", "cpus_per_trial",
                        "gpus_per_trial", "max_concurrent", "grace_period", "reduction_factor",
-                       "config_files", "fixed")
+                       "time_budget_h", "config_files", "fixed")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(asdict(self), sort_keys=False)
@@ -218,7 +219,7 @@ def init_ray(address: str | None, temp_dir: str | None, run_dir: str) -> None:
 # Tune
 
 
-def make_trainable(settings: SweepSettings, info: RunInfo, trial_fixed: dict):
+def make_trainable(settings: SweepSettings, info: RunInfo, trial_fixed: dict, deadline: float | None = None):
     from ray import tune
 
     from recbole_ssm.tune.trainable import run_trial
@@ -232,6 +233,7 @@ def make_trainable(settings: SweepSettings, info: RunInfo, trial_fixed: dict):
         cpus_per_trial=settings.cpus_per_trial,
         gpus_per_trial=settings.gpus_per_trial,
         bigger=info.bigger,
+        deadline=deadline,
     )
     return tune.with_resources(fn, {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
 
@@ -256,15 +258,16 @@ def make_scheduler(settings: SweepSettings, info: RunInfo):
 
 
 def run_tuner(settings: SweepSettings, info: RunInfo, trial_fixed: dict, storage: str, name: str,
-              resume: bool):
-    """Run (or resume) the sweep; returns Ray Tune's ResultGrid."""
+              resume: bool, deadline: float | None = None):
+    """Run (or resume) the sweep; returns Ray Tune's ResultGrid. ``deadline`` (a ``time.time()``
+    value): the end of the sweep's time budget, which each trial is given (see trainable)."""
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from recbole_ssm.tune import rayapi
     from recbole_ssm.tune.space import parse_space, to_param_space
 
-    trainable = make_trainable(settings, info, trial_fixed)
+    trainable = make_trainable(settings, info, trial_fixed, deadline)
     run_dir = os.path.join(storage, name)
     if resume:
         tuner = tune.Tuner.restore(run_dir, trainable=trainable, resume_unfinished=True,

@@ -10,6 +10,11 @@ trial's thread), which is not an error. A trial that finishes reports once more,
 user's history left out of the ranking (``valid_seen_out/``, ``test_seen_out/``; the same
 best-epoch checkpoint scored both ways).
 
+A sweep with a time budget gives each trial its deadline (wall-clock seconds since the epoch): a
+trial still training then ends after the epoch it is in, is tested at its best epoch as after early
+stopping and says so (``cut``); a trial that would start after it does not run (``not_run``), and
+one cut off by an interrupted sweep trains one more epoch when it is resumed.
+
 Before every epoch the trial saves its training state in its folder (:data:`RESUME_FILE`). A
 sweep that was interrupted and resumed starts its unfinished trials again in the same folders,
 and a trial that finds that state continues from the epoch it had reached, with the same
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from typing import Any
 
 # Keys of a trial's results (besides the metric names, prefixed "valid/" and "test/").
@@ -29,6 +35,8 @@ EPOCH = "epoch"  # epochs trained so far, for the scheduler; absent from the fin
 EPOCHS_TRAINED = "epochs_trained"  # epochs trained so far, in every report
 FINISHED = "finished"  # True on the final report, after the test evaluation
 SEEN_OUT = "_seen_out"  # suffix of the prefixes of the metrics with the history left out: valid_seen_out/...
+CUT = "cut"  # True on the final report of a trial the sweep's time budget ended
+NOT_RUN = "not_run"  # True on the only report of a trial that would have started after the budget's end
 RESUME_FILE = os.path.join("saved", "trial-resume.pth")  # the training state, in the trial's folder
 
 
@@ -68,21 +76,27 @@ def run_trial(
     cpus_per_trial: float,
     gpus_per_trial: float,
     bigger: bool,
+    deadline: float | None = None,
 ) -> None:
-    """Tune function trainable: train ``model`` with ``sampled`` settings, reporting each epoch."""
+    """Tune function trainable: train ``model`` with ``sampled`` settings, reporting each epoch
+    (until ``deadline``, a ``time.time()`` value, where one is given)."""
+    from recbole_ssm.tune import rayapi
+
+    trial_dir = rayapi.trial_dir()
+    resume_file = os.path.join(trial_dir, RESUME_FILE)
+    resuming = os.path.isfile(resume_file)
+    if deadline is not None and time.time() >= deadline and not resuming:
+        rayapi.report({NOT_RUN: True, EPOCHS_TRAINED: 0})
+        return
     import torch
 
     from recbole_ssm.quick_start import run
     from recbole_ssm.seen import evaluate_history_left_out
-    from recbole_ssm.tune import rayapi
 
     torch.set_num_threads(max(1, int(cpus_per_trial)))
-    trial_dir = rayapi.trial_dir()
     config = trial_config(sampled, fixed, gpus_per_trial, trial_dir)
     eval_step = int(config.get("eval_step", 1) or 1)
     best: dict[str, Any] = {"score": None, "epochs": 0}
-    resume_file = os.path.join(trial_dir, RESUME_FILE)
-    resuming = os.path.isfile(resume_file)
     if resuming:  # this trial was cut off by an interrupted sweep: go on from its last epoch
         from recbole_ssm.checkpoint import read_resume_state
 
@@ -93,7 +107,7 @@ def run_trial(
     def better(a: float, b: float | None) -> bool:
         return b is None or (a > b if bigger else a < b)
 
-    def report(validation: int, score: float, result: dict) -> None:
+    def report(validation: int, score: float, result: dict) -> bool:
         score = float(score)
         if not math.isnan(score) and better(score, best["score"]):
             best["score"] = score
@@ -106,6 +120,7 @@ def run_trial(
             EPOCHS_TRAINED: best["epochs"],
             **metrics,
         })
+        return deadline is not None and time.time() >= deadline  # True: end the training after this epoch
 
     if resuming:
         out = run(resume=resume_file, callbacks=[report])
@@ -119,6 +134,7 @@ def run_trial(
         VALID_SCORE: best["score"] if best["score"] is not None else float(result["best_valid_score"]),
         BEST_VALID: float(result["best_valid_score"]),
         FINISHED: True,
+        CUT: out.trainer.ended_by_callback is not None,
         EPOCHS_TRAINED: best["epochs"],
         **{f"valid/{k}": float(v) for k, v in (result["best_valid_result"] or {}).items()},
         **{f"test/{k}": float(v) for k, v in (result["test_result"] or {}).items()},

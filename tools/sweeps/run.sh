@@ -7,6 +7,10 @@
 # stop the script with kill -INT (or Ctrl-C) on its `tune` process; finished trials keep their
 # results and cut-off trials go on from their last epoch next time. After each sweep (finished
 # or stopped) its trials.csv, sweep.yaml, wall_clock.json and best*.yaml are copied to results/sweeps/<name>/.
+# A sweep whose record there is complete (a trials.csv without unfinished trials) is not run again:
+# on a fresh checkout the script goes on with the first sweep not yet recorded.
+# Each sweep has a wall-clock budget of BUDGET_H hours (default 2) and its number of trials, whichever
+# ends first (tune --time_budget_h: trials still training then end after their epoch and are tested).
 # Two trials run side by side, one torch thread each (on 2 cores that trains about 1.3x more
 # epochs an hour than one trial on two threads, measured 2026-12-07 on 2Mamba4Rec / Beauty).
 # Needs the data sets prepared as docs/results.md shows (dataset/amazon-beauty, dataset/ml-1m).
@@ -14,12 +18,13 @@ set -u
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
 STORAGE=${STORAGE:-ray_results}
+BUDGET_H=${BUDGET_H:-2}
 ALL="amazon-beauty/Mamba2Rec amazon-beauty/SASRec amazon-beauty/Mamba4Rec
      ml-1m/Mamba2Rec ml-1m/SASRec ml-1m/Mamba4Rec ml-1m/RecMamba"
 # the budget: trials per sweep, ASHA's rungs at 4, 12 and 36 epochs, runs converged by early stopping;
 # no tuned settings under the sampled ones, so that a sweep reads the same base before and after them
 COMMON="--scheduler=asha --grace_period=4 --reduction_factor=3 --cpus_per_trial=1 --train_targets=all
-        --epochs=100 --stopping_step=10 --tuned_defaults=False"
+        --epochs=100 --stopping_step=10 --tuned_defaults=False --time_budget_h=$BUDGET_H"
 for sweep in ${@:-$ALL}; do
     dataset=${sweep%/*}
     model=${sweep#*/}
@@ -31,6 +36,11 @@ for sweep in ${@:-$ALL}; do
         *) echo "error: no sweep for data set $dataset (amazon-beauty, ml-1m)" >&2; exit 2 ;;
     esac
     name=$dataset-$model
+    record=results/sweeps/$name/trials.csv
+    if [ -f "$record" ] && ! grep -q ',unfinished,' "$record"; then
+        echo "=== $name: recorded in results/sweeps/$name, not run again"
+        continue
+    fi
     resume=""
     [ -f "$STORAGE/$name/tuner.pkl" ] && resume=--resume
     echo "=== $(date -u +%FT%T) $name $resume"

@@ -543,7 +543,7 @@ def test_time_budget_cuts_the_running_trial_after_its_epoch_and_runs_no_more(tmp
     and the other two never start (not run). The budget is fixed on --resume."""
     env = script_env(tmp_path)
     storage = tmp_path / "runs"
-    budget_h = 40 / 3600
+    budget_h = 60 / 3600  # room for Ray to start on a loaded machine before the first trial
     space = write(tmp_path / "space.yaml", "learning_rate: {grid: [1.0e-3, 2.0e-3, 3.0e-3]}\n")
     args = ["tune", "--model=GRU4Rec", "--dataset=ml-tiny", f"--space={space}", "--search=grid",
             "--scheduler=fifo", f"--cpus_per_trial={_ray_cpus()}", f"--storage={storage}", "--name=sweep",

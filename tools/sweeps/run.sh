@@ -13,7 +13,8 @@
 # ends first (tune --time_budget_h: trials still training then end after their epoch and are tested).
 # Two trials run side by side, one torch thread each (on 2 cores that trains about 1.3x more
 # epochs an hour than one trial on two threads, measured 2026-12-07 on 2Mamba4Rec / Beauty).
-# Needs the data sets prepared as docs/results.md shows (dataset/amazon-beauty, dataset/ml-1m).
+# Needs the data sets prepared as docs/results.md shows (dataset/amazon-beauty, dataset/ml-1m); where one
+# is missing and its source is in ../shared/datasets, the script prepares it first.
 set -u
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
@@ -35,6 +36,14 @@ for sweep in ${@:-$ALL}; do
         ml-1m) extra="--num_samples=12 --MAX_ITEM_LIST_LENGTH=200" ;;
         *) echo "error: no sweep for data set $dataset (amazon-beauty, ml-1m)" >&2; exit 2 ;;
     esac
+    if [ ! -f "dataset/$dataset/$dataset.inter" ]; then
+        case $dataset in
+            amazon-beauty) src=../shared/datasets/amazon2014-beauty-s3rec/Amazon_Beauty.txt; len=50 ;;
+            ml-1m) src=../shared/datasets/ml-1m/ml-1m.txt; len=200 ;;
+        esac
+        [ -f "$src" ] || { echo "error: dataset/$dataset is not prepared and $src is missing" >&2; exit 2; }
+        $PY -m recbole_ssm.data prepare seqtext --input "$src" --name "$dataset" --max-item-list-length $len || exit 2
+    fi
     name=$dataset-$model
     record=results/sweeps/$name/trials.csv
     if [ -f "$record" ] && ! grep -q ',unfinished,' "$record"; then

@@ -138,3 +138,68 @@ def test_bench_large_catalog_runs_every_step_at_a_small_scale(tmp_path, capsys):
     assert "| export |" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         tool.main([f"--workdir={work}", "--steps=nothing"])
+
+
+def _bench_record(model: str, seed: int, rng) -> dict:
+    """A finished ``bench table`` run record with random numbers in every field the table reads."""
+    return {"model": model, "seed": seed, "status": "ok", "valid_metric": "ndcg@10",
+            "test": {k: float(rng.uniform(0.01, 0.3)) for k in ("hit@10", "ndcg@10", "mrr@10")},
+            "test_seen_out": {k: float(rng.uniform(0.01, 0.3)) for k in ("hit@10", "ndcg@10")},
+            "valid": {"ndcg@10": float(rng.uniform(0.01, 0.3))}, "best_epoch": int(rng.integers(0, 50)),
+            "latency_b1_ms": float(rng.uniform(0.5, 3)), "latency_bn_ms": float(rng.uniform(0.05, 0.3)),
+            "epoch_s": float(rng.uniform(1, 40)), "epochs": int(rng.integers(5, 90)),
+            "fit_peak_mib": float(rng.uniform(80, 5000)), "process_peak_rss_mib": float(rng.uniform(500, 6000)),
+            "params": 1000, "params_no_emb": 100}
+
+
+def test_compare_runs_gives_bench_tables_cells_for_each_folder(tmp_path, capsys):
+    """Each (model, folder) row of tools/compare_runs.py holds the cells bench table writes for that
+    folder's records (random records, two folders, an unfinished run left out, a seed filter)."""
+    import json
+
+    import numpy as np
+
+    from recbole_ssm.bench.records import ModelSpec
+    from recbole_ssm.bench.table import COLUMNS, build_rows
+
+    tool = load_tool("compare_runs")
+    rng = np.random.default_rng(int.from_bytes(os.urandom(4), "little"))
+    folders = {}
+    for label, seeds in (("full", (2020, 2021, 2022)), ("64", (2020, 2021))):
+        folder = tmp_path / f"out-{label}"
+        (folder / "runs").mkdir(parents=True)
+        records = {}
+        for model in ("2Mamba4Rec", "SASRec"):
+            for seed in seeds:
+                records[(model, seed)] = _bench_record(model, seed, rng)
+                (folder / "runs" / f"{model}-seed-{seed}.json").write_text(json.dumps(records[(model, seed)]))
+        failed = {**_bench_record("SASRec", 2023, rng), "status": "failed"}
+        (folder / "runs" / "SASRec-seed-2023.json").write_text(json.dumps(failed))
+        folders[label] = (str(folder), records, list(seeds))
+    columns = ["ndcg@10", "hit@10_seen_out", "valid", "epoch_s", "epochs", "fit_peak_mib"]
+    assert tool.main([f"{lb}={f}" for lb, (f, _r, _s) in folders.items()] + [f"--columns={','.join(columns)}"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+    assert [(r[0], r[1]) for r in rows] == [("2Mamba4Rec", "full"), ("2Mamba4Rec", "64"),
+                                            ("SASRec", "full"), ("SASRec", "64")]
+    names = [c[0] for c in COLUMNS]
+    for label, (_folder, records, seeds) in folders.items():
+        specs = [ModelSpec("2Mamba4Rec", "2Mamba4Rec"), ModelSpec("SASRec", "SASRec")]
+        bench_header, bench_rows, _ch, _cr = build_rows(specs, records, seeds, 256)
+        for bench_row in bench_rows:
+            (row,) = [r for r in rows if r[0] == bench_row[0] and r[1] == label]
+            assert row[2] == ",".join(map(str, seeds))
+            for c in columns:
+                at = 2 + names.index(c)  # bench table's columns: Model, Seeds, then COLUMNS
+                assert header[3 + columns.index(c)] == bench_header[at]
+                assert row[3 + columns.index(c)] == bench_row[at], (label, c)
+    # a seed filter keeps those seeds only; unknown columns and folders are one-line errors
+    assert tool.main([f"a={folders['full'][0]}", "--seeds=2021", "--columns=ndcg@10"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()[2:]
+    expect = folders["full"][1][("SASRec", 2021)]["test"]["ndcg@10"]
+    assert out[1].split("|")[3].strip() == "2021" and out[1].split("|")[4].strip() == f"{expect:.4f} ± 0.0000"
+    with pytest.raises(SystemExit, match="unknown column"):
+        tool.main([f"a={folders['full'][0]}", "--columns=ndcg@20"])
+    assert tool.main([f"a={tmp_path / 'nothing'}"]) == 2
+    assert "no runs/ folder" in capsys.readouterr().err

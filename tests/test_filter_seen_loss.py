@@ -1,6 +1,7 @@
-"""``ce_filter_seen``: each target's CE leaves out the items its input holds. The chunked loss with
-``exclude`` against its reference, the models' seen pairs against a loop over sets of items, the
-two training regimes against each other, and the settings it refuses."""
+"""``ce_filter_seen``: each target's CE leaves out the items its input holds. The chunked loss and
+the sampled softmax with ``exclude`` against their references, the models' seen pairs against a
+loop over sets of items (full and sampled CE), the two training regimes against each other, and
+the settings it refuses."""
 
 from __future__ import annotations
 
@@ -10,7 +11,13 @@ import torch.nn.functional as F
 
 from recbole_ssm.cli import main
 from recbole_ssm.errors import ConfigError
-from recbole_ssm.ops.cross_entropy import linear_cross_entropy, linear_cross_entropy_ref
+from recbole_ssm.ops.cross_entropy import (
+    linear_cross_entropy,
+    linear_cross_entropy_ref,
+    sample_negatives,
+    sampled_softmax_cross_entropy,
+    sampled_softmax_cross_entropy_ref,
+)
 from tests.conftest import TINY, models_where
 from tests.test_cli import assert_one_line_error
 from tests.test_regime import (
@@ -77,6 +84,53 @@ def test_bad_exclusions_are_errors(exclude, kwargs, words):
         linear_cross_entropy(h, w, torch.tensor([0, 1, 4]), exclude=exclude, **kwargs)
 
 
+@pytest.mark.parametrize("seed,P,n,N,d", [(41, 37, 29, 40, 5), (42, 101, 53, 17, 7), (43, 1, 3, 5, 2),
+                                         (44, 64, 300, 9, 4)])
+@pytest.mark.parametrize("corrected", [False, True])
+def test_sampled_softmax_leaves_excluded_draws_out_as_its_reference(seed, P, n, N, d, corrected):
+    """Sampled softmax with ``exclude``: loss and gradients equal the row-by-row float64 reference;
+    negatives drawn more than once (each draw of an excluded item goes), accidental hits, a logQ
+    correction, and an item excluded from a row that was not drawn at all."""
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(P, d, generator=g, dtype=F64, requires_grad=True)
+    w = torch.randn(n, d, generator=g, dtype=F64, requires_grad=True)
+    t = torch.randint(1, n, (P,), generator=g)
+    negatives = torch.randint(1, n, (N,), generator=g)
+    negatives[-1] = negatives[0]  # a repeated draw
+    log_q = torch.randn(N, generator=g, dtype=F64) if corrected else None
+    rows, cols = random_pairs(t, n, P * n // 3 + 1, g)
+    drawn = torch.isin(cols, negatives)
+    assert drawn.any() and (~drawn).any()
+    if (t[rows] != negatives[0]).any():  # the repeated item excluded from some row
+        r = int(rows[t[rows] != negatives[0]][0])
+        rows, cols = torch.cat([rows, torch.tensor([r])]), torch.cat([cols, negatives[:1]])
+        rows, order = rows.sort(stable=True)
+        cols = cols[order]
+    got = sampled_softmax_cross_entropy(h, w, t, negatives, log_q, exclude=(rows, cols))
+    want = sampled_softmax_cross_entropy_ref(h, w, t, negatives, log_q, exclude=(rows, cols))
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    grads = torch.autograd.grad(got, (h, w))
+    for a, b in zip(grads, torch.autograd.grad(want, (h, w))):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    plain = sampled_softmax_cross_entropy(h, w, t, negatives, log_q)
+    assert float(got.detach()) < float(plain.detach()) or P * N < 10  # fewer negatives in each row: a smaller loss
+
+
+def test_sampled_reference_lists_the_negatives_left_in():
+    """The sampled reference itself, row by row, by hand."""
+    g = torch.Generator().manual_seed(45)
+    h, w = torch.randn(3, 4, generator=g, dtype=F64), torch.randn(8, 4, generator=g, dtype=F64)
+    t, negatives = torch.tensor([1, 5, 2]), torch.tensor([5, 3, 3, 7, 1])
+    rows, cols = torch.tensor([0, 0, 2]), torch.tensor([3, 6, 7])
+    left_in = {0: [5, 7], 1: [3, 3, 7, 1], 2: [5, 3, 3, 1]}  # row 0: 3 (twice) out, 1 its target; row 1: 5 its target
+    want = torch.stack([torch.logsumexp(h[p] @ w[[int(t[p])] + left_in[p]].t(), 0) - h[p] @ w[t[p]]
+                        for p in range(3)]).mean()
+    got = sampled_softmax_cross_entropy_ref(h, w, t, negatives, exclude=(rows, cols))
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(sampled_softmax_cross_entropy(h, w, t, negatives, exclude=(rows, cols)), want,
+                               rtol=1e-12, atol=1e-12)
+
+
 def loop_loss(hidden, weight, inputs, targets):
     """Mean over the targets of CE with the items in ``inputs[k]`` (a list of ids) but the target
     left out: a set per target, obviously right."""
@@ -125,6 +179,76 @@ def test_model_loss_leaves_out_what_each_target_read_under_both_regimes(name, se
     torch.testing.assert_close(want_last, want, rtol=1e-10, atol=1e-10)
 
 
+def sampled_loop_loss(hidden, weight, inputs, targets, negatives):
+    """Mean over the targets of the sampled softmax over the target and each draw that is neither
+    the target nor an item of ``inputs[k]``: a set per target, obviously right."""
+    losses = []
+    for h, items, t in zip(hidden, inputs, targets):
+        left_in = [int(j) for j in negatives if int(j) != int(t) and int(j) not in set(items)]
+        logits = h @ weight[[int(t)] + left_in].t()
+        losses.append(torch.logsumexp(logits, 0) - logits[0])
+    return torch.stack(losses).mean()
+
+
+@pytest.mark.parametrize("name", models_where(lambda cls: getattr(cls, "CE_SETTINGS", False)))
+@pytest.mark.parametrize("sampler", ["uniform", "popularity"])
+def test_model_sampled_loss_leaves_out_what_each_target_read(name, sampler, tiny_dataset, tiny_data):
+    """With ce_negatives: each target's row leaves out the negatives its input holds, under 'all'
+    and 'last', against the loop over the same draws (the seed reset before each loss, so the
+    model draws what the loop is given); the popularity sampler's logQ correction stays on the
+    draws left in."""
+    import math
+
+    _config, train, _test = tiny_dataset
+    model = make_model(name, train, tiny_data, ce_filter_seen=True, ce_negatives=64, ce_negative_sampler=sampler)
+    weight = model.item_embedding.weight
+    corrected = sampler == "popularity"
+    # histories of 7 items likely to be drawn (the most popular ones under that sampler): draws hit inputs
+    pool = model.ce_sampling_weights.topk(7).indices if corrected else torch.arange(1, 8)
+    g = torch.Generator().manual_seed(33)
+    histories = [pool[torch.randint(0, 7, (k,), generator=g)] for k in (9, 3, 12, 6, 2)]
+
+    def draws():
+        negatives, log_q = sample_negatives(model.n_items, 64, probs=model.ce_sampling_weights)
+        return negatives, (log_q + math.log(64) if corrected else None)
+
+    def loop(hidden, inputs, targets, negatives, log_q):
+        if log_q is None:
+            return sampled_loop_loss(hidden, weight, inputs, targets, negatives)
+        # the correction per draw: the loop over (draw, its correction) pairs
+        losses = []
+        for h, items, t in zip(hidden, inputs, targets):
+            kept = [(int(j), float(q)) for j, q in zip(negatives, log_q) if int(j) != int(t) and int(j) not in items]
+            logits = torch.stack([h @ weight[int(t)]] + [h @ weight[j] - q for j, q in kept])
+            losses.append(torch.logsumexp(logits, 0) - logits[0])
+        return torch.stack(losses).mean()
+
+    windows = window_batch(histories, 12)
+    torch.manual_seed(5)
+    got = model.calculate_loss(windows)
+    torch.manual_seed(5)
+    hidden = model.window_outputs(windows["item_id_list"], windows["item_length"])
+    negatives, log_q = draws()
+    assert torch.isin(negatives, pool).any()  # some draws are items the windows read
+    inputs, targets, rows = [], [], []
+    for b, hist in enumerate(histories):
+        for t in range(len(hist) - 1):
+            inputs.append(set(hist[: t + 1].tolist()))
+            targets.append(hist[t + 1])
+            rows.append(hidden[b, t])
+    torch.testing.assert_close(got, loop(torch.stack(rows), inputs, torch.stack(targets), negatives, log_q),
+                               rtol=1e-12, atol=1e-12)
+    prefixes = prefix_batch(histories, 12)
+    torch.manual_seed(6)
+    got_last = model.calculate_loss(prefixes)
+    torch.manual_seed(6)
+    last = model.forward(prefixes["item_id_list"], prefixes["item_length"])
+    negatives, log_q = draws()
+    read = [set(p[:k].tolist()) for p, k in zip(prefixes["item_id_list"], prefixes["item_length"])]
+    torch.testing.assert_close(got_last, loop(last, read, prefixes["item_id"], negatives, log_q),
+                               rtol=1e-12, atol=1e-12)
+
+
 def test_a_training_run_takes_it(tiny_data):
     """One epoch under 'all' through the package's run: the model's loss has the option on, and the
     run ends with a finite validation score."""
@@ -139,10 +263,9 @@ def test_a_training_run_takes_it(tiny_data):
 
 
 @pytest.mark.parametrize(("over", "words"), [
-    ({"ce_negatives": 8}, "ce_filter_seen applies to full CE"),
-    ({"ce_label_smoothing": 0.1}, "ce_filter_seen applies to full CE"),
+    ({"ce_label_smoothing": 0.1}, "ce_filter_seen applies to loss_type=CE"),
     ({"loss_type": "BPR", "train_neg_sample_args": {"distribution": "uniform", "sample_num": 1}},
-     "ce_filter_seen applies to full CE"),
+     "ce_filter_seen applies to loss_type=CE"),
 ])
 def test_settings_it_cannot_go_with_are_one_line_errors(over, words, tiny_dataset, tiny_data):
     _config, train, _test = tiny_dataset

@@ -116,8 +116,8 @@ class CausalLoss:
             raise ConfigError(f"ce_label_smoothing and ce_temperature apply to loss_type=CE, not "
                               f"{config['loss_type']}; unset them or train with loss_type=CE")
         self.ce_filter_seen = bool(require(config, "ce_filter_seen", *RULES["ce_filter_seen"], default=False))
-        if self.ce_filter_seen and (config["loss_type"] != "CE" or self.ce_negatives or self.ce_label_smoothing):
-            raise ConfigError("ce_filter_seen applies to full CE (loss_type=CE, ce_negatives=0) without "
+        if self.ce_filter_seen and (config["loss_type"] != "CE" or self.ce_label_smoothing):
+            raise ConfigError("ce_filter_seen applies to loss_type=CE (full or sampled) without "
                               "ce_label_smoothing; unset it or those settings")
         # under 'last', RecBole's own loss only where no ce_* setting changes it
         self.plain_ce = all(getattr(self, key) == plain for key, plain in PLAIN_CE.items())
@@ -126,7 +126,8 @@ class CausalLoss:
                     seen: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Mean loss of hidden states (P, d) against their next items (P,): CE over all items, sampled
         softmax over ``ce_negatives`` negatives, or BPR against ``neg`` (P,). ``seen = (rows, cols)``
-        (``ce_filter_seen``): item ``cols[e]`` is left out of position ``rows[e]``'s softmax."""
+        (``ce_filter_seen``): item ``cols[e]`` is left out of position ``rows[e]``'s softmax (of its
+        negatives, where they are sampled)."""
         if self.loss_type == "BPR":
             pos_score = (hidden * self.item_embedding(pos)).sum(-1)  # (P,)
             neg_score = (hidden * self.item_embedding(neg)).sum(-1)
@@ -140,12 +141,13 @@ class CausalLoss:
         # fresh negatives for every batch, from torch's default generator (RecBole seeds it)
         negatives, log_q = sample_negatives(self.n_items, self.ce_negatives, probs=self.ce_sampling_weights,
                                             device=hidden.device)  # (N,), (N,)
-        if self.ce_sampling_weights is None:
-            return sampled_softmax_cross_entropy(hidden, weight, pos, negatives)  # uniform: no correction
+        if self.ce_sampling_weights is None:  # uniform: no correction
+            return sampled_softmax_cross_entropy(hidden, weight, pos, negatives, exclude=seen)
         # logQ: each negative's logit less the log of its expected count, log(N q_j); the target's as it
         # is. The sum over the negatives then estimates the softmax's normaliser without bias, and the
         # loss tends to full CE as N grows (tests/test_sampled_softmax.py)
-        return sampled_softmax_cross_entropy(hidden, weight, pos, negatives, log_q + math.log(self.ce_negatives))
+        return sampled_softmax_cross_entropy(hidden, weight, pos, negatives, log_q + math.log(self.ce_negatives),
+                                             exclude=seen)
 
     def window_outputs(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
         """(B, W, d): the outputs a window's loss reads at each position. Under ``all``: the output

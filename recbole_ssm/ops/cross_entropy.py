@@ -213,6 +213,7 @@ def sampled_softmax_cross_entropy(
     log_q: torch.Tensor | None = None,
     target_log_q: torch.Tensor | None = None,
     reduction: str = "mean",
+    exclude: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Cross-entropy of each position over its target and N negatives shared by the batch.
 
@@ -237,6 +238,10 @@ def sampled_softmax_cross_entropy(
     non-uniform sampler and no ``target_log_q``: the importance-sampling estimate of the
     normaliser, which tends to full CE as N grows (see below for the all-logits convention).
 
+    ``exclude = (rows, cols)`` (E,) each, as for :func:`linear_cross_entropy`: item ``cols[e]`` is
+    not a negative of row ``rows[e]`` (every draw of it gets ``-inf`` there), for ``ce_filter_seen``.
+    Rows ascending; a row's own target is never excluded.
+
     What it estimates: with every item but padding as a negative exactly once and no correction
     it is full CE over the items ``1 .. n - 1`` (tests/test_sampled_softmax.py). With random
     negatives it is a biased estimate of full CE for any finite N. With accidental hits masked,
@@ -254,10 +259,27 @@ def sampled_softmax_cross_entropy(
     if target_log_q is not None:
         target_logit = target_logit - target_log_q.to(target_logit.dtype)  # (P,)
     hit = targets.unsqueeze(1) == negatives.unsqueeze(0)  # (P, N) accidental hits
+    ex_rows, ex_cols = _check_exclude(exclude, targets, 0.0)
+    if ex_rows is not None:
+        rows, slots = _draws_of(ex_rows, ex_cols, negatives)
+        hit[rows, slots] = True
     logits = torch.cat([target_logit.unsqueeze(1), logits.masked_fill(hit, float("-inf"))], dim=1)  # (P, 1 + N)
     # row 0 is finite, so every row's logsumexp (and its gradient) is finite
     total = (torch.logsumexp(logits, dim=1) - target_logit).sum()
     return _reduce(total, hidden.size(0), reduction)
+
+
+def _draws_of(rows: torch.Tensor, cols: torch.Tensor, negatives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows', slots): for each pair (rows[e], cols[e]), every slot k with ``negatives[k] == cols[e]``
+    (none where the item was not drawn, several where it was drawn more than once). Through the
+    sorted draws: O(E log N) time, and memory for the pairs that meet a draw only."""
+    order = negatives.argsort()
+    drawn = negatives[order]  # (N,) ascending
+    first = torch.searchsorted(drawn, cols)  # (E,)
+    count = torch.searchsorted(drawn, cols, right=True) - first  # (E,): draws of each pair's item
+    pair = torch.repeat_interleave(torch.arange(cols.numel(), device=cols.device), count)  # (H,)
+    offset = torch.arange(pair.numel(), device=cols.device) - (count.cumsum(0) - count)[pair]
+    return rows[pair], order[first[pair] + offset]
 
 
 def sampled_softmax_cross_entropy_ref(
@@ -268,16 +290,21 @@ def sampled_softmax_cross_entropy_ref(
     log_q: torch.Tensor | None = None,
     target_log_q: torch.Tensor | None = None,
     reduction: str = "mean",
+    exclude: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """:func:`sampled_softmax_cross_entropy` one row at a time, in float64: the negatives that are
-    not the row's target are listed, and the row's loss is -log(softmax of [target, them])[0]."""
+    neither the row's target nor excluded from the row are listed, and the row's loss is
+    -log(softmax of [target, them])[0]."""
     h, w = hidden.to(torch.float64), weight.to(torch.float64)
+    left_out: dict[int, set] = {}
+    for r, c in zip(*(exclude if exclude is not None else ((), ()))):
+        left_out.setdefault(int(r), set()).add(int(c))
     losses = []
     for p in range(h.size(0)):
         t = int(targets[p])
         row = [h[p] @ w[t] - (float(target_log_q[p]) if target_log_q is not None else 0.0)]
         for k, j in enumerate(negatives.tolist()):
-            if j != t:
+            if j != t and j not in left_out.get(p, ()):
                 row.append(h[p] @ w[j] - (float(log_q[k]) if log_q is not None else 0.0))
         losses.append(-torch.log_softmax(torch.stack(row), dim=0)[0])
     total = torch.stack(losses).sum() if losses else h.new_zeros(())

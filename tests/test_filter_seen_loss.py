@@ -131,6 +131,18 @@ def test_sampled_reference_lists_the_negatives_left_in():
                                rtol=1e-12, atol=1e-12)
 
 
+def window_targets(histories, hidden):
+    """(items read, target, output) of every position of one window per history: lists (P,),
+    tensors (P,) and (P, d)."""
+    inputs, targets, rows = [], [], []
+    for b, hist in enumerate(histories):
+        for t in range(len(hist) - 1):
+            inputs.append(hist[: t + 1].tolist())
+            targets.append(hist[t + 1])
+            rows.append(hidden[b, t])
+    return inputs, torch.stack(targets), torch.stack(rows)
+
+
 def loop_loss(hidden, weight, inputs, targets):
     """Mean over the targets of CE with the items in ``inputs[k]`` (a list of ids) but the target
     left out: a set per target, obviously right."""
@@ -159,13 +171,8 @@ def test_model_loss_leaves_out_what_each_target_read_under_both_regimes(name, se
     weight = model.item_embedding.weight
     windows = window_batch(histories, 12)
     hidden = model.window_outputs(windows["item_id_list"], windows["item_length"])
-    inputs, targets, rows = [], [], []
-    for b, hist in enumerate(histories):
-        for t in range(len(hist) - 1):
-            inputs.append(hist[: t + 1].tolist())
-            targets.append(hist[t + 1])
-            rows.append(hidden[b, t])
-    want = loop_loss(torch.stack(rows), weight, inputs, torch.stack(targets))
+    inputs, targets, rows = window_targets(histories, hidden)
+    want = loop_loss(rows, weight, inputs, targets)
     got = model.calculate_loss(windows)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     plain = make_model(name, train, tiny_data)
@@ -179,13 +186,15 @@ def test_model_loss_leaves_out_what_each_target_read_under_both_regimes(name, se
     torch.testing.assert_close(want_last, want, rtol=1e-10, atol=1e-10)
 
 
-def sampled_loop_loss(hidden, weight, inputs, targets, negatives):
-    """Mean over the targets of the sampled softmax over the target and each draw that is neither
-    the target nor an item of ``inputs[k]``: a set per target, obviously right."""
+def sampled_loop_loss(hidden, weight, inputs, targets, negatives, log_q=None):
+    """Mean over the targets of the sampled softmax over the target and each draw (less its
+    correction ``log_q``, where given) that is neither the target nor an item of ``inputs[k]``: a
+    set per target, obviously right."""
     losses = []
     for h, items, t in zip(hidden, inputs, targets):
-        left_in = [int(j) for j in negatives if int(j) != int(t) and int(j) not in set(items)]
-        logits = h @ weight[[int(t)] + left_in].t()
+        kept = [(int(j), float(log_q[k]) if log_q is not None else 0.0) for k, j in enumerate(negatives)
+                if int(j) != int(t) and int(j) not in set(items)]
+        logits = torch.stack([h @ weight[int(t)]] + [h @ weight[j] - q for j, q in kept])
         losses.append(torch.logsumexp(logits, 0) - logits[0])
     return torch.stack(losses).mean()
 
@@ -208,45 +217,26 @@ def test_model_sampled_loss_leaves_out_what_each_target_read(name, sampler, tiny
     g = torch.Generator().manual_seed(33)
     histories = [pool[torch.randint(0, 7, (k,), generator=g)] for k in (9, 3, 12, 6, 2)]
 
-    def draws():
+    def loss_then_same_draws(batch, seed, outputs):
+        """The model's loss, then (from the same seed) its outputs and the negatives it drew."""
+        torch.manual_seed(seed)
+        got = model.calculate_loss(batch)
+        torch.manual_seed(seed)
+        hidden = outputs(batch["item_id_list"], batch["item_length"])
         negatives, log_q = sample_negatives(model.n_items, 64, probs=model.ce_sampling_weights)
-        return negatives, (log_q + math.log(64) if corrected else None)
-
-    def loop(hidden, inputs, targets, negatives, log_q):
-        if log_q is None:
-            return sampled_loop_loss(hidden, weight, inputs, targets, negatives)
-        # the correction per draw: the loop over (draw, its correction) pairs
-        losses = []
-        for h, items, t in zip(hidden, inputs, targets):
-            kept = [(int(j), float(q)) for j, q in zip(negatives, log_q) if int(j) != int(t) and int(j) not in items]
-            logits = torch.stack([h @ weight[int(t)]] + [h @ weight[j] - q for j, q in kept])
-            losses.append(torch.logsumexp(logits, 0) - logits[0])
-        return torch.stack(losses).mean()
+        return got, hidden, negatives, (log_q + math.log(64) if corrected else None)
 
     windows = window_batch(histories, 12)
-    torch.manual_seed(5)
-    got = model.calculate_loss(windows)
-    torch.manual_seed(5)
-    hidden = model.window_outputs(windows["item_id_list"], windows["item_length"])
-    negatives, log_q = draws()
+    got, hidden, negatives, log_q = loss_then_same_draws(windows, 5, model.window_outputs)
     assert torch.isin(negatives, pool).any()  # some draws are items the windows read
-    inputs, targets, rows = [], [], []
-    for b, hist in enumerate(histories):
-        for t in range(len(hist) - 1):
-            inputs.append(set(hist[: t + 1].tolist()))
-            targets.append(hist[t + 1])
-            rows.append(hidden[b, t])
-    torch.testing.assert_close(got, loop(torch.stack(rows), inputs, torch.stack(targets), negatives, log_q),
-                               rtol=1e-12, atol=1e-12)
+    inputs, targets, rows = window_targets(histories, hidden)
+    want = sampled_loop_loss(rows, weight, inputs, targets, negatives, log_q)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     prefixes = prefix_batch(histories, 12)
-    torch.manual_seed(6)
-    got_last = model.calculate_loss(prefixes)
-    torch.manual_seed(6)
-    last = model.forward(prefixes["item_id_list"], prefixes["item_length"])
-    negatives, log_q = draws()
-    read = [set(p[:k].tolist()) for p, k in zip(prefixes["item_id_list"], prefixes["item_length"])]
-    torch.testing.assert_close(got_last, loop(last, read, prefixes["item_id"], negatives, log_q),
-                               rtol=1e-12, atol=1e-12)
+    got_last, last, negatives, log_q = loss_then_same_draws(prefixes, 6, model.forward)
+    read = [p[:k].tolist() for p, k in zip(prefixes["item_id_list"], prefixes["item_length"])]
+    want_last = sampled_loop_loss(last, weight, read, prefixes["item_id"], negatives, log_q)
+    torch.testing.assert_close(got_last, want_last, rtol=1e-12, atol=1e-12)
 
 
 def test_a_training_run_takes_it(tiny_data):

@@ -14,8 +14,6 @@ Rows are ordered by model, then by the order of the arguments. Prints a markdown
 
 from __future__ import annotations
 
-import glob
-import json
 import os
 import sys
 
@@ -23,14 +21,10 @@ DEFAULT_COLUMNS = "ndcg@10,hit@10,ndcg@10_seen_out,valid,epoch_s,epochs,fit_peak
 
 
 def load_runs(folder: str) -> list[dict]:
-    """The finished runs of one ``bench table`` output folder."""
-    runs = []
-    for path in sorted(glob.glob(os.path.join(folder, "runs", "*.json"))):
-        with open(path, encoding="utf-8") as f:
-            record = json.load(f)
-        if record.get("status") == "ok":
-            runs.append(record)
-    return runs
+    """The finished runs of one ``bench table`` output folder (read as bench table reads them)."""
+    from recbole_ssm.bench.table import other_runs
+
+    return list(other_runs(folder, set()).values())
 
 
 def compare(groups: list[tuple[str, list[dict]]], columns: list[str], models: list[str] | None = None,
@@ -64,15 +58,20 @@ def compare(groups: list[tuple[str, list[dict]]], columns: list[str], models: li
 
 def main(argv: list[str]) -> int:
     from recbole_ssm.bench.report import markdown_table
+    from recbole_ssm.errors import UsageError
+    from recbole_ssm.options import Opt, parse
 
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         return 0 if argv else 2
-    opts = {a.split("=", 1)[0][2:]: a.split("=", 1)[1] for a in argv if a.startswith("--") and "=" in a}
-    bad = [a for a in argv if a.startswith("--") and ("=" not in a or a.split("=", 1)[0][2:] not in
-                                                       ("models", "seeds", "columns"))]
     pairs = [a for a in argv if not a.startswith("--")]
-    if bad or not pairs or any("=" not in p for p in pairs):
+    spec = {"models": Opt(None), "seeds": Opt(None), "columns": Opt(DEFAULT_COLUMNS)}
+    try:
+        opts, _ = parse([a for a in argv if a.startswith("--")], spec, "compare_runs", settings=False)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not pairs or any("=" not in p for p in pairs):
         print("error: pass LABEL=DIR pairs and only --models, --seeds, --columns (see --help)", file=sys.stderr)
         return 2
     groups = []
@@ -84,7 +83,7 @@ def main(argv: list[str]) -> int:
         groups.append((label, load_runs(folder)))
     models = opts["models"].split(",") if opts.get("models") else None
     seeds = [int(s) for s in opts["seeds"].split(",")] if opts.get("seeds") else None
-    header, rows = compare(groups, opts.get("columns", DEFAULT_COLUMNS).split(","), models, seeds)
+    header, rows = compare(groups, opts["columns"].split(","), models, seeds)
     print(markdown_table(header, rows))
     return 0
 

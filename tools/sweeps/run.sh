@@ -31,16 +31,15 @@ for sweep in ${@:-$ALL}; do
     model=${sweep#*/}
     space=tools/sweeps/$dataset/ssm.yaml
     [ "$model" = SASRec ] && space=tools/sweeps/$dataset/SASRec.yaml
+    # each data set's trials and fixed settings, and its source and length for prepare seqtext
     case $dataset in
-        amazon-beauty) extra="--num_samples=16" ;;
-        ml-1m) extra="--num_samples=12 --MAX_ITEM_LIST_LENGTH=200" ;;
+        amazon-beauty) extra="--num_samples=16"; len=50
+                       src=../shared/datasets/amazon2014-beauty-s3rec/Amazon_Beauty.txt ;;
+        ml-1m) extra="--num_samples=12 --MAX_ITEM_LIST_LENGTH=200"; len=200
+               src=../shared/datasets/ml-1m/ml-1m.txt ;;
         *) echo "error: no sweep for data set $dataset (amazon-beauty, ml-1m)" >&2; exit 2 ;;
     esac
     if [ ! -f "dataset/$dataset/$dataset.inter" ]; then
-        case $dataset in
-            amazon-beauty) src=../shared/datasets/amazon2014-beauty-s3rec/Amazon_Beauty.txt; len=50 ;;
-            ml-1m) src=../shared/datasets/ml-1m/ml-1m.txt; len=200 ;;
-        esac
         [ -f "$src" ] || { echo "error: dataset/$dataset is not prepared and $src is missing" >&2; exit 2; }
         $PY -m recbole_ssm.data prepare seqtext --input "$src" --name "$dataset" --max-item-list-length $len || exit 2
     fi

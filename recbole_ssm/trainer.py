@@ -244,7 +244,6 @@ class TrainerHooks:
             self.fit_peak_mib, self.fit_peak_kind = mem.mib, f"RSS ({mem.method})"
         return out
 
-
     def _fit(self, *args, **kwargs):
         """RecBole's ``fit``, ended before the next epoch when a validation callback returned True:
         that validation's early-stopping step and best-model checkpoint are done by then, so the

@@ -239,15 +239,20 @@ def run(settings, storage: str, name: str, resume: bool, address: str | None, da
 WALL_CLOCK_FILE = "wall_clock.json"
 
 
-def _wall_clock_so_far(run_dir: str) -> float:
-    """Seconds the sweep in ``run_dir`` has run in its earlier calls (0 for a new one)."""
+def _wall_clock_calls(run_dir: str) -> list[dict]:
+    """The calls recorded in the sweep's ``wall_clock.json`` (none for a new sweep)."""
     import json
 
     path = os.path.join(run_dir, WALL_CLOCK_FILE)
     if not os.path.isfile(path):
-        return 0.0
+        return []
     with open(path, encoding="utf-8") as f:
-        return float(json.load(f).get("total_seconds", 0.0))
+        return json.load(f).get("calls", [])
+
+
+def _wall_clock_so_far(run_dir: str) -> float:
+    """Seconds the sweep in ``run_dir`` has run in its earlier calls (0 for a new one)."""
+    return sum(float(c["seconds"]) for c in _wall_clock_calls(run_dir))
 
 
 def _add_wall_clock(run_dir: str, seconds: float) -> float:
@@ -258,14 +263,11 @@ def _add_wall_clock(run_dir: str, seconds: float) -> float:
 
     from recbole_ssm.utils import atomic_write_text
 
-    path = os.path.join(run_dir, WALL_CLOCK_FILE)
-    calls = []
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            calls = json.load(f).get("calls", [])
+    calls = _wall_clock_calls(run_dir)
     calls.append({"ended": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seconds": round(seconds, 1)})
     total = sum(float(c["seconds"]) for c in calls)
-    atomic_write_text(path, json.dumps({"total_seconds": round(total, 1), "calls": calls}, indent=1) + "\n")
+    text = json.dumps({"total_seconds": round(total, 1), "calls": calls}, indent=1) + "\n"
+    atomic_write_text(os.path.join(run_dir, WALL_CLOCK_FILE), text)
     return total
 
 
